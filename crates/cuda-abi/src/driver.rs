@@ -1,0 +1,1 @@
+//! Driver API types and codes (hand-written; layouts checked against cuda.h by tests).

@@ -1,0 +1,1 @@
+//! NVML types and codes (hand-written).
