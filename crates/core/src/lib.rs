@@ -1,1 +1,11 @@
-//! placeholder
+//! The pure domain of gpuslice: quantities, tenant limits, MIG geometry, policies.
+//!
+//! Invariant: nothing in this crate does IO or reads a clock. Every edge (the CLI, the node
+//! agent, the scheduler) uses it; it uses no edge.
+
+pub mod mig;
+pub mod quantity;
+pub mod tenant;
+
+pub use quantity::{ByteSize, QuantityError};
+pub use tenant::{DeviceList, TenantLimits};
