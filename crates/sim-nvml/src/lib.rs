@@ -1,1 +1,1031 @@
-//! placeholder
+//! The simulated NVML: a `libnvidia-ml.so.1` that answers from the shared simulated-GPU state.
+//!
+//! Every entry point is `extern "C"`, returns an `nvmlReturn_t` and never unwinds: a panic inside
+//! becomes `NVML_ERROR_UNKNOWN`. Handles are addresses of a static per-index table, so they stay
+//! valid for the life of the process, as real NVML handles do, and can be checked on the way in.
+#![allow(non_snake_case, clippy::missing_safety_doc)]
+
+mod mig;
+
+use core::ffi::{CStr, c_char, c_int, c_uint, c_ulonglong};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use gpuslice_cuda_abi::nvml::*;
+use gpuslice_sim_state::Sim;
+
+/// Versions this simulator claims: an R570 driver shipping CUDA 12.8.
+pub const DRIVER_VERSION: &str = "570.124.06";
+pub const NVML_VERSION: &str = "12.570.124.06";
+pub const CUDA_DRIVER_VERSION: c_int = 12080;
+
+/// PCI ids reported for every simulated device (an H100 SXM5, NVIDIA's vendor id).
+const PCI_DEVICE_ID: u32 = 0x2330_10DE;
+const PCI_SUBSYSTEM_ID: u32 = 0x16C1_10DE;
+
+/// Events a simulated device can deliver; only XIDs are ever planned, none are raised yet.
+const SUPPORTED_EVENTS: c_ulonglong =
+    nvmlEventTypeXidCriticalError | nvmlEventTypeSingleBitEccError | nvmlEventTypeDoubleBitEccError;
+
+/// Window of `nvmlDeviceGetUtilizationRates`, like the real driver's one-second sample period.
+const UTIL_WINDOW_NS: u64 = 1_000_000_000;
+
+type R = Result<(), nvmlReturn_t>;
+
+/// Runs an entry point body, turning `Err(code)` and panics into return codes.
+fn entry(f: impl FnOnce() -> R) -> nvmlReturn_t {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => NVML_SUCCESS,
+        Ok(Err(code)) => code,
+        Err(_) => NVML_ERROR_UNKNOWN,
+    }
+}
+
+// ---- Initialisation ----
+
+/// nvmlInit/nvmlShutdown nesting depth; the library is usable while it is above zero.
+static INIT_DEPTH: Mutex<u32> = Mutex::new(0);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn init() -> R {
+    let mut depth = lock(&INIT_DEPTH);
+    Sim::get().map_err(|_| NVML_ERROR_DRIVER_NOT_LOADED)?;
+    *depth += 1;
+    Ok(())
+}
+
+/// The attached state, or UNINITIALIZED outside an init/shutdown pair.
+fn sim() -> Result<&'static Sim, nvmlReturn_t> {
+    if *lock(&INIT_DEPTH) == 0 {
+        return Err(NVML_ERROR_UNINITIALIZED);
+    }
+    Sim::get().map_err(|_| NVML_ERROR_UNKNOWN)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlInit_v2() -> nvmlReturn_t {
+    entry(init)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlInit() -> nvmlReturn_t {
+    entry(init)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlInitWithFlags(_flags: c_uint) -> nvmlReturn_t {
+    // NO_GPUS / NO_ATTACH only relax failures the simulator cannot have.
+    entry(init)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlShutdown() -> nvmlReturn_t {
+    entry(|| {
+        let mut depth = lock(&INIT_DEPTH);
+        if *depth == 0 {
+            return Err(NVML_ERROR_UNINITIALIZED);
+        }
+        *depth -= 1;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlErrorString(result: nvmlReturn_t) -> *const c_char {
+    catch_unwind(|| error_string(result).as_ptr()).unwrap_or(c"Unknown Error".as_ptr())
+}
+
+fn error_string(result: nvmlReturn_t) -> &'static CStr {
+    match result {
+        NVML_SUCCESS => c"Success",
+        NVML_ERROR_UNINITIALIZED => c"Uninitialized",
+        NVML_ERROR_INVALID_ARGUMENT => c"Invalid Argument",
+        NVML_ERROR_NOT_SUPPORTED => c"Not Supported",
+        NVML_ERROR_NO_PERMISSION => c"Insufficient Permissions",
+        NVML_ERROR_ALREADY_INITIALIZED => c"Already Initialized",
+        NVML_ERROR_NOT_FOUND => c"Not Found",
+        NVML_ERROR_INSUFFICIENT_SIZE => c"Insufficient Size",
+        NVML_ERROR_INSUFFICIENT_POWER => c"Insufficient External Power",
+        NVML_ERROR_DRIVER_NOT_LOADED => c"Driver Not Loaded",
+        NVML_ERROR_TIMEOUT => c"Timeout",
+        NVML_ERROR_IRQ_ISSUE => c"Interrupt Request Issue",
+        NVML_ERROR_LIBRARY_NOT_FOUND => c"NVML Shared Library Not Found",
+        NVML_ERROR_FUNCTION_NOT_FOUND => c"Function Not Found",
+        NVML_ERROR_CORRUPTED_INFOROM => c"Corrupted infoROM",
+        NVML_ERROR_GPU_IS_LOST => c"GPU is lost",
+        NVML_ERROR_RESET_REQUIRED => c"GPU requires restart",
+        NVML_ERROR_OPERATING_SYSTEM => c"The operating system has blocked the request.",
+        NVML_ERROR_LIB_RM_VERSION_MISMATCH => c"RM has detected an NVML/RM version mismatch.",
+        NVML_ERROR_IN_USE => c"In use by another client",
+        NVML_ERROR_MEMORY => c"Insufficient Memory",
+        NVML_ERROR_NO_DATA => c"No data",
+        NVML_ERROR_VGPU_ECC_NOT_ENABLED => c"ECC is not enabled on the vGPU",
+        NVML_ERROR_INSUFFICIENT_RESOURCES => c"Insufficient resources",
+        NVML_ERROR_FREQ_NOT_SUPPORTED => c"Frequency not supported",
+        NVML_ERROR_ARGUMENT_VERSION_MISMATCH => c"Argument version mismatch",
+        NVML_ERROR_DEPRECATED => c"Deprecated",
+        NVML_ERROR_NOT_READY => c"Not ready",
+        NVML_ERROR_GPU_NOT_FOUND => c"GPU not found",
+        NVML_ERROR_INVALID_STATE => c"Invalid state",
+        _ => c"Unknown Error",
+    }
+}
+
+// ---- Argument helpers ----
+
+fn out<'a, T>(p: *mut T) -> Result<&'a mut T, nvmlReturn_t> {
+    // SAFETY: the C caller hands us a pointer to writable storage of T, or null.
+    unsafe { p.as_mut() }.ok_or(NVML_ERROR_INVALID_ARGUMENT)
+}
+
+fn in_str<'a>(p: *const c_char) -> Result<&'a str, nvmlReturn_t> {
+    if p.is_null() {
+        return Err(NVML_ERROR_INVALID_ARGUMENT);
+    }
+    // SAFETY: non-null, and the caller passes a NUL-terminated string.
+    unsafe { CStr::from_ptr(p) }.to_str().map_err(|_| NVML_ERROR_INVALID_ARGUMENT)
+}
+
+/// Copies `s` NUL-terminated into a caller buffer of `len` bytes.
+fn write_str(buf: *mut c_char, len: c_uint, s: &str) -> R {
+    if buf.is_null() {
+        return Err(NVML_ERROR_INVALID_ARGUMENT);
+    }
+    if (len as usize) < s.len() + 1 {
+        return Err(NVML_ERROR_INSUFFICIENT_SIZE);
+    }
+    // SAFETY: the caller's buffer holds `len` >= s.len() + 1 bytes.
+    unsafe {
+        core::ptr::copy_nonoverlapping(s.as_ptr().cast::<c_char>(), buf, s.len());
+        *buf.add(s.len()) = 0;
+    }
+    Ok(())
+}
+
+fn fill_chars(dst: &mut [c_char], s: &str) {
+    dst.fill(0);
+    let room = dst.len().saturating_sub(1);
+    for (d, b) in dst.iter_mut().zip(s.bytes().take(room)) {
+        *d = b as c_char;
+    }
+}
+
+/// Writes `items` into a caller array of `*count` entries with NVML's sizing protocol: too small a
+/// count (or no array at all when there is something to write) answers INSUFFICIENT_SIZE and the
+/// needed count.
+fn write_list<T>(count: *mut c_uint, buf: *mut T, items: &[T]) -> R
+where
+    T: Copy,
+{
+    let count = out(count)?;
+    let need = items.len() as c_uint;
+    if *count < need || (need > 0 && buf.is_null()) {
+        *count = need;
+        return Err(NVML_ERROR_INSUFFICIENT_SIZE);
+    }
+    if need > 0 {
+        // SAFETY: the caller's array has room for `*count` >= need entries.
+        unsafe { core::ptr::copy_nonoverlapping(items.as_ptr(), buf, items.len()) };
+    }
+    *count = need;
+    Ok(())
+}
+
+// ---- Device handles ----
+
+use gpuslice_sim_state::MAX_DEVICES;
+
+#[repr(C)]
+struct DeviceSlot {
+    index: u32,
+}
+
+static SLOTS: [DeviceSlot; MAX_DEVICES] = {
+    let mut slots = [const { DeviceSlot { index: 0 } }; MAX_DEVICES];
+    let mut i = 0;
+    while i < MAX_DEVICES {
+        slots[i].index = i as u32;
+        i += 1;
+    }
+    slots
+};
+
+fn device_count(sim: &Sim) -> usize {
+    sim.device_count().min(MAX_DEVICES)
+}
+
+fn handle_of(dev: usize) -> nvmlDevice_t {
+    (&SLOTS[dev] as *const DeviceSlot).cast_mut().cast()
+}
+
+/// Slot index behind a handle, refusing anything that is not the address of one of our slots.
+fn slot_index(h: nvmlDevice_t) -> Option<usize> {
+    let base = SLOTS.as_ptr() as usize;
+    let size = core::mem::size_of::<DeviceSlot>();
+    let off = (h as usize).checked_sub(base)?;
+    (off % size == 0 && off / size < MAX_DEVICES).then_some(off / size)
+}
+
+/// Initialised state plus the device a handle names.
+fn device_of(h: nvmlDevice_t) -> Result<(&'static Sim, usize), nvmlReturn_t> {
+    let sim = sim()?;
+    match slot_index(h) {
+        Some(dev) if dev < device_count(sim) => Ok((sim, dev)),
+        _ => Err(NVML_ERROR_INVALID_ARGUMENT),
+    }
+}
+
+// ---- System queries ----
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlSystemGetDriverVersion(version: *mut c_char, length: c_uint) -> nvmlReturn_t {
+    entry(|| {
+        sim()?;
+        write_str(version, length, DRIVER_VERSION)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlSystemGetNVMLVersion(version: *mut c_char, length: c_uint) -> nvmlReturn_t {
+    // Answered without init, as by the real library.
+    entry(|| write_str(version, length, NVML_VERSION))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion(cuda_version: *mut c_int) -> nvmlReturn_t {
+    entry(|| {
+        *out(cuda_version)? = CUDA_DRIVER_VERSION;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(cuda_version: *mut c_int) -> nvmlReturn_t {
+    unsafe { nvmlSystemGetCudaDriverVersion(cuda_version) }
+}
+
+// ---- Enumeration ----
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> nvmlReturn_t {
+    entry(|| {
+        let sim = sim()?;
+        *out(count)? = device_count(sim) as c_uint;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetCount(count: *mut c_uint) -> nvmlReturn_t {
+    unsafe { nvmlDeviceGetCount_v2(count) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(index: c_uint, device: *mut nvmlDevice_t) -> nvmlReturn_t {
+    entry(|| {
+        let sim = sim()?;
+        let device = out(device)?;
+        if index as usize >= device_count(sim) {
+            return Err(NVML_ERROR_INVALID_ARGUMENT);
+        }
+        *device = handle_of(index as usize);
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex(index: c_uint, device: *mut nvmlDevice_t) -> nvmlReturn_t {
+    unsafe { nvmlDeviceGetHandleByIndex_v2(index, device) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, device: *mut nvmlDevice_t) -> nvmlReturn_t {
+    entry(|| {
+        let sim = sim()?;
+        let uuid = in_str(uuid)?;
+        let device = out(device)?;
+        let dev = (0..device_count(sim))
+            .find(|&d| sim.spec(d).uuid == uuid)
+            .ok_or(NVML_ERROR_NOT_FOUND)?;
+        *device = handle_of(dev);
+        Ok(())
+    })
+}
+
+/// (domain, bus, device, function) of a `[domain:]bus:device.function` string, hex fields.
+fn parse_bus_id(s: &str) -> Option<(u32, u32, u32, u32)> {
+    let s = s.trim().trim_end_matches('\0');
+    let (rest, function) = s.rsplit_once('.')?;
+    let mut parts: Vec<&str> = rest.split(':').collect();
+    if parts.len() == 2 {
+        parts.insert(0, "0");
+    }
+    let [domain, bus, dev] = parts.as_slice() else { return None };
+    let hex = |t: &str| u32::from_str_radix(t, 16).ok();
+    Some((hex(domain)?, hex(bus)?, hex(dev)?, hex(function)?))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId_v2(
+    pci_bus_id: *const c_char,
+    device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let sim = sim()?;
+        let want = parse_bus_id(in_str(pci_bus_id)?).ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
+        let device = out(device)?;
+        let dev = (0..device_count(sim))
+            .find(|&d| parse_bus_id(&sim.spec(d).pci_bus_id) == Some(want))
+            .ok_or(NVML_ERROR_NOT_FOUND)?;
+        *device = handle_of(dev);
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId(
+    pci_bus_id: *const c_char,
+    device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
+    unsafe { nvmlDeviceGetHandleByPciBusId_v2(pci_bus_id, device) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut c_uint) -> nvmlReturn_t {
+    entry(|| {
+        let (_, dev) = device_of(device)?;
+        *out(index)? = dev as c_uint;
+        Ok(())
+    })
+}
+
+// ---- Identity ----
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetName(device: nvmlDevice_t, name: *mut c_char, length: c_uint) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        write_str(name, length, &sim.spec(dev).name)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetUUID(device: nvmlDevice_t, uuid: *mut c_char, length: c_uint) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        write_str(uuid, length, &sim.spec(dev).uuid)
+    })
+}
+
+fn pci_info(sim: &Sim, dev: usize, legacy_bus_id: bool) -> nvmlPciInfo_t {
+    // A spec without a parsable bus id still gets a distinct one.
+    let (domain, bus, device, function) =
+        parse_bus_id(&sim.spec(dev).pci_bus_id).unwrap_or((0, dev as u32 + 1, 0, 0));
+    let legacy = format!("{domain:04X}:{bus:02X}:{device:02X}.{function:X}");
+    let full = format!("{domain:08X}:{bus:02X}:{device:02X}.{function:X}");
+    let mut info = nvmlPciInfo_t {
+        domain,
+        bus,
+        device,
+        pciDeviceId: PCI_DEVICE_ID,
+        pciSubSystemId: PCI_SUBSYSTEM_ID,
+        ..Default::default()
+    };
+    fill_chars(&mut info.busIdLegacy, &legacy);
+    fill_chars(&mut info.busId, if legacy_bus_id { &legacy } else { &full });
+    info
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(device: nvmlDevice_t, pci: *mut nvmlPciInfo_t) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        *out(pci)? = pci_info(sim, dev, false);
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v2(device: nvmlDevice_t, pci: *mut nvmlPciInfo_t) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        *out(pci)? = pci_info(sim, dev, true);
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetPciInfo(device: nvmlDevice_t, pci: *mut nvmlPciInfo_t) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        if pci.is_null() {
+            return Err(NVML_ERROR_INVALID_ARGUMENT);
+        }
+        // Callers of the oldest symbol pass the old, shorter struct: write only its bytes, with
+        // its reserved words zeroed.
+        let mut info = pci_info(sim, dev, true);
+        info.busId = [0; NVML_DEVICE_PCI_BUS_ID_BUFFER_SIZE];
+        // SAFETY: the caller's struct holds at least the legacy layout's bytes.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                (&info as *const nvmlPciInfo_t).cast::<u8>(),
+                pci.cast::<u8>(),
+                NVML_PCI_INFO_V1_SIZE,
+            )
+        };
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMinorNumber(device: nvmlDevice_t, minor: *mut c_uint) -> nvmlReturn_t {
+    entry(|| {
+        let (_, dev) = device_of(device)?;
+        *out(minor)? = dev as c_uint;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMultiGpuBoard(device: nvmlDevice_t, multi_gpu: *mut c_uint) -> nvmlReturn_t {
+    entry(|| {
+        device_of(device)?;
+        *out(multi_gpu)? = 0;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetNumaNodeId(device: nvmlDevice_t, node: *mut c_uint) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        let node = out(node)?;
+        let numa = sim.spec(dev).numa_node;
+        if numa < 0 {
+            return Err(NVML_ERROR_NOT_SUPPORTED);
+        }
+        *node = numa as c_uint;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetTopologyCommonAncestor(
+    device1: nvmlDevice_t,
+    device2: nvmlDevice_t,
+    path_info: *mut nvmlGpuTopologyLevel_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, a) = device_of(device1)?;
+        let (_, b) = device_of(device2)?;
+        let path_info = out(path_info)?;
+        // No PCIe switches are modelled: devices meet at their NUMA node's host bridge or cross
+        // the inter-socket link.
+        *path_info = if a == b {
+            NVML_TOPOLOGY_INTERNAL
+        } else if sim.spec(a).numa_node == sim.spec(b).numa_node {
+            NVML_TOPOLOGY_NODE
+        } else {
+            NVML_TOPOLOGY_SYSTEM
+        };
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetCudaComputeCapability(
+    device: nvmlDevice_t,
+    major: *mut c_int,
+    minor: *mut c_int,
+) -> nvmlReturn_t {
+    entry(|| {
+        device_of(device)?;
+        let major = out(major)?;
+        let minor = out(minor)?;
+        *major = 9;
+        *minor = 0;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetPersistenceMode(
+    device: nvmlDevice_t,
+    mode: *mut nvmlEnableState_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        device_of(device)?;
+        *out(mode)? = NVML_FEATURE_ENABLED;
+        Ok(())
+    })
+}
+
+// ---- Memory ----
+
+/// (total, used) of a device; used counts every process's allocations and contexts.
+fn memory(sim: &Sim, dev: usize) -> (u64, u64) {
+    let total = sim.memory_total(dev);
+    (total, sim.memory_used(dev).min(total))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory_out: *mut nvmlMemory_t) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        let m = out(memory_out)?;
+        let (total, used) = memory(sim, dev);
+        *m = nvmlMemory_t { total, free: total - used, used };
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
+    device: nvmlDevice_t,
+    memory_out: *mut nvmlMemory_v2_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        let m = out(memory_out)?;
+        if m.version != nvmlMemory_v2 {
+            return Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+        }
+        // Nothing is held back for the driver, so v1 and v2 agree on used and free.
+        let (total, used) = memory(sim, dev);
+        *m = nvmlMemory_v2_t { version: nvmlMemory_v2, total, reserved: 0, free: total - used, used };
+        Ok(())
+    })
+}
+
+// ---- Processes ----
+
+fn compute_processes<T: Copy>(
+    device: nvmlDevice_t,
+    count: *mut c_uint,
+    infos: *mut T,
+    make: impl Fn(&Sim, usize, u32, u64) -> T,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        let items: Vec<T> = sim
+            .processes(dev)
+            .iter()
+            .map(|p| make(sim, dev, p.pid, p.used_bytes))
+            .collect();
+        write_list(count, infos, &items)
+    })
+}
+
+fn info_v1(_: &Sim, _: usize, pid: u32, used: u64) -> nvmlProcessInfo_v1_t {
+    nvmlProcessInfo_v1_t { pid, usedGpuMemory: used }
+}
+
+fn info_v2(sim: &Sim, dev: usize, pid: u32, used: u64) -> nvmlProcessInfo_t {
+    let (gi, ci) = mig::process_instance(sim, dev, pid);
+    nvmlProcessInfo_t { pid, usedGpuMemory: used, gpuInstanceId: gi, computeInstanceId: ci }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses(
+    device: nvmlDevice_t,
+    count: *mut c_uint,
+    infos: *mut nvmlProcessInfo_v1_t,
+) -> nvmlReturn_t {
+    compute_processes(device, count, infos, info_v1)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v2(
+    device: nvmlDevice_t,
+    count: *mut c_uint,
+    infos: *mut nvmlProcessInfo_t,
+) -> nvmlReturn_t {
+    compute_processes(device, count, infos, info_v2)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
+    device: nvmlDevice_t,
+    count: *mut c_uint,
+    infos: *mut nvmlProcessInfo_t,
+) -> nvmlReturn_t {
+    compute_processes(device, count, infos, info_v2)
+}
+
+/// The simulated devices run no graphics work.
+fn graphics_processes<T: Copy>(device: nvmlDevice_t, count: *mut c_uint, infos: *mut T) -> nvmlReturn_t {
+    entry(|| {
+        device_of(device)?;
+        write_list::<T>(count, infos, &[])
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGraphicsRunningProcesses(
+    device: nvmlDevice_t,
+    count: *mut c_uint,
+    infos: *mut nvmlProcessInfo_v1_t,
+) -> nvmlReturn_t {
+    graphics_processes(device, count, infos)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGraphicsRunningProcesses_v2(
+    device: nvmlDevice_t,
+    count: *mut c_uint,
+    infos: *mut nvmlProcessInfo_t,
+) -> nvmlReturn_t {
+    graphics_processes(device, count, infos)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGraphicsRunningProcesses_v3(
+    device: nvmlDevice_t,
+    count: *mut c_uint,
+    infos: *mut nvmlProcessInfo_t,
+) -> nvmlReturn_t {
+    graphics_processes(device, count, infos)
+}
+
+// ---- Utilization and sensors ----
+
+/// Offset from the state's monotonic clock to the wall clock, fixed at first use so that a
+/// timestamp handed out and passed back as `lastSeenTimeStamp` converts back exactly.
+fn wall_minus_monotonic_ns() -> i128 {
+    static OFFSET: std::sync::OnceLock<i128> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        wall - i128::from(Sim::now_ns())
+    })
+}
+
+fn busy_percent(sim: &Sim, dev: usize) -> u32 {
+    let f = sim.utilization(dev, UTIL_WINDOW_NS);
+    (f.clamp(0.0, 1.0) * 100.0).round() as u32
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
+    device: nvmlDevice_t,
+    utilization: *mut nvmlUtilization_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        let u = out(utilization)?;
+        // Memory-controller bandwidth is not modelled.
+        *u = nvmlUtilization_t { gpu: busy_percent(sim, dev), memory: 0 };
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
+    device: nvmlDevice_t,
+    utilization: *mut nvmlProcessUtilizationSample_t,
+    process_samples_count: *mut c_uint,
+    last_seen_time_stamp: c_ulonglong,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        let count = out(process_samples_count)?;
+        let now_ns = Sim::now_ns();
+        // NVML timestamps are wall-clock microseconds; the state's timeline is monotonic.
+        let to_wall = wall_minus_monotonic_ns();
+        let wall_us = |mono_ns: u64| ((i128::from(mono_ns) + to_wall).max(0) / 1000) as u64;
+        // 0 asks for whatever is recent, which here is one utilization window.
+        let since_ns = if last_seen_time_stamp == 0 {
+            now_ns.saturating_sub(UTIL_WINDOW_NS)
+        } else {
+            (i128::from(last_seen_time_stamp) * 1000 - to_wall).clamp(0, i128::from(now_ns)) as u64
+        };
+        let elapsed = now_ns.saturating_sub(since_ns).max(1);
+        let samples: Vec<nvmlProcessUtilizationSample_t> = sim
+            .process_busy(dev, since_ns)
+            .into_iter()
+            .map(|(pid, busy, last_seen)| (pid, busy, wall_us(last_seen)))
+            // Only samples newer than the caller's last one, as the real library filters.
+            .filter(|&(_, busy, ts)| busy > 0 && ts > last_seen_time_stamp)
+            .map(|(pid, busy, ts)| nvmlProcessUtilizationSample_t {
+                pid,
+                timeStamp: ts,
+                smUtil: ((busy as f64 / elapsed as f64) * 100.0).round().min(100.0) as u32,
+                memUtil: 0,
+                encUtil: 0,
+                decUtil: 0,
+            })
+            .collect();
+        if samples.is_empty() {
+            *count = 0;
+            return Err(NVML_ERROR_NOT_FOUND);
+        }
+        write_list(count, utilization, &samples)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetTemperature(
+    device: nvmlDevice_t,
+    sensor: nvmlTemperatureSensors_t,
+    temp: *mut c_uint,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        if sensor != NVML_TEMPERATURE_GPU {
+            return Err(NVML_ERROR_INVALID_ARGUMENT);
+        }
+        // Warms with load so dashboards show movement; exact values mean nothing.
+        *out(temp)? = 32 + busy_percent(sim, dev) * 4 / 10;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(device: nvmlDevice_t, power_mw: *mut c_uint) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        // Idle draw plus a share of a 700 W board limit.
+        *out(power_mw)? = 70_000 + busy_percent(sim, dev) * 6_300;
+        Ok(())
+    })
+}
+
+// ---- MIG ----
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMigMode(
+    device: nvmlDevice_t,
+    current_mode: *mut c_uint,
+    pending_mode: *mut c_uint,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        let current_mode = out(current_mode)?;
+        let pending_mode = out(pending_mode)?;
+        (*current_mode, *pending_mode) = mig::mode(sim, dev);
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMaxMigDeviceCount(device: nvmlDevice_t, count: *mut c_uint) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        *out(count)? = mig::max_mig_devices(sim, dev);
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
+    device: nvmlDevice_t,
+    index: c_uint,
+    mig_device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        out(mig_device)?;
+        // MIG device handles arrive with compute instances in the state; none exist yet.
+        let _ = mig::mig_device_index(sim, dev, index);
+        Err(NVML_ERROR_NOT_FOUND)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceIsMigDeviceHandle(device: nvmlDevice_t, is_mig: *mut c_uint) -> nvmlReturn_t {
+    entry(|| {
+        device_of(device)?;
+        *out(is_mig)? = 0;
+        Ok(())
+    })
+}
+
+fn gpu_instance_profile(
+    device: nvmlDevice_t,
+    profile: c_uint,
+) -> Result<nvmlGpuInstanceProfileInfo_t, nvmlReturn_t> {
+    let (sim, dev) = device_of(device)?;
+    if profile >= NVML_GPU_INSTANCE_PROFILE_COUNT {
+        return Err(NVML_ERROR_INVALID_ARGUMENT);
+    }
+    if !mig::enabled(sim, dev) {
+        return Err(NVML_ERROR_NOT_SUPPORTED);
+    }
+    mig::gpu_instance_profile(sim, dev, profile).ok_or(NVML_ERROR_NOT_SUPPORTED)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceProfileInfo(
+    device: nvmlDevice_t,
+    profile: c_uint,
+    info: *mut nvmlGpuInstanceProfileInfo_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let p = gpu_instance_profile(device, profile)?;
+        *out(info)? = p;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceProfileInfoV(
+    device: nvmlDevice_t,
+    profile: c_uint,
+    info: *mut nvmlGpuInstanceProfileInfo_v2_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        if info.is_null() {
+            return Err(NVML_ERROR_INVALID_ARGUMENT);
+        }
+        // SAFETY: both versions begin with the version word.
+        let version = unsafe { info.cast::<c_uint>().read() };
+        if version != nvmlGpuInstanceProfileInfo_v2 && version != nvmlGpuInstanceProfileInfo_v3 {
+            return Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+        }
+        let p = gpu_instance_profile(device, profile)?;
+        let name = format!("MIG {}g", p.sliceCount);
+        if version == nvmlGpuInstanceProfileInfo_v2 {
+            let v2 = out(info)?;
+            v2.id = p.id;
+            v2.isP2pSupported = p.isP2pSupported;
+            v2.sliceCount = p.sliceCount;
+            v2.instanceCount = p.instanceCount;
+            v2.multiprocessorCount = p.multiprocessorCount;
+            v2.copyEngineCount = p.copyEngineCount;
+            v2.decoderCount = p.decoderCount;
+            v2.encoderCount = p.encoderCount;
+            v2.jpegCount = p.jpegCount;
+            v2.ofaCount = p.ofaCount;
+            v2.memorySizeMB = p.memorySizeMB;
+            fill_chars(&mut v2.name, &name);
+        } else {
+            let v3 = out(info.cast::<nvmlGpuInstanceProfileInfo_v3_t>())?;
+            v3.id = p.id;
+            v3.sliceCount = p.sliceCount;
+            v3.instanceCount = p.instanceCount;
+            v3.multiprocessorCount = p.multiprocessorCount;
+            v3.copyEngineCount = p.copyEngineCount;
+            v3.decoderCount = p.decoderCount;
+            v3.encoderCount = p.encoderCount;
+            v3.jpegCount = p.jpegCount;
+            v3.ofaCount = p.ofaCount;
+            v3.memorySizeMB = p.memorySizeMB;
+            fill_chars(&mut v3.name, &name);
+            v3.capabilities = if p.isP2pSupported != 0 { NVML_GPU_INSTANCE_PROFILE_CAPS_P2P } else { 0 };
+        }
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstances(
+    device: nvmlDevice_t,
+    profile_id: c_uint,
+    instances: *mut nvmlGpuInstance_t,
+    count: *mut c_uint,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        let count = out(count)?;
+        if !mig::enabled(sim, dev) {
+            return Err(NVML_ERROR_NOT_SUPPORTED);
+        }
+        let ids = mig::gpu_instances(sim, dev, profile_id);
+        if ids.is_empty() {
+            *count = 0;
+            return Ok(());
+        }
+        // GPU instance handles arrive with MIG state; until then no instance can be listed.
+        let _ = instances;
+        Err(NVML_ERROR_NOT_SUPPORTED)
+    })
+}
+
+// ---- Events ----
+
+/// An event set: the (device, event mask) registrations made on it.
+struct EventSet {
+    registrations: Mutex<Vec<(usize, c_ulonglong)>>,
+}
+
+/// Addresses of live event sets, so stale or foreign pointers are refused rather than followed.
+static EVENT_SETS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+fn event_set(set: nvmlEventSet_t) -> Result<&'static EventSet, nvmlReturn_t> {
+    if set.is_null() || !lock(&EVENT_SETS).contains(&(set as usize)) {
+        return Err(NVML_ERROR_INVALID_ARGUMENT);
+    }
+    // SAFETY: the address is a live leaked Box<EventSet>; it is only freed by nvmlEventSetFree,
+    // after which it is no longer in EVENT_SETS.
+    Ok(unsafe { &*(set as *const EventSet) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlEventSetCreate(set: *mut nvmlEventSet_t) -> nvmlReturn_t {
+    entry(|| {
+        sim()?;
+        let set = out(set)?;
+        let p = Box::into_raw(Box::new(EventSet { registrations: Mutex::new(Vec::new()) }));
+        lock(&EVENT_SETS).push(p as usize);
+        *set = p.cast();
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlEventSetFree(set: nvmlEventSet_t) -> nvmlReturn_t {
+    entry(|| {
+        sim()?;
+        let mut sets = lock(&EVENT_SETS);
+        let pos = sets.iter().position(|&p| p == set as usize).ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
+        sets.swap_remove(pos);
+        // SAFETY: it was created by Box::into_raw in nvmlEventSetCreate and is now unlisted.
+        drop(unsafe { Box::from_raw(set as *mut EventSet) });
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetSupportedEventTypes(
+    device: nvmlDevice_t,
+    event_types: *mut c_ulonglong,
+) -> nvmlReturn_t {
+    entry(|| {
+        device_of(device)?;
+        *out(event_types)? = SUPPORTED_EVENTS;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceRegisterEvents(
+    device: nvmlDevice_t,
+    event_types: c_ulonglong,
+    set: nvmlEventSet_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (_, dev) = device_of(device)?;
+        let set = event_set(set)?;
+        if event_types & !SUPPORTED_EVENTS != 0 {
+            return Err(NVML_ERROR_NOT_SUPPORTED);
+        }
+        lock(&set.registrations).push((dev, event_types));
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlEventSetWait_v2(
+    set: nvmlEventSet_t,
+    data: *mut nvmlEventData_t,
+    timeoutms: c_uint,
+) -> nvmlReturn_t {
+    entry(|| {
+        sim()?;
+        event_set(set)?;
+        out(data)?;
+        // No simulated XIDs yet: every wait runs out its timeout, as an idle healthy GPU does.
+        std::thread::sleep(Duration::from_millis(timeoutms.into()));
+        Err(NVML_ERROR_TIMEOUT)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlEventSetWait(
+    set: nvmlEventSet_t,
+    data: *mut nvmlEventData_t,
+    timeoutms: c_uint,
+) -> nvmlReturn_t {
+    unsafe { nvmlEventSetWait_v2(set, data, timeoutms) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bus_ids_parse_in_every_form() {
+        assert_eq!(parse_bus_id("00000000:3B:00.0"), Some((0, 0x3B, 0, 0)));
+        assert_eq!(parse_bus_id("0001:3b:1f.1"), Some((1, 0x3B, 0x1F, 1)));
+        assert_eq!(parse_bus_id("3B:00.0"), Some((0, 0x3B, 0, 0)));
+        assert_eq!(parse_bus_id("nonsense"), None);
+        assert_eq!(parse_bus_id("0:1:2:3.0"), None);
+    }
+
+    #[test]
+    fn foreign_handles_are_refused() {
+        assert_eq!(slot_index(handle_of(1)), Some(1));
+        assert_eq!(slot_index(handle_of(MAX_DEVICES - 1)), Some(MAX_DEVICES - 1));
+        assert_eq!(slot_index(core::ptr::null_mut()), None);
+        let misaligned = (handle_of(0) as usize + 1) as nvmlDevice_t;
+        assert_eq!(slot_index(misaligned), None);
+        let past_end = (handle_of(MAX_DEVICES - 1) as usize + 4) as nvmlDevice_t;
+        assert_eq!(slot_index(past_end), None);
+    }
+}

@@ -1,1 +1,606 @@
-//! placeholder
+//! State of the simulated GPUs, shared by every process on the machine.
+//!
+//! One mapped file holds the devices' fixed specs (written once by whichever process creates it),
+//! per-process memory charges in kernel-tracked slots (so a dead process's memory comes back), and
+//! per-device timelines of busy intervals (so every process sees the same utilisation). Everything
+//! mutable is an atomic; nothing here can be left locked by a process that dies.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use gpuslice_shm::{Counter, MappedFile, Reservation, try_reserve};
+
+pub const MAX_DEVICES: usize = 16;
+pub const MAX_SLOTS: usize = 1024;
+/// Busy intervals remembered per device; enough for a second of 1 ms kernels several times over.
+pub const RING_LEN: usize = 8192;
+
+const MAGIC: u64 = 0x6770_7573_696d_0001; // "gpusim" + layout version
+const NAME_LEN: usize = 96;
+const UUID_LEN: usize = 48;
+const BUS_LEN: usize = 32;
+
+pub const DEFAULT_NAME: &str = "NVIDIA H100 80GB HBM3";
+pub const DEFAULT_MEMORY: u64 = 80 << 30;
+pub const DEFAULT_SMS: u32 = 132;
+pub const DEFAULT_CONTEXT_BYTES: u64 = 256 << 20;
+
+/// A simulated device as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSpec {
+    pub name: String,
+    pub uuid: String,
+    pub memory_bytes: u64,
+    pub sm_count: u32,
+    pub context_bytes: u64,
+    pub pci_bus_id: String,
+    pub numa_node: i32,
+}
+
+impl DeviceSpec {
+    /// The default device at `index`: UUID and bus id are deterministic per index.
+    pub fn default_at(index: usize) -> Self {
+        DeviceSpec {
+            name: DEFAULT_NAME.to_string(),
+            uuid: default_uuid(index),
+            memory_bytes: DEFAULT_MEMORY,
+            sm_count: DEFAULT_SMS,
+            context_bytes: DEFAULT_CONTEXT_BYTES,
+            pci_bus_id: default_bus_id(index),
+            numa_node: 0,
+        }
+    }
+}
+
+fn default_uuid(index: usize) -> String {
+    format!("GPU-5e1f{:04x}-0000-4000-8000-{:012x}", index, 0x5e1f_0000_0000u64 + index as u64)
+}
+
+fn default_bus_id(index: usize) -> String {
+    format!("00000000:{:02X}:00.0", 0x18 + index * 0x10)
+}
+
+/// A live process and what it holds on one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessUsage {
+    pub pid: u32,
+    pub used_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SimError {
+    /// `GPUSLICE_SIM_DEVICES` is malformed; the message names the bad field.
+    Config(String),
+    /// The state file could not be created, opened or understood.
+    State(String),
+}
+
+impl fmt::Display for SimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SimError::Config(m) => write!(f, "GPUSLICE_SIM_DEVICES: {m}"),
+            SimError::State(m) => write!(f, "simulated GPU state: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for SimError {}
+
+/// Parses a size: plain bytes or with a `KiB`/`MiB`/`GiB`/`TiB` (or `K`/`M`/`G`/`T`, `KB`...) suffix.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
+}
+
+/// Parses a `GPUSLICE_SIM_DEVICES` value. Specs are separated by `;`; each is a comma-separated
+/// list of `key=value` with keys `count`, `memory`, `sms`, `name`, `context`, `uuid`, `numa`
+/// (`name` may contain commas only as its last key). An empty value means the default device.
+pub fn parse_devices(cfg: &str) -> Result<Vec<DeviceSpec>, SimError> {
+    let mut out = Vec::new();
+    let cfg = cfg.trim();
+    if cfg.is_empty() {
+        return Ok(vec![DeviceSpec::default_at(0)]);
+    }
+    for spec in cfg.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let mut count = 1usize;
+        let mut proto = DeviceSpec::default_at(0);
+        let mut uuid: Option<String> = None;
+        let mut rest = spec;
+        while !rest.is_empty() {
+            let (key, after) = rest
+                .split_once('=')
+                .ok_or_else(|| SimError::Config(format!("`{}` is not key=value", rest.trim())))?;
+            let key = key.trim().to_ascii_lowercase();
+            // A name may hold commas ("NVIDIA A100-SXM4-80GB, rev 2"); it takes the rest when last.
+            let (value, next) = if key == "name" && !after.contains('=') {
+                (after, "")
+            } else {
+                match after.split_once(',') {
+                    Some((v, n)) => (v, n),
+                    None => (after, ""),
+                }
+            };
+            let value = value.trim();
+            let bad = |what: &str| SimError::Config(format!("bad {key}=`{value}`: {what}"));
+            match key.as_str() {
+                "count" => {
+                    count = value.parse().map_err(|_| bad("expected a number"))?;
+                    if count == 0 || count > MAX_DEVICES {
+                        return Err(bad(&format!("must be 1..={MAX_DEVICES}")));
+                    }
+                }
+                "memory" | "mem" => {
+                    proto.memory_bytes = parse_size(value).ok_or_else(|| bad("expected bytes or a KiB/MiB/GiB size"))?;
+                    if proto.memory_bytes == 0 {
+                        return Err(bad("must be positive"));
+                    }
+                }
+                "sms" | "sm_count" => {
+                    proto.sm_count = value.parse().map_err(|_| bad("expected a number"))?;
+                    if proto.sm_count == 0 {
+                        return Err(bad("must be positive"));
+                    }
+                }
+                "context" | "context_bytes" => {
+                    proto.context_bytes = parse_size(value).ok_or_else(|| bad("expected bytes or a KiB/MiB/GiB size"))?;
+                }
+                "name" => {
+                    if value.is_empty() || value.len() >= NAME_LEN {
+                        return Err(bad(&format!("must be 1..{NAME_LEN} bytes")));
+                    }
+                    proto.name = value.to_string();
+                }
+                "uuid" => {
+                    if !value.starts_with("GPU-") || value.len() >= UUID_LEN {
+                        return Err(bad("expected GPU-xxxxxxxx-..."));
+                    }
+                    uuid = Some(value.to_string());
+                }
+                "numa" | "numa_node" => {
+                    proto.numa_node = value.parse().map_err(|_| bad("expected a number"))?;
+                }
+                _ => return Err(SimError::Config(format!("unknown field `{key}`"))),
+            }
+            rest = next;
+        }
+        if uuid.is_some() && count > 1 {
+            return Err(SimError::Config("uuid= needs count=1".into()));
+        }
+        for _ in 0..count {
+            let i = out.len();
+            if i >= MAX_DEVICES {
+                return Err(SimError::Config(format!("count: more than {MAX_DEVICES} devices")));
+            }
+            let mut d = proto.clone();
+            d.uuid = uuid.clone().unwrap_or_else(|| default_uuid(i));
+            d.pci_bus_id = default_bus_id(i);
+            if d.context_bytes >= d.memory_bytes {
+                return Err(SimError::Config("context: not smaller than memory".into()));
+            }
+            out.push(d);
+        }
+    }
+    if out.is_empty() {
+        out.push(DeviceSpec::default_at(0));
+    }
+    Ok(out)
+}
+
+// ---- shared layout -------------------------------------------------------------------------
+
+#[repr(C)]
+struct Header {
+    magic: u64,
+    device_count: u64,
+    slot_count: u64,
+    ring_len: u64,
+}
+
+/// Fixed at creation: plain bytes written before the file becomes visible, never after.
+#[repr(C)]
+struct SpecRaw {
+    name: [u8; NAME_LEN],
+    uuid: [u8; UUID_LEN],
+    bus: [u8; BUS_LEN],
+    memory_bytes: u64,
+    context_bytes: u64,
+    sm_count: u32,
+    numa_node: i32,
+}
+
+/// One busy interval. `seq` is `2*index+1` while being written and `2*index+2` once complete,
+/// so a reader can tell a settled entry of the round it expects from anything else.
+#[repr(C)]
+struct Interval {
+    seq: AtomicU64,
+    pid: AtomicU64,
+    start: AtomicU64,
+    end: AtomicU64,
+}
+
+#[repr(C)]
+struct DeviceState {
+    spec: SpecRaw,
+    /// When the last work queued on the device completes.
+    busy_until: AtomicU64,
+    /// Intervals ever recorded; the ring holds the last `RING_LEN`.
+    ring_head: AtomicU64,
+    ring: [Interval; RING_LEN],
+}
+
+#[repr(C)]
+struct Slot {
+    /// Owner's pid (as the owner sees it), for reporting only; liveness is the slot lock.
+    pid: AtomicU64,
+    mem: [Counter; MAX_DEVICES],
+    /// Busy time queued by the owner per device (ns), and when its last queued work ends.
+    busy_ns: [AtomicU64; MAX_DEVICES],
+    last_end: [AtomicU64; MAX_DEVICES],
+}
+
+#[repr(C)]
+struct Shared {
+    header: Header,
+    devices: [DeviceState; MAX_DEVICES],
+    slots: [Slot; MAX_SLOTS],
+}
+
+/// Process-wide handle on the mapped state.
+pub struct Sim {
+    map: MappedFile,
+    devices: usize,
+    /// (pid that claimed it, slot index); a pid change means we are a fork child without a slot.
+    mine: Mutex<Option<(u32, usize)>>,
+}
+
+fn copy_str(dst: &mut [u8], s: &str) {
+    let n = s.len().min(dst.len() - 1);
+    dst[..n].copy_from_slice(&s.as_bytes()[..n]);
+}
+
+fn read_str(b: &[u8]) -> String {
+    let n = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..n]).into_owned()
+}
+
+/// Default state path: per user, in tmpfs.
+pub fn default_state_path() -> PathBuf {
+    PathBuf::from(format!("/dev/shm/gpuslice-sim-{}", unsafe { libc::getuid() }))
+}
+
+static SIM: OnceLock<Result<Sim, SimError>> = OnceLock::new();
+
+impl Sim {
+    /// The process-wide state, attached on first use (creating the file from
+    /// `GPUSLICE_SIM_DEVICES` if it does not exist yet).
+    pub fn get() -> Result<&'static Sim, SimError> {
+        SIM.get_or_init(|| {
+            let cfg = std::env::var("GPUSLICE_SIM_DEVICES").unwrap_or_default();
+            let specs = parse_devices(&cfg)?;
+            let path = std::env::var_os("GPUSLICE_SIM_STATE").map(PathBuf::from).unwrap_or_else(default_state_path);
+            Sim::open(&path, &specs)
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+    }
+
+    /// Attaches to the state at `path`, creating it with `specs` if absent. Devices already in an
+    /// existing file win: they are a property of the machine, not of the process.
+    pub fn open(path: &std::path::Path, specs: &[DeviceSpec]) -> Result<Sim, SimError> {
+        if specs.is_empty() || specs.len() > MAX_DEVICES {
+            return Err(SimError::Config(format!("need 1..={MAX_DEVICES} devices")));
+        }
+        let len = std::mem::size_of::<Shared>();
+        let map = MappedFile::open_or_create(path, len, 0o666, |m| {
+            // Sole owner of a fresh, zeroed, not-yet-visible file.
+            let sh = unsafe { &mut *(m.as_ptr() as *mut Shared) };
+            sh.header.device_count = specs.len() as u64;
+            sh.header.slot_count = MAX_SLOTS as u64;
+            sh.header.ring_len = RING_LEN as u64;
+            for (d, s) in sh.devices.iter_mut().zip(specs) {
+                copy_str(&mut d.spec.name, &s.name);
+                copy_str(&mut d.spec.uuid, &s.uuid);
+                copy_str(&mut d.spec.bus, &s.pci_bus_id);
+                d.spec.memory_bytes = s.memory_bytes;
+                d.spec.context_bytes = s.context_bytes;
+                d.spec.sm_count = s.sm_count;
+                d.spec.numa_node = s.numa_node;
+            }
+            sh.header.magic = MAGIC;
+        })
+        .map_err(|e| SimError::State(format!("{}: {e}", path.display())))?;
+        let sh = unsafe { map.at::<Shared>(0) };
+        if sh.header.magic != MAGIC || sh.header.slot_count != MAX_SLOTS as u64 || sh.header.ring_len != RING_LEN as u64 {
+            return Err(SimError::State(format!("{}: not a gpuslice simulator state of this version", path.display())));
+        }
+        let devices = sh.header.device_count as usize;
+        if devices == 0 || devices > MAX_DEVICES {
+            return Err(SimError::State(format!("{}: corrupt device count {devices}", path.display())));
+        }
+        Ok(Sim { map, devices, mine: Mutex::new(None) })
+    }
+
+    fn sh(&self) -> &Shared {
+        // Size and alignment checked by `at`; every mutable field is atomic.
+        unsafe { self.map.at::<Shared>(0) }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.map.path()
+    }
+
+    /// CLOCK_MONOTONIC in ns: one clock for every process on the machine.
+    pub fn now_ns() -> u64 {
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.devices
+    }
+
+    fn dev(&self, dev: usize) -> &DeviceState {
+        assert!(dev < self.devices, "simulated device {dev} does not exist");
+        &self.sh().devices[dev]
+    }
+
+    pub fn spec(&self, dev: usize) -> DeviceSpec {
+        let s = &self.dev(dev).spec;
+        DeviceSpec {
+            name: read_str(&s.name),
+            uuid: read_str(&s.uuid),
+            memory_bytes: s.memory_bytes,
+            sm_count: s.sm_count,
+            context_bytes: s.context_bytes,
+            pci_bus_id: read_str(&s.bus),
+            numa_node: s.numa_node,
+        }
+    }
+
+    pub fn memory_total(&self, dev: usize) -> u64 {
+        self.dev(dev).spec.memory_bytes
+    }
+
+    /// Bytes in use on `dev` by every process, context memory included.
+    pub fn memory_used(&self, dev: usize) -> u64 {
+        let _ = self.dev(dev);
+        self.reclaim_dead();
+        gpuslice_shm::total(self.sh().slots.iter().map(|s| &s.mem[dev]))
+    }
+
+    /// Live processes holding memory on `dev`.
+    pub fn processes(&self, dev: usize) -> Vec<ProcessUsage> {
+        let _ = self.dev(dev);
+        self.reclaim_dead();
+        self.sh()
+            .slots
+            .iter()
+            .filter_map(|s| {
+                let used = s.mem[dev].charged();
+                (used > 0).then(|| ProcessUsage { pid: s.pid.load(Ordering::SeqCst) as u32, used_bytes: used })
+            })
+            .collect()
+    }
+
+    /// This process's slot, claimed on first use (and again in a fork child).
+    fn my_slot(&self) -> usize {
+        let pid = std::process::id();
+        let mut mine = self.mine.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((p, i)) = *mine
+            && p == pid
+        {
+            return i;
+        }
+        let start = (pid as usize).wrapping_mul(2654435761) % MAX_SLOTS;
+        for k in 0..MAX_SLOTS {
+            let i = (start + k) % MAX_SLOTS;
+            if self.map.claim_slot(i).unwrap_or(false) {
+                let s = &self.sh().slots[i];
+                // Whatever a dead previous owner left is ours to drop.
+                for d in 0..MAX_DEVICES {
+                    s.mem[d].reset();
+                    s.busy_ns[d].store(0, Ordering::SeqCst);
+                    s.last_end[d].store(0, Ordering::SeqCst);
+                }
+                s.pid.store(pid as u64, Ordering::SeqCst);
+                *mine = Some((pid, i));
+                return i;
+            }
+        }
+        panic!("all {MAX_SLOTS} simulated-GPU process slots are taken");
+    }
+
+    /// The slot this process charges to, if it has claimed one (for tests and diagnostics).
+    pub fn current_slot(&self) -> Option<usize> {
+        let m = self.mine.lock().unwrap_or_else(|e| e.into_inner());
+        m.filter(|(p, _)| *p == std::process::id()).map(|(_, i)| i)
+    }
+
+    fn all_counters(&self, dev: usize) -> impl Iterator<Item = &Counter> {
+        self.sh().slots.iter().map(move |s| &s.mem[dev])
+    }
+
+    /// Charges `bytes` on `dev` to this process; `false` (and nothing charged) if the device
+    /// does not have them.
+    pub fn try_alloc(&self, dev: usize, bytes: u64) -> bool {
+        let cap = self.memory_total(dev);
+        let me = &self.sh().slots[self.my_slot()].mem[dev];
+        for attempt in 0..2 {
+            match try_reserve(me, || self.all_counters(dev), cap, bytes) {
+                Reservation::Granted => return true,
+                Reservation::Refused { .. } if attempt == 0 => {
+                    // Maybe a dead process still holds what we need.
+                    if self.reclaim_dead() == 0 {
+                        return false;
+                    }
+                }
+                Reservation::Refused { .. } => return false,
+            }
+        }
+        false
+    }
+
+    /// Returns `bytes` on `dev` that this process had charged.
+    pub fn free(&self, dev: usize, bytes: u64) {
+        let _ = self.dev(dev);
+        self.sh().slots[self.my_slot()].mem[dev].release(bytes);
+    }
+
+    /// What this process has charged on `dev`.
+    pub fn my_usage(&self, dev: usize) -> u64 {
+        let _ = self.dev(dev);
+        self.sh().slots[self.my_slot()].mem[dev].charged()
+    }
+
+    /// Returns the memory of processes that died; the number of slots reclaimed.
+    pub fn reclaim_dead(&self) -> usize {
+        let mine = self.current_slot();
+        let mut n = 0;
+        for (i, s) in self.sh().slots.iter().enumerate() {
+            if Some(i) == mine {
+                continue;
+            }
+            let charged = (0..self.devices).any(|d| s.mem[d].charged() > 0);
+            if !charged || self.map.slot_is_live(i).unwrap_or(true) {
+                continue;
+            }
+            // Taking the lock makes us the only one touching it; a process that just claimed
+            // it (and reset it itself) makes this fail, which is fine.
+            if self.map.claim_slot(i).unwrap_or(false) {
+                for d in 0..MAX_DEVICES {
+                    s.mem[d].reset();
+                }
+                s.pid.store(0, Ordering::SeqCst);
+                let _ = self.map.release_slot(i);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Queues `duration_ns` of work on `dev`'s timeline, starting no earlier than
+    /// `not_before_ns`, after everything already queued by any process. Returns its end.
+    pub fn run_busy(&self, dev: usize, not_before_ns: u64, duration_ns: u64) -> u64 {
+        let d = self.dev(dev);
+        let now = Self::now_ns();
+        if duration_ns == 0 {
+            return now.max(not_before_ns);
+        }
+        let mut cur = d.busy_until.load(Ordering::SeqCst);
+        let (start, end) = loop {
+            let start = now.max(not_before_ns).max(cur);
+            let end = start + duration_ns;
+            match d.busy_until.compare_exchange_weak(cur, end, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => break (start, end),
+                Err(c) => cur = c,
+            }
+        };
+        let slot = self.my_slot();
+        let s = &self.sh().slots[slot];
+        s.busy_ns[dev].fetch_add(duration_ns, Ordering::SeqCst);
+        s.last_end[dev].fetch_max(end, Ordering::SeqCst);
+        self.record(d, std::process::id(), start, end);
+        end
+    }
+
+    /// When the work already queued on `dev` completes.
+    pub fn busy_until(&self, dev: usize) -> u64 {
+        self.dev(dev).busy_until.load(Ordering::SeqCst)
+    }
+
+    fn record(&self, d: &DeviceState, pid: u32, start: u64, end: u64) {
+        let idx = d.ring_head.fetch_add(1, Ordering::SeqCst);
+        let e = &d.ring[(idx % RING_LEN as u64) as usize];
+        e.seq.store(2 * idx + 1, Ordering::SeqCst);
+        e.pid.store(pid as u64, Ordering::SeqCst);
+        e.start.store(start, Ordering::SeqCst);
+        e.end.store(end, Ordering::SeqCst);
+        e.seq.store(2 * idx + 2, Ordering::SeqCst);
+    }
+
+    /// Settled intervals still in `dev`'s ring: (pid, start, end).
+    fn intervals(&self, dev: usize) -> Vec<(u32, u64, u64)> {
+        let d = self.dev(dev);
+        let head = d.ring_head.load(Ordering::SeqCst);
+        let first = head.saturating_sub(RING_LEN as u64);
+        let mut out = Vec::new();
+        for idx in first..head {
+            let e = &d.ring[(idx % RING_LEN as u64) as usize];
+            // A writer mid-entry finishes in a few stores; wait for it rather than miss the interval.
+            let mut spins = 0;
+            loop {
+                let s1 = e.seq.load(Ordering::SeqCst);
+                if s1 == 2 * idx + 1 && spins < 1000 {
+                    spins += 1;
+                    std::hint::spin_loop();
+                    continue;
+                }
+                if s1 != 2 * idx + 2 {
+                    break;
+                }
+                let v = (e.pid.load(Ordering::SeqCst) as u32, e.start.load(Ordering::SeqCst), e.end.load(Ordering::SeqCst));
+                if e.seq.load(Ordering::SeqCst) == s1 {
+                    out.push(v);
+                }
+                break;
+            }
+        }
+        out
+    }
+
+    /// Fraction of the last `window_ns` during which `dev` was busy, from any process.
+    pub fn utilization(&self, dev: usize, window_ns: u64) -> f64 {
+        if window_ns == 0 {
+            return 0.0;
+        }
+        let now = Self::now_ns();
+        let from = now.saturating_sub(window_ns);
+        let busy: u64 = self.intervals(dev).iter().map(|&(_, s, e)| overlap(s, e, from, now)).sum();
+        (busy as f64 / window_ns as f64).min(1.0)
+    }
+
+    /// Per process: busy time on `dev` between `since_ns` and now, and when its latest work
+    /// (up to now) ran. Processes with no work in that span are left out.
+    pub fn process_busy(&self, dev: usize, since_ns: u64) -> Vec<(u32, u64, u64)> {
+        let now = Self::now_ns();
+        let mut acc: Vec<(u32, u64, u64)> = Vec::new();
+        for (pid, s, e) in self.intervals(dev) {
+            let o = overlap(s, e, since_ns, now);
+            if o == 0 {
+                continue;
+            }
+            let seen = e.min(now);
+            match acc.iter_mut().find(|a| a.0 == pid) {
+                Some(a) => {
+                    a.1 += o;
+                    a.2 = a.2.max(seen);
+                }
+                None => acc.push((pid, o, seen)),
+            }
+        }
+        acc.sort_by_key(|a| a.0);
+        acc
+    }
+}
+
+fn overlap(s: u64, e: u64, from: u64, to: u64) -> u64 {
+    e.min(to).saturating_sub(s.max(from))
+}
+
+#[cfg(test)]
+mod tests;

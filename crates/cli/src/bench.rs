@@ -1,0 +1,162 @@
+//! `gpuslice bench`: what the interposer costs, measured side by side in one run on the
+//! simulated GPU (shim vs direct), so that a noisy machine affects both sides alike.
+
+use gpuslice_core::tenant::DEFAULT_CONTEXT_OVERHEAD;
+use gpuslice_ledger::{Ledger, TenantSpec};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::install::Install;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Kernel launches per measurement.
+    #[arg(long, default_value_t = 2_000_000)]
+    launches: u64,
+    /// cuMemAlloc+cuMemFree pairs per measurement.
+    #[arg(long, default_value_t = 100_000)]
+    allocs: u64,
+    /// Process starts per side for the start-up cost.
+    #[arg(long, default_value_t = 200)]
+    starts: u32,
+    /// Processes that initialise CUDA at once in one tenant.
+    #[arg(long, default_value_t = 300)]
+    processes: usize,
+    /// Alternating rounds per comparison (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+}
+
+struct Bench {
+    install: Install,
+    dir: PathBuf,
+    simlib: PathBuf,
+    ledger: PathBuf,
+}
+
+impl Bench {
+    fn command(&self, shim: bool, program: &Path) -> Command {
+        let mut c = Command::new(program);
+        c.env("LD_LIBRARY_PATH", &self.simlib).env("GPUSLICE_SIM_STATE", self.dir.join("sim-gpu")).env_remove("LD_PRELOAD");
+        if shim {
+            c.env("LD_PRELOAD", self.install.interposer()).env("GPUSLICE_LEDGER", &self.ledger);
+        }
+        c
+    }
+
+    fn probe_ns(&self, shim: bool, args: &[&str]) -> Result<f64, String> {
+        let out = self.command(shim, &self.install.probe()).args(args).output().map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("probe {args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))?;
+        v["ns_per_call"].as_f64().ok_or_else(|| format!("probe {args:?}: {v}"))
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1).min(sorted.len() - 1)]
+}
+
+pub fn bench(args: BenchArgs) -> i32 {
+    match run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("gpuslice bench: {e}");
+            1
+        }
+    }
+}
+
+fn run(a: BenchArgs) -> Result<(), String> {
+    let install = Install::locate()?;
+    let dir = std::env::temp_dir().join(format!("gpuslice-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let simlib = dir.join("lib");
+    install.link_simulator(&simlib)?;
+    let ledger = dir.join("ledger");
+    let spec = TenantSpec { name: "bench".into(), memory_cap: 64 << 30, context_overhead: DEFAULT_CONTEXT_OVERHEAD.bytes(), allowed: vec![] };
+    let l = Ledger::create(&ledger, &spec).map_err(|e| e.to_string())?;
+    let b = Bench { install, dir: dir.clone(), simlib, ledger };
+    let result = report(&b, &a, &l);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn report(b: &Bench, a: &BenchArgs, ledger: &Ledger) -> Result<(), String> {
+    println!("gpuslice bench — interposer vs direct, simulated GPU, {} alternating rounds, medians", a.rounds);
+    println!("{:<44} {:>12} {:>12} {:>12}", "", "direct", "gpuslice", "added");
+    let launches = a.launches.to_string();
+    let allocs = a.allocs.to_string();
+    for (label, args) in [
+        ("cuLaunchKernel (ns/call)", vec!["launches", launches.as_str()]),
+        ("cuMemAlloc + cuMemFree (ns/call, 1MiB)", vec!["allocs", allocs.as_str(), "1MiB"]),
+    ] {
+        let (mut d, mut s) = (Vec::new(), Vec::new());
+        for _ in 0..a.rounds {
+            d.push(b.probe_ns(false, &args)?);
+            s.push(b.probe_ns(true, &args)?);
+        }
+        let (d, s) = (median(d), median(s));
+        println!("{label:<44} {d:>12.1} {s:>12.1} {:>12.1}", s - d);
+    }
+
+    // Start-up: a process that never touches CUDA pays only the library load and constructor.
+    let truth = PathBuf::from("/bin/true");
+    let (mut d, mut s) = (Vec::new(), Vec::new());
+    for _ in 0..a.rounds {
+        for (shim, acc) in [(false, &mut d), (true, &mut s)] {
+            let t = Instant::now();
+            for _ in 0..a.starts {
+                b.command(shim, &truth).status().map_err(|e| e.to_string())?;
+            }
+            acc.push(t.elapsed().as_secs_f64() * 1e3 / a.starts as f64);
+        }
+    }
+    let (d, s) = (median(d), median(s));
+    println!("{:<44} {d:>12.3} {s:>12.3} {:>12.3}", "process start-up, no CUDA (ms)", s - d);
+    let (mut d, mut s) = (Vec::new(), Vec::new());
+    for _ in 0..a.rounds {
+        for (shim, acc) in [(false, &mut d), (true, &mut s)] {
+            let out = b.command(shim, &b.install.probe()).arg("info").output().map_err(|e| e.to_string())?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            acc.push(v["init_ns"].as_f64().unwrap_or(f64::NAN) / 1e6);
+        }
+    }
+    let (d, s) = (median(d), median(s));
+    println!("{:<44} {d:>12.3} {s:>12.3} {:>12.3}", "CUDA init to first cuMemGetInfo (ms)", s - d);
+
+    // Many processes of one tenant initialising at once: no serialisation on the ledger.
+    for shim in [false, true] {
+        let t = Instant::now();
+        let children: Vec<_> = (0..a.processes)
+            .map(|_| b.command(shim, &b.install.probe()).arg("info").stdout(Stdio::piped()).spawn())
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        let mut init: Vec<f64> = Vec::new();
+        for c in children {
+            let out = c.wait_with_output().map_err(|e| e.to_string())?;
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                init.push(v["init_ns"].as_f64().unwrap_or(f64::NAN) / 1e6);
+            }
+        }
+        init.sort_by(|a, b| a.total_cmp(b));
+        if init.len() != a.processes {
+            return Err(format!("only {} of {} processes initialised CUDA", init.len(), a.processes));
+        }
+        println!(
+            "{} concurrent processes {:<9} CUDA init p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; all done in {:.2} s",
+            a.processes,
+            if shim { "(gpuslice)" } else { "(direct)" },
+            percentile(&init, 0.5),
+            percentile(&init, 0.99),
+            init[init.len() - 1],
+            t.elapsed().as_secs_f64()
+        );
+    }
+    ledger.reclaim_dead(None);
+    Ok(())
+}

@@ -1,0 +1,3 @@
+#include <stdio.h>
+int value(void);
+int main(void) { printf("{\"value\":%d}\n", value()); return 0; }

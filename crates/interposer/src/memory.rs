@@ -1,0 +1,701 @@
+//! Every driver path that creates device memory, charged against the tenant's cap, and the
+//! queries that tell the tenant how big its GPU is.
+//!
+//! Pattern: reserve in the ledger, call the driver, keep or roll back (`Tenant::charged_call`).
+//! Memory pools are the exception: a pool's footprint is what it has *reserved* from the device,
+//! which grows in chunks and outlives frees, so pools are charged their reservation as measured
+//! around each call rather than the sizes asked for.
+
+use gpuslice_cuda_abi::driver::*;
+use gpuslice_ledger::Dev;
+use std::ffi::{c_uint, c_void};
+
+use crate::real::call_real;
+use crate::tenant::{Owner, PoolCharge, Tenant, guard, tenant_or_return};
+
+const CU_GRAPH_NODE_TYPE_MEM_ALLOC: i32 = 10;
+
+// ---- plain allocations -------------------------------------------------------------------
+
+unsafe fn alloc_common(dptr: *mut CUdeviceptr, bytes: u64, call: impl FnOnce() -> CUresult) -> CUresult {
+    if dptr.is_null() {
+        return call();
+    }
+    let t = tenant_or_return!();
+    let (_, dev) = match t.current_dev() {
+        Ok(d) => d,
+        Err(e) => return e,
+    };
+    let r = t.charged_call(dev, bytes, call);
+    if r == CUDA_SUCCESS {
+        t.remember(Owner::Ptr(unsafe { *dptr }), dev, bytes);
+    }
+    r
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytesize: usize) -> CUresult {
+    guard(|| unsafe {
+        alloc_common(dptr, bytesize as u64, || {
+            call_real!(CUDA, cuMemAlloc_v2: unsafe extern "C" fn(*mut CUdeviceptr, usize) -> CUresult, dptr, bytesize)
+        })
+    })
+}
+
+/// The pre-3.2 entry point with 32-bit pointers and sizes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAlloc(dptr: *mut CUdeviceptr_v1, bytesize: c_uint) -> CUresult {
+    guard(|| unsafe {
+        let real = || call_real!(CUDA, cuMemAlloc: unsafe extern "C" fn(*mut CUdeviceptr_v1, c_uint) -> CUresult, dptr, bytesize);
+        if dptr.is_null() {
+            return real();
+        }
+        let mut wide: CUdeviceptr = 0;
+        alloc_common(&mut wide, bytesize as u64, || {
+            let r = real();
+            wide = *dptr as u64;
+            r
+        })
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocManaged(dptr: *mut CUdeviceptr, bytesize: usize, flags: c_uint) -> CUresult {
+    // Managed memory counts in full: without oversubscription it can all become resident.
+    guard(|| unsafe {
+        alloc_common(dptr, bytesize as u64, || {
+            call_real!(CUDA, cuMemAllocManaged: unsafe extern "C" fn(*mut CUdeviceptr, usize, c_uint) -> CUresult, dptr, bytesize, flags)
+        })
+    })
+}
+
+/// Real drivers pad each row to the pitch; 512 bytes is the largest alignment they use.
+const PITCH_ALIGN: u64 = 512;
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocPitch_v2(
+    dptr: *mut CUdeviceptr,
+    pitch: *mut usize,
+    width: usize,
+    height: usize,
+    elem: c_uint,
+) -> CUresult {
+    guard(|| unsafe {
+        if dptr.is_null() || pitch.is_null() {
+            return call_real!(CUDA, cuMemAllocPitch_v2: unsafe extern "C" fn(*mut CUdeviceptr, *mut usize, usize, usize, c_uint) -> CUresult, dptr, pitch, width, height, elem);
+        }
+        let t = tenant_or_return!();
+        let (_, dev) = match t.current_dev() {
+            Ok(d) => d,
+            Err(e) => return e,
+        };
+        // The pitch is known only afterwards: reserve the padded bound, then settle on the truth.
+        let bound = (width as u64).div_ceil(PITCH_ALIGN).saturating_mul(PITCH_ALIGN).saturating_mul(height as u64);
+        let r = t.charged_call(dev, bound, || {
+            call_real!(CUDA, cuMemAllocPitch_v2: unsafe extern "C" fn(*mut CUdeviceptr, *mut usize, usize, usize, c_uint) -> CUresult, dptr, pitch, width, height, elem)
+        });
+        if r != CUDA_SUCCESS {
+            return r;
+        }
+        let actual = (*pitch as u64).saturating_mul(height as u64);
+        if actual > bound && t.reserve(dev, actual - bound).is_err() {
+            call_real!(CUDA, cuMemFree_v2: unsafe extern "C" fn(CUdeviceptr) -> CUresult, *dptr);
+            t.release(dev, bound);
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        }
+        if actual < bound {
+            t.release(dev, bound - actual);
+        }
+        t.remember(Owner::Ptr(*dptr), dev, actual);
+        CUDA_SUCCESS
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
+    guard(|| {
+        let r = call_real!(CUDA, cuMemFree_v2: unsafe extern "C" fn(CUdeviceptr) -> CUresult, dptr);
+        if r == CUDA_SUCCESS {
+            if let Ok(t) = crate::tenant::tenant() {
+                t.forget(Owner::Ptr(dptr));
+            }
+        }
+        r
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemFree(dptr: CUdeviceptr_v1) -> CUresult {
+    guard(|| {
+        let r = call_real!(CUDA, cuMemFree: unsafe extern "C" fn(CUdeviceptr_v1) -> CUresult, dptr);
+        if r == CUDA_SUCCESS {
+            if let Ok(t) = crate::tenant::tenant() {
+                t.forget(Owner::Ptr(dptr as u64));
+            }
+        }
+        r
+    })
+}
+
+// ---- virtual memory management -------------------------------------------------------------
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemCreate(
+    handle: *mut CUmemGenericAllocationHandle,
+    size: usize,
+    prop: *const CUmemAllocationProp,
+    flags: u64,
+) -> CUresult {
+    guard(|| unsafe {
+        let real = || {
+            call_real!(CUDA, cuMemCreate: unsafe extern "C" fn(*mut CUmemGenericAllocationHandle, usize, *const CUmemAllocationProp, u64) -> CUresult, handle, size, prop, flags)
+        };
+        if handle.is_null() || prop.is_null() || (*prop).location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
+            // Host-resident physical memory is not device memory.
+            return real();
+        }
+        let t = tenant_or_return!();
+        let dev = match t.dev((*prop).location.id) {
+            Ok(d) => d,
+            Err(e) => return e,
+        };
+        let r = t.charged_call(dev, size as u64, real);
+        if r == CUDA_SUCCESS {
+            t.remember(Owner::VmmHandle(*handle), dev, size as u64);
+        }
+        r
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemRelease(handle: CUmemGenericAllocationHandle) -> CUresult {
+    guard(|| {
+        let r = call_real!(CUDA, cuMemRelease: unsafe extern "C" fn(CUmemGenericAllocationHandle) -> CUresult, handle);
+        if r == CUDA_SUCCESS {
+            if let Ok(t) = crate::tenant::tenant() {
+                t.forget(Owner::VmmHandle(handle));
+            }
+        }
+        r
+    })
+}
+
+// ---- arrays ----------------------------------------------------------------------------------
+
+fn format_bytes(format: CUarray_format) -> u64 {
+    match format {
+        CU_AD_FORMAT_UNSIGNED_INT8 | CU_AD_FORMAT_SIGNED_INT8 => 1,
+        CU_AD_FORMAT_UNSIGNED_INT16 | CU_AD_FORMAT_SIGNED_INT16 | CU_AD_FORMAT_HALF => 2,
+        CU_AD_FORMAT_UNSIGNED_INT32 | CU_AD_FORMAT_SIGNED_INT32 | CU_AD_FORMAT_FLOAT => 4,
+        // Formats this table does not know are charged as the widest element: never undercharge.
+        _ => 16,
+    }
+}
+
+/// Bytes of an array of the given extent (0 in a dimension means the dimension is absent).
+pub fn array_bytes(w: u64, h: u64, d: u64, format: CUarray_format, channels: u32) -> u64 {
+    [w.max(1), h.max(1), d.max(1), format_bytes(format), channels.max(1) as u64]
+        .into_iter()
+        .fold(1u64, |a, b| a.saturating_mul(b))
+}
+
+unsafe fn array_common(handle_out: *const usize, bytes: u64, owner: fn(usize) -> Owner, call: impl FnOnce() -> CUresult) -> CUresult {
+    let t = tenant_or_return!();
+    let (_, dev) = match t.current_dev() {
+        Ok(d) => d,
+        Err(e) => return e,
+    };
+    let r = t.charged_call(dev, bytes, call);
+    if r == CUDA_SUCCESS {
+        t.remember(owner(unsafe { *handle_out }), dev, bytes);
+    }
+    r
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuArrayCreate_v2(arr: *mut CUarray, desc: *const CUDA_ARRAY_DESCRIPTOR) -> CUresult {
+    guard(|| unsafe {
+        let real = || call_real!(CUDA, cuArrayCreate_v2: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY_DESCRIPTOR) -> CUresult, arr, desc);
+        if arr.is_null() || desc.is_null() {
+            return real();
+        }
+        let d = &*desc;
+        let bytes = array_bytes(d.Width as u64, d.Height as u64, 1, d.Format, d.NumChannels);
+        array_common(arr as *const usize, bytes, Owner::Array, real)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuArrayCreate(arr: *mut CUarray, desc: *const CUDA_ARRAY_DESCRIPTOR_v1) -> CUresult {
+    guard(|| unsafe {
+        let real = || call_real!(CUDA, cuArrayCreate: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY_DESCRIPTOR_v1) -> CUresult, arr, desc);
+        if arr.is_null() || desc.is_null() {
+            return real();
+        }
+        let d = &*desc;
+        let bytes = array_bytes(d.Width as u64, d.Height as u64, 1, d.Format, d.NumChannels);
+        array_common(arr as *const usize, bytes, Owner::Array, real)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuArray3DCreate_v2(arr: *mut CUarray, desc: *const CUDA_ARRAY3D_DESCRIPTOR) -> CUresult {
+    guard(|| unsafe {
+        let real = || call_real!(CUDA, cuArray3DCreate_v2: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY3D_DESCRIPTOR) -> CUresult, arr, desc);
+        if arr.is_null() || desc.is_null() {
+            return real();
+        }
+        let d = &*desc;
+        let bytes = array_bytes(d.Width as u64, d.Height as u64, d.Depth as u64, d.Format, d.NumChannels);
+        array_common(arr as *const usize, bytes, Owner::Array, real)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuArray3DCreate(arr: *mut CUarray, desc: *const CUDA_ARRAY3D_DESCRIPTOR_v1) -> CUresult {
+    guard(|| unsafe {
+        let real = || call_real!(CUDA, cuArray3DCreate: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY3D_DESCRIPTOR_v1) -> CUresult, arr, desc);
+        if arr.is_null() || desc.is_null() {
+            return real();
+        }
+        let d = &*desc;
+        let bytes = array_bytes(d.Width as u64, d.Height as u64, d.Depth as u64, d.Format, d.NumChannels);
+        array_common(arr as *const usize, bytes, Owner::Array, real)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuArrayDestroy(arr: CUarray) -> CUresult {
+    guard(|| {
+        let r = call_real!(CUDA, cuArrayDestroy: unsafe extern "C" fn(CUarray) -> CUresult, arr);
+        if r == CUDA_SUCCESS {
+            if let Ok(t) = crate::tenant::tenant() {
+                t.forget(Owner::Array(arr as usize));
+            }
+        }
+        r
+    })
+}
+
+/// A mipmapped array holds every level, each half the size of the one above in each dimension.
+pub fn mipmap_bytes(d: &CUDA_ARRAY3D_DESCRIPTOR, levels: u32) -> u64 {
+    let (mut w, mut h, mut z) = (d.Width as u64, d.Height as u64, d.Depth as u64);
+    let mut total = 0u64;
+    for _ in 0..levels.max(1) {
+        total = total.saturating_add(array_bytes(w, h, z, d.Format, d.NumChannels));
+        w = (w / 2).max(1);
+        h = if h == 0 { 0 } else { (h / 2).max(1) };
+        z = if z == 0 { 0 } else { (z / 2).max(1) };
+    }
+    total
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMipmappedArrayCreate(
+    arr: *mut CUmipmappedArray,
+    desc: *const CUDA_ARRAY3D_DESCRIPTOR,
+    levels: c_uint,
+) -> CUresult {
+    guard(|| unsafe {
+        let real = || {
+            call_real!(CUDA, cuMipmappedArrayCreate: unsafe extern "C" fn(*mut CUmipmappedArray, *const CUDA_ARRAY3D_DESCRIPTOR, c_uint) -> CUresult, arr, desc, levels)
+        };
+        if arr.is_null() || desc.is_null() {
+            return real();
+        }
+        array_common(arr as *const usize, mipmap_bytes(&*desc, levels), Owner::Mipmap, real)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMipmappedArrayDestroy(arr: CUmipmappedArray) -> CUresult {
+    guard(|| {
+        let r = call_real!(CUDA, cuMipmappedArrayDestroy: unsafe extern "C" fn(CUmipmappedArray) -> CUresult, arr);
+        if r == CUDA_SUCCESS {
+            if let Ok(t) = crate::tenant::tenant() {
+                t.forget(Owner::Mipmap(arr as usize));
+            }
+        }
+        r
+    })
+}
+
+// ---- stream-ordered allocation and memory pools --------------------------------------------------
+
+fn pool_reserved(pool: CUmemoryPool) -> Option<u64> {
+    let mut v: u64 = 0;
+    let r = call_real!(CUDA, cuMemPoolGetAttribute: unsafe extern "C" fn(CUmemoryPool, CUmemPool_attribute, *mut c_void) -> CUresult,
+        pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, (&mut v as *mut u64).cast());
+    (r == CUDA_SUCCESS).then_some(v)
+}
+
+/// Brings every pool's charge in line with what it has reserved now. Returns whether anything
+/// was given back.
+pub fn reconcile_pools(t: &Tenant) -> bool {
+    let mut freed = false;
+    let mut pools = t.pools.lock().unwrap();
+    for (&pool, pc) in pools.iter_mut() {
+        freed |= reconcile_one(t, pool as CUmemoryPool, pc);
+    }
+    freed
+}
+
+fn reconcile_one(t: &Tenant, pool: CUmemoryPool, pc: &mut PoolCharge) -> bool {
+    let (Some(dev), Some(now)) = (pc.dev, pool_reserved(pool)) else { return false };
+    if now > pc.charged {
+        // Memory the driver has already handed out; the next reservation sees it.
+        t.ledger.charge_unchecked(t.slot, dev, now - pc.charged);
+    } else if now < pc.charged {
+        t.release(dev, pc.charged - now);
+    }
+    let freed = now < pc.charged;
+    pc.charged = now;
+    freed
+}
+
+fn default_pool(ordinal: CUdevice) -> Result<CUmemoryPool, CUresult> {
+    let mut pool: CUmemoryPool = std::ptr::null_mut();
+    let r = call_real!(CUDA, cuDeviceGetMemPool: unsafe extern "C" fn(*mut CUmemoryPool, CUdevice) -> CUresult, &mut pool, ordinal);
+    if r == CUDA_SUCCESS { Ok(pool) } else { Err(r) }
+}
+
+/// Allocates `bytes` from `pool` through `call` and charges the pool's growth.
+unsafe fn pool_alloc(
+    t: &Tenant,
+    pool: CUmemoryPool,
+    dev: Dev,
+    dptr: *mut CUdeviceptr,
+    bytes: u64,
+    stream: CUstream,
+    call: impl FnOnce() -> CUresult,
+) -> CUresult {
+    // Settle other pools first, so a pool that has given memory back does not cause a refusal.
+    if t.ledger.cap(dev).saturating_sub(t.ledger.used(dev)) < bytes {
+        reconcile_pools(t);
+    }
+    let mut pools = t.pools.lock().unwrap();
+    let pc = pools.entry(pool as usize).or_default();
+    pc.dev.get_or_insert(dev);
+    reconcile_one(t, pool, pc);
+    if t.ledger.reserve(t.slot, dev, bytes).is_err() {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    let r = call();
+    let now = pool_reserved(pool).unwrap_or(pc.charged.saturating_add(bytes));
+    let growth = now.saturating_sub(pc.charged);
+    if r != CUDA_SUCCESS {
+        t.release(dev, bytes);
+        reconcile_one(t, pool, pc);
+        return r;
+    }
+    if growth <= bytes {
+        t.release(dev, bytes - growth);
+        pc.charged = now;
+        return CUDA_SUCCESS;
+    }
+    // The pool grew by more than was asked (it reserves in chunks): that is its real footprint.
+    if t.ledger.reserve(t.slot, dev, growth - bytes).is_ok() {
+        pc.charged = now;
+        return CUDA_SUCCESS;
+    }
+    // It does not fit: undo the allocation and hand the chunk back to the device.
+    call_real!(CUDA, cuMemFreeAsync: unsafe extern "C" fn(CUdeviceptr, CUstream) -> CUresult, unsafe { *dptr }, stream);
+    call_real!(CUDA, cuStreamSynchronize: unsafe extern "C" fn(CUstream) -> CUresult, stream);
+    call_real!(CUDA, cuMemPoolTrimTo: unsafe extern "C" fn(CUmemoryPool, usize) -> CUresult, pool, 0);
+    t.release(dev, bytes);
+    reconcile_one(t, pool, pc);
+    CUDA_ERROR_OUT_OF_MEMORY
+}
+
+type AllocAsyncFn = unsafe extern "C" fn(*mut CUdeviceptr, usize, CUstream) -> CUresult;
+type AllocFromPoolFn = unsafe extern "C" fn(*mut CUdeviceptr, usize, CUmemoryPool, CUstream) -> CUresult;
+type FreeAsyncFn = unsafe extern "C" fn(CUdeviceptr, CUstream) -> CUresult;
+
+unsafe fn alloc_async(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream, call: impl FnOnce() -> CUresult) -> CUresult {
+    if dptr.is_null() {
+        return call();
+    }
+    let t = tenant_or_return!();
+    let (ordinal, dev) = match t.current_dev() {
+        Ok(d) => d,
+        Err(e) => return e,
+    };
+    let pool = match default_pool(ordinal) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    unsafe { pool_alloc(t, pool, dev, dptr, bytes as u64, stream, call) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocAsync(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) -> CUresult {
+    guard(|| unsafe { alloc_async(dptr, bytes, stream, || call_real!(CUDA, cuMemAllocAsync: AllocAsyncFn, dptr, bytes, stream)) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) -> CUresult {
+    guard(|| unsafe { alloc_async(dptr, bytes, stream, || call_real!(CUDA, cuMemAllocAsync_ptsz: AllocAsyncFn, dptr, bytes, stream)) })
+}
+
+unsafe fn alloc_from_pool(dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream, call: impl FnOnce() -> CUresult) -> CUresult {
+    if dptr.is_null() || pool.is_null() {
+        return call();
+    }
+    let t = tenant_or_return!();
+    let known = t.pools.lock().unwrap().get(&(pool as usize)).and_then(|p| p.dev);
+    let dev = match known {
+        Some(d) => d,
+        None => match t.current_dev() {
+            Ok((_, d)) => d,
+            Err(e) => return e,
+        },
+    };
+    unsafe { pool_alloc(t, pool, dev, dptr, bytes as u64, stream, call) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocFromPoolAsync(dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream) -> CUresult {
+    guard(|| unsafe {
+        alloc_from_pool(dptr, bytes, pool, stream, || call_real!(CUDA, cuMemAllocFromPoolAsync: AllocFromPoolFn, dptr, bytes, pool, stream))
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream) -> CUresult {
+    guard(|| unsafe {
+        alloc_from_pool(dptr, bytes, pool, stream, || call_real!(CUDA, cuMemAllocFromPoolAsync_ptsz: AllocFromPoolFn, dptr, bytes, pool, stream))
+    })
+}
+
+fn after_pool_change(r: CUresult) -> CUresult {
+    if r == CUDA_SUCCESS {
+        if let Ok(t) = crate::tenant::tenant() {
+            reconcile_pools(t);
+        }
+    }
+    r
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemFreeAsync(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
+    guard(|| after_pool_change(call_real!(CUDA, cuMemFreeAsync: FreeAsyncFn, dptr, stream)))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemFreeAsync_ptsz(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
+    guard(|| after_pool_change(call_real!(CUDA, cuMemFreeAsync_ptsz: FreeAsyncFn, dptr, stream)))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemPoolTrimTo(pool: CUmemoryPool, keep: usize) -> CUresult {
+    guard(|| after_pool_change(call_real!(CUDA, cuMemPoolTrimTo: unsafe extern "C" fn(CUmemoryPool, usize) -> CUresult, pool, keep)))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemPoolCreate(pool: *mut CUmemoryPool, props: *const CUmemPoolProps) -> CUresult {
+    guard(|| unsafe {
+        let r = call_real!(CUDA, cuMemPoolCreate: unsafe extern "C" fn(*mut CUmemoryPool, *const CUmemPoolProps) -> CUresult, pool, props);
+        if r == CUDA_SUCCESS && !props.is_null() && (*props).location.type_ == CU_MEM_LOCATION_TYPE_DEVICE {
+            let t = tenant_or_return!();
+            if let Ok(dev) = t.dev((*props).location.id) {
+                t.pools.lock().unwrap().insert(*pool as usize, PoolCharge { dev: Some(dev), charged: 0 });
+            }
+        }
+        r
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemPoolDestroy(pool: CUmemoryPool) -> CUresult {
+    guard(|| {
+        let r = call_real!(CUDA, cuMemPoolDestroy: unsafe extern "C" fn(CUmemoryPool) -> CUresult, pool);
+        if r == CUDA_SUCCESS {
+            if let Ok(t) = crate::tenant::tenant() {
+                if let Some(PoolCharge { dev: Some(dev), charged }) = t.pools.lock().unwrap().remove(&(pool as usize)) {
+                    t.release(dev, charged);
+                }
+            }
+        }
+        r
+    })
+}
+
+// ---- graph memory nodes ---------------------------------------------------------------------
+
+/// Bytes the memory-allocation nodes of `graph` will take when it runs; captured allocations
+/// appear as such nodes too, so this covers graphs built either way.
+fn graph_alloc_bytes(graph: CUgraph) -> Result<u64, CUresult> {
+    type GetNodes = unsafe extern "C" fn(CUgraph, *mut CUgraphNode, *mut usize) -> CUresult;
+    let mut n: usize = 0;
+    let r = call_real!(CUDA, cuGraphGetNodes: GetNodes, graph, std::ptr::null_mut(), &mut n);
+    if r != CUDA_SUCCESS {
+        return Err(r);
+    }
+    let mut nodes: Vec<CUgraphNode> = vec![std::ptr::null_mut(); n];
+    let r = call_real!(CUDA, cuGraphGetNodes: GetNodes, graph, nodes.as_mut_ptr(), &mut n);
+    if r != CUDA_SUCCESS {
+        return Err(r);
+    }
+    let mut total = 0u64;
+    for &node in &nodes[..n.min(nodes.len())] {
+        let mut ty: i32 = -1;
+        call_real!(CUDA, cuGraphNodeGetType: unsafe extern "C" fn(CUgraphNode, *mut i32) -> CUresult, node, &mut ty);
+        if ty == CU_GRAPH_NODE_TYPE_MEM_ALLOC {
+            let mut p: CUDA_MEM_ALLOC_NODE_PARAMS = unsafe { std::mem::zeroed() };
+            let r = call_real!(CUDA, cuGraphMemAllocNodeGetParams: unsafe extern "C" fn(CUgraphNode, *mut CUDA_MEM_ALLOC_NODE_PARAMS) -> CUresult, node, &mut p);
+            if r != CUDA_SUCCESS {
+                return Err(r);
+            }
+            total = total.saturating_add(p.bytesize as u64);
+        }
+    }
+    Ok(total)
+}
+
+unsafe fn instantiate(exec: *mut CUgraphExec, graph: CUgraph, call: impl FnOnce() -> CUresult) -> CUresult {
+    if exec.is_null() {
+        return call();
+    }
+    let t = tenant_or_return!();
+    let bytes = match graph_alloc_bytes(graph) {
+        Ok(b) => b,
+        // A driver that cannot list nodes cannot instantiate the graph either.
+        Err(e) => return e,
+    };
+    if bytes == 0 {
+        return call();
+    }
+    let (_, dev) = match t.current_dev() {
+        Ok(d) => d,
+        Err(e) => return e,
+    };
+    let r = t.charged_call(dev, bytes, call);
+    if r == CUDA_SUCCESS {
+        t.remember(Owner::GraphExec(unsafe { *exec } as usize), dev, bytes);
+    }
+    r
+}
+
+type InstantiateLegacyFn = unsafe extern "C" fn(*mut CUgraphExec, CUgraph, *mut CUgraphNode, *mut i8, usize) -> CUresult;
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuGraphInstantiateWithFlags(exec: *mut CUgraphExec, graph: CUgraph, flags: u64) -> CUresult {
+    guard(|| unsafe {
+        instantiate(exec, graph, || {
+            call_real!(CUDA, cuGraphInstantiateWithFlags: unsafe extern "C" fn(*mut CUgraphExec, CUgraph, u64) -> CUresult, exec, graph, flags)
+        })
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuGraphInstantiate(exec: *mut CUgraphExec, graph: CUgraph, err: *mut CUgraphNode, log: *mut i8, len: usize) -> CUresult {
+    guard(|| unsafe { instantiate(exec, graph, || call_real!(CUDA, cuGraphInstantiate: InstantiateLegacyFn, exec, graph, err, log, len)) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuGraphInstantiate_v2(exec: *mut CUgraphExec, graph: CUgraph, err: *mut CUgraphNode, log: *mut i8, len: usize) -> CUresult {
+    guard(|| unsafe { instantiate(exec, graph, || call_real!(CUDA, cuGraphInstantiate_v2: InstantiateLegacyFn, exec, graph, err, log, len)) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuGraphInstantiateWithParams(exec: *mut CUgraphExec, graph: CUgraph, params: *mut c_void) -> CUresult {
+    guard(|| unsafe {
+        instantiate(exec, graph, || {
+            call_real!(CUDA, cuGraphInstantiateWithParams: unsafe extern "C" fn(*mut CUgraphExec, CUgraph, *mut c_void) -> CUresult, exec, graph, params)
+        })
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuGraphInstantiateWithParams_ptsz(exec: *mut CUgraphExec, graph: CUgraph, params: *mut c_void) -> CUresult {
+    guard(|| unsafe {
+        instantiate(exec, graph, || {
+            call_real!(CUDA, cuGraphInstantiateWithParams_ptsz: unsafe extern "C" fn(*mut CUgraphExec, CUgraph, *mut c_void) -> CUresult, exec, graph, params)
+        })
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuGraphExecDestroy(exec: CUgraphExec) -> CUresult {
+    guard(|| {
+        let r = call_real!(CUDA, cuGraphExecDestroy: unsafe extern "C" fn(CUgraphExec) -> CUresult, exec);
+        if r == CUDA_SUCCESS {
+            if let Ok(t) = crate::tenant::tenant() {
+                t.forget(Owner::GraphExec(exec as usize));
+            }
+        }
+        r
+    })
+}
+
+// ---- what the tenant is told ------------------------------------------------------------------
+
+/// The tenant's view of a device: total = its cap (never more than the device), free = what is
+/// left of the cap (never more than the device really has free).
+pub fn tenant_view(t: &Tenant, dev: Dev, real_free: u64, real_total: u64) -> (u64, u64) {
+    let cap = t.ledger.cap(dev);
+    let used = t.ledger.used(dev);
+    let total = cap.min(real_total);
+    let free = total.saturating_sub(used).min(real_free);
+    (free, total)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
+    guard(|| unsafe {
+        let r = call_real!(CUDA, cuMemGetInfo_v2: unsafe extern "C" fn(*mut usize, *mut usize) -> CUresult, free, total);
+        if r != CUDA_SUCCESS || free.is_null() || total.is_null() {
+            return r;
+        }
+        let t = tenant_or_return!();
+        let (_, dev) = match t.current_dev() {
+            Ok(d) => d,
+            Err(e) => return e,
+        };
+        reconcile_pools(t);
+        let (f, tot) = tenant_view(t, dev, *free as u64, *total as u64);
+        (*free, *total) = (f as usize, tot as usize);
+        r
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemGetInfo(free: *mut c_uint, total: *mut c_uint) -> CUresult {
+    guard(|| unsafe {
+        let (mut f, mut tot) = (0usize, 0usize);
+        let r = cuMemGetInfo_v2(&mut f, &mut tot);
+        if r == CUDA_SUCCESS && !free.is_null() && !total.is_null() {
+            *free = f.min(u32::MAX as usize) as c_uint;
+            *total = tot.min(u32::MAX as usize) as c_uint;
+        }
+        r
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -> CUresult {
+    guard(|| unsafe {
+        let r = call_real!(CUDA, cuDeviceTotalMem_v2: unsafe extern "C" fn(*mut usize, CUdevice) -> CUresult, bytes, dev);
+        if r != CUDA_SUCCESS || bytes.is_null() {
+            return r;
+        }
+        let t = tenant_or_return!();
+        match t.dev(dev) {
+            Ok(d) => *bytes = (*bytes as u64).min(t.ledger.cap(d)) as usize,
+            Err(e) => return e,
+        }
+        r
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDeviceTotalMem(bytes: *mut c_uint, dev: CUdevice) -> CUresult {
+    guard(|| unsafe {
+        let mut b = 0usize;
+        let r = cuDeviceTotalMem_v2(&mut b, dev);
+        if r == CUDA_SUCCESS && !bytes.is_null() {
+            *bytes = b.min(u32::MAX as usize) as c_uint;
+        }
+        r
+    })
+}

@@ -1,0 +1,205 @@
+use super::*;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+fn state_path(tag: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("gpuslice-sim-test-{tag}-{}-{}", std::process::id(), Sim::now_ns()));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+struct Tmp(PathBuf);
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn sim(tag: &str, cfg: &str) -> (Sim, Tmp) {
+    let p = state_path(tag);
+    let s = Sim::open(&p, &parse_devices(cfg).unwrap()).unwrap();
+    (s, Tmp(p))
+}
+
+/// Runs `f` in a forked child that reports one u64 through a pipe, then waits to be killed.
+fn child_holding(f: impl FnOnce() -> u64) -> (libc::pid_t, u64) {
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let v = f();
+        unsafe { libc::write(fds[1], (&v as *const u64).cast(), 8) };
+        loop {
+            unsafe { libc::pause() };
+        }
+    }
+    let mut v = 0u64;
+    assert_eq!(unsafe { libc::read(fds[0], (&mut v as *mut u64).cast(), 8) }, 8);
+    unsafe { libc::close(fds[0]); libc::close(fds[1]) };
+    (pid, v)
+}
+
+fn kill(pid: libc::pid_t) {
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
+#[test]
+fn parses_configs() {
+    let d = parse_devices("").unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].name, "NVIDIA H100 80GB HBM3");
+    assert_eq!(d[0].memory_bytes, 80 * GIB);
+    assert_eq!(d[0].sm_count, 132);
+    assert_eq!(d[0].context_bytes, 256 * MIB);
+    assert!(d[0].uuid.starts_with("GPU-5e1f0000-"));
+
+    let d = parse_devices("count=2,memory=40GiB,sms=108,name=NVIDIA A100-SXM4-40GB").unwrap();
+    assert_eq!(d.len(), 2);
+    assert_eq!(d[1].memory_bytes, 40 * GIB);
+    assert_eq!(d[1].sm_count, 108);
+    assert_eq!(d[1].name, "NVIDIA A100-SXM4-40GB");
+    assert_ne!(d[0].uuid, d[1].uuid);
+    assert_ne!(d[0].pci_bus_id, d[1].pci_bus_id);
+
+    let d = parse_devices("memory=1073741824;memory=512MiB,context=16MiB").unwrap();
+    assert_eq!(d.iter().map(|d| d.memory_bytes).collect::<Vec<_>>(), vec![GIB, 512 * MIB]);
+    assert_eq!(d[1].context_bytes, 16 * MIB);
+
+    for (bad, field) in [("memory=lots", "memory"), ("count=0", "count"), ("sms=x", "sms"), ("colour=red", "colour"), ("memory", "memory")] {
+        let e = parse_devices(bad).unwrap_err().to_string();
+        assert!(e.contains(field), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn second_opener_sees_the_first_devices() {
+    let p = state_path("devices");
+    let _t = Tmp(p.clone());
+    let a = Sim::open(&p, &parse_devices("count=2,memory=8GiB").unwrap()).unwrap();
+    let b = Sim::open(&p, &parse_devices("count=1,memory=1GiB").unwrap()).unwrap();
+    assert_eq!(b.device_count(), 2);
+    assert_eq!(b.spec(1), a.spec(1));
+    assert_eq!(b.memory_total(0), 8 * GIB);
+    let mode = std::fs::metadata(&p).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions())).unwrap();
+    assert_eq!(mode & 0o777, 0o666);
+}
+
+#[test]
+fn allocation_is_capped_at_device_memory() {
+    let (s, _t) = sim("cap", "memory=1GiB,context=0");
+    assert!(s.try_alloc(0, 600 * MIB));
+    assert!(!s.try_alloc(0, 600 * MIB), "over the device size");
+    assert_eq!(s.memory_used(0), 600 * MIB, "a refusal charges nothing");
+    assert!(s.try_alloc(0, 424 * MIB));
+    assert_eq!(s.memory_used(0), GIB);
+    assert!(!s.try_alloc(0, 1));
+    s.free(0, 600 * MIB);
+    assert_eq!(s.memory_used(0), 424 * MIB);
+    let ps = s.processes(0);
+    assert_eq!(ps, vec![ProcessUsage { pid: std::process::id(), used_bytes: 424 * MIB }]);
+}
+
+#[test]
+fn processes_share_the_device_and_a_killed_process_gives_memory_back() {
+    let (s, _t) = sim("fork", "count=2,memory=1GiB,context=0");
+    assert!(s.try_alloc(0, 100 * MIB));
+    // The child inherits our handle but must charge its own slot.
+    let (pid, child_slot) = child_holding(|| {
+        assert!(s.try_alloc(0, 700 * MIB));
+        assert!(!s.try_alloc(0, 300 * MIB), "parent's 100 MiB + 700 MiB + 300 MiB > 1 GiB");
+        assert!(s.try_alloc(1, 50 * MIB));
+        s.current_slot().unwrap() as u64
+    });
+    assert_ne!(Some(child_slot as usize), s.current_slot());
+    assert_eq!(s.memory_used(0), 800 * MIB);
+    assert_eq!(s.memory_used(1), 50 * MIB);
+    let mut ps = s.processes(0);
+    ps.sort_by_key(|p| p.used_bytes);
+    assert_eq!(ps, vec![
+        ProcessUsage { pid: std::process::id(), used_bytes: 100 * MIB },
+        ProcessUsage { pid: pid as u32, used_bytes: 700 * MIB },
+    ]);
+    assert!(!s.try_alloc(0, 300 * MIB), "the child is alive and holds its memory");
+    kill(pid);
+    // Refusing would be wrong now: the allocation path reclaims before it says no.
+    assert!(s.try_alloc(0, 300 * MIB));
+    assert_eq!(s.memory_used(0), 400 * MIB);
+    assert_eq!(s.memory_used(1), 0);
+    assert_eq!(s.processes(0).len(), 1);
+}
+
+#[test]
+fn queries_reclaim_dead_processes() {
+    let (s, _t) = sim("reclaim", "memory=1GiB,context=0");
+    let (pid, _) = child_holding(|| s.try_alloc(0, 512 * MIB) as u64);
+    // Another opener of the same file (a separate mapping) sees it too.
+    let other = Sim::open(s.path(), &[]).err();
+    assert!(other.is_some(), "an empty spec list is refused before touching the file");
+    assert_eq!(s.memory_used(0), 512 * MIB);
+    kill(pid);
+    assert_eq!(s.memory_used(0), 0);
+    assert!(s.processes(0).is_empty());
+}
+
+#[test]
+fn timeline_serializes_work() {
+    let (s, _t) = sim("timeline", "");
+    let t0 = Sim::now_ns();
+    let e1 = s.run_busy(0, 0, 10_000_000);
+    let e2 = s.run_busy(0, 0, 10_000_000);
+    assert!(e1 >= t0 + 10_000_000);
+    assert_eq!(e2, e1 + 10_000_000, "the second waits for the first");
+    // Work that may not start before a later time leaves a gap.
+    let e3 = s.run_busy(0, e2 + 5_000_000, 1_000_000);
+    assert_eq!(e3, e2 + 6_000_000);
+    assert_eq!(s.busy_until(0), e3);
+    // Zero-length work does not touch the device.
+    assert_eq!(s.run_busy(0, 0, 0) < e3, true);
+    assert_eq!(s.busy_until(0), e3);
+}
+
+#[test]
+fn timeline_is_shared_across_processes() {
+    let (s, _t) = sim("timeline-fork", "");
+    let (pid, child_end) = child_holding(|| s.run_busy(0, 0, 50_000_000));
+    let mine = s.run_busy(0, 0, 50_000_000);
+    assert_eq!(mine, child_end + 50_000_000, "queued behind the other process's work");
+    kill(pid);
+    while Sim::now_ns() < mine {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let busy = s.process_busy(0, 0);
+    assert_eq!(busy.len(), 2);
+    assert!(busy.iter().any(|b| b.0 == pid as u32));
+}
+
+#[test]
+fn utilization_over_a_window() {
+    let (s, _t) = sim("util", "");
+    let t0 = Sim::now_ns();
+    let e1 = s.run_busy(0, t0, 250_000_000);
+    let e2 = s.run_busy(0, t0 + 500_000_000, 250_000_000);
+    assert!(e1 - t0 < 250_000_000 + 5_000_000);
+    assert_eq!(e2, t0 + 750_000_000);
+    let end = t0 + 1_000_000_000;
+    while Sim::now_ns() < end {
+        std::thread::sleep(std::time::Duration::from_nanos(end - Sim::now_ns()));
+    }
+    let u = s.utilization(0, 1_000_000_000);
+    assert!((u - 0.5).abs() <= 0.02, "utilisation {u}");
+    let b = s.process_busy(0, t0);
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].0, std::process::id());
+    assert_eq!(b[0].1, 500_000_000);
+    assert_eq!(b[0].2, e2);
+    // Pending work counts only once it has run.
+    let e = s.run_busy(0, 0, 200_000_000);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let u_now = s.utilization(0, 50_000_000);
+    assert!(u_now > 0.9, "the device is busy right now: {u_now}");
+    assert!(s.process_busy(0, e).is_empty(), "nothing has run after its end yet");
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# README's test command: builds the workspace once (the interposer, the simulated GPU, the
+# probe workload and the binary are all artifacts the end-to-end tests run) and runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# NVIDIA's genuine CUDA runtime, for the test of the runtime's interception path.
+bash scripts/fetch-cuda-runtime.sh >/dev/null
+cargo build --workspace --locked
+cargo test --workspace --locked "$@"
