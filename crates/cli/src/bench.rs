@@ -38,17 +38,31 @@ struct Bench {
 impl Bench {
     fn command(&self, shim: bool, program: &Path) -> Command {
         let mut c = Command::new(program);
-        c.env("LD_LIBRARY_PATH", &self.simlib).env("GPUSLICE_SIM_STATE", self.dir.join("sim-gpu")).env_remove("LD_PRELOAD");
+        c.env("LD_LIBRARY_PATH", &self.simlib)
+            .env("GPUSLICE_SIM_STATE", self.dir.join("sim-gpu"))
+            .env_remove("LD_PRELOAD");
         if shim {
-            c.env("LD_PRELOAD", self.install.interposer()).env("GPUSLICE_LEDGER", &self.ledger);
+            c.env("LD_PRELOAD", self.install.interposer())
+                .env("GPUSLICE_LEDGER", &self.ledger);
         }
         c
     }
 
     fn probe_ns(&self, shim: bool, args: &[&str]) -> Result<f64, String> {
-        let out = self.command(shim, &self.install.probe()).args(args).output().map_err(|e| e.to_string())?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("probe {args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))?;
-        v["ns_per_call"].as_f64().ok_or_else(|| format!("probe {args:?}: {v}"))
+        let out = self
+            .command(shim, &self.install.probe())
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "probe {args:?}: {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })?;
+        v["ns_per_call"]
+            .as_f64()
+            .ok_or_else(|| format!("probe {args:?}: {v}"))
     }
 }
 
@@ -58,7 +72,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1).min(sorted.len() - 1)]
+    sorted[((sorted.len() as f64 * q).ceil() as usize)
+        .saturating_sub(1)
+        .min(sorted.len() - 1)]
 }
 
 pub fn bench(args: BenchArgs) -> i32 {
@@ -78,22 +94,44 @@ fn run(a: BenchArgs) -> Result<(), String> {
     let simlib = dir.join("lib");
     install.link_simulator(&simlib)?;
     let ledger = dir.join("ledger");
-    let spec = TenantSpec { name: "bench".into(), memory_cap: 64 << 30, context_overhead: DEFAULT_CONTEXT_OVERHEAD.bytes(), allowed: vec![] };
+    let spec = TenantSpec {
+        name: "bench".into(),
+        memory_cap: 64 << 30,
+        context_overhead: DEFAULT_CONTEXT_OVERHEAD.bytes(),
+        allowed: vec![],
+    };
     let l = Ledger::create(&ledger, &spec).map_err(|e| e.to_string())?;
-    let b = Bench { install, dir: dir.clone(), simlib, ledger };
+    let b = Bench {
+        install,
+        dir: dir.clone(),
+        simlib,
+        ledger,
+    };
     let result = report(&b, &a, &l);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
 fn report(b: &Bench, a: &BenchArgs, ledger: &Ledger) -> Result<(), String> {
-    println!("gpuslice bench — interposer vs direct, simulated GPU, {} alternating rounds, medians", a.rounds);
-    println!("{:<44} {:>12} {:>12} {:>12}", "", "direct", "gpuslice", "added");
+    println!(
+        "gpuslice bench — interposer vs direct, simulated GPU, {} alternating rounds, medians",
+        a.rounds
+    );
+    println!(
+        "{:<44} {:>12} {:>12} {:>12}",
+        "", "direct", "gpuslice", "added"
+    );
     let launches = a.launches.to_string();
     let allocs = a.allocs.to_string();
     for (label, args) in [
-        ("cuLaunchKernel (ns/call)", vec!["launches", launches.as_str()]),
-        ("cuMemAlloc + cuMemFree (ns/call, 1MiB)", vec!["allocs", allocs.as_str(), "1MiB"]),
+        (
+            "cuLaunchKernel (ns/call)",
+            vec!["launches", launches.as_str()],
+        ),
+        (
+            "cuMemAlloc + cuMemFree (ns/call, 1MiB)",
+            vec!["allocs", allocs.as_str(), "1MiB"],
+        ),
     ] {
         let (mut d, mut s) = (Vec::new(), Vec::new());
         for _ in 0..a.rounds {
@@ -111,29 +149,49 @@ fn report(b: &Bench, a: &BenchArgs, ledger: &Ledger) -> Result<(), String> {
         for (shim, acc) in [(false, &mut d), (true, &mut s)] {
             let t = Instant::now();
             for _ in 0..a.starts {
-                b.command(shim, &truth).status().map_err(|e| e.to_string())?;
+                b.command(shim, &truth)
+                    .status()
+                    .map_err(|e| e.to_string())?;
             }
             acc.push(t.elapsed().as_secs_f64() * 1e3 / a.starts as f64);
         }
     }
     let (d, s) = (median(d), median(s));
-    println!("{:<44} {d:>12.3} {s:>12.3} {:>12.3}", "process start-up, no CUDA (ms)", s - d);
+    println!(
+        "{:<44} {d:>12.3} {s:>12.3} {:>12.3}",
+        "process start-up, no CUDA (ms)",
+        s - d
+    );
     let (mut d, mut s) = (Vec::new(), Vec::new());
     for _ in 0..a.rounds {
         for (shim, acc) in [(false, &mut d), (true, &mut s)] {
-            let out = b.command(shim, &b.install.probe()).arg("info").output().map_err(|e| e.to_string())?;
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            let out = b
+                .command(shim, &b.install.probe())
+                .arg("info")
+                .output()
+                .map_err(|e| e.to_string())?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
             acc.push(v["init_ns"].as_f64().unwrap_or(f64::NAN) / 1e6);
         }
     }
     let (d, s) = (median(d), median(s));
-    println!("{:<44} {d:>12.3} {s:>12.3} {:>12.3}", "CUDA init to first cuMemGetInfo (ms)", s - d);
+    println!(
+        "{:<44} {d:>12.3} {s:>12.3} {:>12.3}",
+        "CUDA init to first cuMemGetInfo (ms)",
+        s - d
+    );
 
     // Many processes of one tenant initialising at once: no serialisation on the ledger.
     for shim in [false, true] {
         let t = Instant::now();
         let children: Vec<_> = (0..a.processes)
-            .map(|_| b.command(shim, &b.install.probe()).arg("info").stdout(Stdio::piped()).spawn())
+            .map(|_| {
+                b.command(shim, &b.install.probe())
+                    .arg("info")
+                    .stdout(Stdio::piped())
+                    .spawn()
+            })
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?;
         let mut init: Vec<f64> = Vec::new();
@@ -145,7 +203,11 @@ fn report(b: &Bench, a: &BenchArgs, ledger: &Ledger) -> Result<(), String> {
         }
         init.sort_by(|a, b| a.total_cmp(b));
         if init.len() != a.processes {
-            return Err(format!("only {} of {} processes initialised CUDA", init.len(), a.processes));
+            return Err(format!(
+                "only {} of {} processes initialised CUDA",
+                init.len(),
+                a.processes
+            ));
         }
         println!(
             "{} concurrent processes {:<9} CUDA init p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; all done in {:.2} s",

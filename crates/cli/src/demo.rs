@@ -26,13 +26,55 @@ struct TenantPlan {
 }
 
 const TENANTS: &[TenantPlan] = &[
-    TenantPlan { name: "train-a", cap: "8GiB", path: "alloc", what: "cuMemAlloc", chunk: "512MiB" },
-    TenantPlan { name: "infer-b", cap: "4GiB", path: "pool", what: "cuMemAllocFromPoolAsync", chunk: "256MiB" },
-    TenantPlan { name: "serve-c", cap: "3GiB", path: "async", what: "cuMemAllocAsync", chunk: "256MiB" },
-    TenantPlan { name: "jax-d", cap: "3GiB", path: "vmm", what: "cuMemCreate (VMM)", chunk: "256MiB" },
-    TenantPlan { name: "viz-e", cap: "2GiB", path: "array", what: "cuArrayCreate", chunk: "128MiB" },
-    TenantPlan { name: "graph-f", cap: "2GiB", path: "graph", what: "graph alloc nodes", chunk: "256MiB" },
-    TenantPlan { name: "nb-g", cap: "1.5GiB", path: "managed", what: "cuMemAllocManaged", chunk: "256MiB" },
+    TenantPlan {
+        name: "train-a",
+        cap: "8GiB",
+        path: "alloc",
+        what: "cuMemAlloc",
+        chunk: "512MiB",
+    },
+    TenantPlan {
+        name: "infer-b",
+        cap: "4GiB",
+        path: "pool",
+        what: "cuMemAllocFromPoolAsync",
+        chunk: "256MiB",
+    },
+    TenantPlan {
+        name: "serve-c",
+        cap: "3GiB",
+        path: "async",
+        what: "cuMemAllocAsync",
+        chunk: "256MiB",
+    },
+    TenantPlan {
+        name: "jax-d",
+        cap: "3GiB",
+        path: "vmm",
+        what: "cuMemCreate (VMM)",
+        chunk: "256MiB",
+    },
+    TenantPlan {
+        name: "viz-e",
+        cap: "2GiB",
+        path: "array",
+        what: "cuArrayCreate",
+        chunk: "128MiB",
+    },
+    TenantPlan {
+        name: "graph-f",
+        cap: "2GiB",
+        path: "graph",
+        what: "graph alloc nodes",
+        chunk: "256MiB",
+    },
+    TenantPlan {
+        name: "nb-g",
+        cap: "1.5GiB",
+        path: "managed",
+        what: "cuMemAllocManaged",
+        chunk: "256MiB",
+    },
 ];
 
 #[derive(Deserialize, Default)]
@@ -56,8 +98,11 @@ struct Demo {
 impl Demo {
     fn tenant(&self, name: &str, cap: &str, cmd: &[&str]) -> Command {
         let mut c = Command::new(&self.exe);
-        c.args(["run", "--sim", "--gpu-memory", cap, "--name", name, "--"]).args(cmd);
-        c.env("GPUSLICE_STATE_DIR", &self.dir).env("GPUSLICE_SIM_STATE", self.dir.join("sim-gpu")).env_remove("GPUSLICE_SIM_DEVICES");
+        c.args(["run", "--sim", "--gpu-memory", cap, "--name", name, "--"])
+            .args(cmd);
+        c.env("GPUSLICE_STATE_DIR", &self.dir)
+            .env("GPUSLICE_SIM_STATE", self.dir.join("sim-gpu"))
+            .env_remove("GPUSLICE_SIM_DEVICES");
         c
     }
 
@@ -67,7 +112,11 @@ impl Demo {
 
     fn ledger_of(&self, name: &str) -> Option<Ledger> {
         let tenants = self.dir.join("tenants");
-        let entry = std::fs::read_dir(tenants).ok()?.flatten().find(|e| e.file_name().to_string_lossy().starts_with(&format!("{name}-")))?;
+        let entry = std::fs::read_dir(tenants).ok()?.flatten().find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{name}-"))
+        })?;
         Ledger::open(&entry.path().join("ledger")).ok()
     }
 }
@@ -102,19 +151,31 @@ pub fn demo(_args: DemoArgs) -> i32 {
 fn run_demo() -> Result<bool, String> {
     let install = Install::locate()?;
     if !install.probe().is_file() {
-        return Err(format!("the demo workload {} is missing; build the workspace with `cargo build`", install.probe().display()));
+        return Err(format!(
+            "the demo workload {} is missing; build the workspace with `cargo build`",
+            install.probe().display()
+        ));
     }
     let dir = std::env::temp_dir().join(format!("gpuslice-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let demo = Demo { install, dir: dir.clone(), exe: std::env::current_exe().map_err(|e| e.to_string())? };
+    let demo = Demo {
+        install,
+        dir: dir.clone(),
+        exe: std::env::current_exe().map_err(|e| e.to_string())?,
+    };
     let result = show(&demo);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
 fn show(demo: &Demo) -> Result<bool, String> {
-    println!("gpuslice demo — one simulated NVIDIA H100 80GB shared by {} tenants", TENANTS.len());
-    println!("Each tenant is a `gpuslice run --sim --gpu-memory CAP` process that allocates through one");
+    println!(
+        "gpuslice demo — one simulated NVIDIA H100 80GB shared by {} tenants",
+        TENANTS.len()
+    );
+    println!(
+        "Each tenant is a `gpuslice run --sim --gpu-memory CAP` process that allocates through one"
+    );
     println!("path until refused. Every CUDA context also costs 256MiB, charged to its tenant.\n");
     let probe = demo.probe();
     let mut children: Vec<(Child, &TenantPlan)> = Vec::new();
@@ -126,11 +187,25 @@ fn show(demo: &Demo) -> Result<bool, String> {
     let mut ok = true;
     let mut rows = Vec::new();
     for (child, t) in children.iter_mut() {
-        let line = first_line(child, Duration::from_secs(30)).ok_or_else(|| format!("tenant {} reported nothing", t.name))?;
-        let r: FillReport = serde_json::from_str(&line).map_err(|e| format!("tenant {}: {e}: {line}", t.name))?;
+        let line = first_line(child, Duration::from_secs(30))
+            .ok_or_else(|| format!("tenant {} reported nothing", t.name))?;
+        let r: FillReport =
+            serde_json::from_str(&line).map_err(|e| format!("tenant {}: {e}: {line}", t.name))?;
         let cap: ByteSize = t.cap.parse().unwrap();
-        let ledger = demo.ledger_of(t.name).ok_or_else(|| format!("tenant {} has no ledger", t.name))?;
-        let dev = ledger.devices().into_iter().next().unwrap_or(gpuslice_ledger::DeviceUsage { uuid: [0; 16], cap: 0, used: 0, peak: 0, refusals: 0 });
+        let ledger = demo
+            .ledger_of(t.name)
+            .ok_or_else(|| format!("tenant {} has no ledger", t.name))?;
+        let dev = ledger
+            .devices()
+            .into_iter()
+            .next()
+            .unwrap_or(gpuslice_ledger::DeviceUsage {
+                uuid: [0; 16],
+                cap: 0,
+                used: 0,
+                peak: 0,
+                refusals: 0,
+            });
         let held = dev.used <= cap.bytes() && r.error == 2 && r.total == cap.bytes();
         ok &= held;
         rows.push([
@@ -138,7 +213,11 @@ fn show(demo: &Demo) -> Result<bool, String> {
             t.what.to_string(),
             t.cap.to_string(),
             format!("{} × {}", r.granted, t.chunk),
-            if r.error == 2 { "OUT_OF_MEMORY".into() } else { format!("error {}", r.error) },
+            if r.error == 2 {
+                "OUT_OF_MEMORY".into()
+            } else {
+                format!("error {}", r.error)
+            },
             gib(dev.used),
             gib(r.total),
             gib(r.free),
@@ -146,7 +225,17 @@ fn show(demo: &Demo) -> Result<bool, String> {
         ]);
     }
     print_table(
-        &["tenant", "allocates with", "cap", "granted", "then refused", "ledger used", "sees total", "sees free", "within cap"],
+        &[
+            "tenant",
+            "allocates with",
+            "cap",
+            "granted",
+            "then refused",
+            "ledger used",
+            "sees total",
+            "sees free",
+            "within cap",
+        ],
         &rows,
     );
     for (child, _) in children.iter_mut() {
@@ -156,23 +245,43 @@ fn show(demo: &Demo) -> Result<bool, String> {
     println!();
     ok &= race(demo)?;
     ok &= sigkill(demo)?;
-    println!("\n{}", if ok { "All tenants stayed within their caps." } else { "ISOLATION FAILED: see the rows above." });
+    println!(
+        "\n{}",
+        if ok {
+            "All tenants stayed within their caps."
+        } else {
+            "ISOLATION FAILED: see the rows above."
+        }
+    );
     Ok(ok)
 }
 
 /// Two processes of one tenant ask for 1.5GiB each at the same instant, with 2.5GiB left.
 fn race(demo: &Demo) -> Result<bool, String> {
     let probe = demo.probe();
-    let at = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap() + Duration::from_millis(1500)).as_nanos().to_string();
-    let script = format!("'{probe}' race 1536MiB {at} 500 & '{probe}' race 1536MiB {at} 500 & wait");
-    let out = demo.tenant("race", "3GiB", &["sh", "-c", &script]).output().map_err(|e| e.to_string())?;
+    let at = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        + Duration::from_millis(1500))
+    .as_nanos()
+    .to_string();
+    let script =
+        format!("'{probe}' race 1536MiB {at} 500 & '{probe}' race 1536MiB {at} 500 & wait");
+    let out = demo
+        .tenant("race", "3GiB", &["sh", "-c", &script])
+        .output()
+        .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout);
     let granted = text.matches("\"error\":0").count();
     let refused = text.matches("\"error\":2").count();
     let ok = granted == 1 && refused == 1;
     println!(
         "Race: tenant `race` (cap 3GiB, two processes, 2.5GiB left after their contexts) — both ask for 1.5GiB at once: {granted} granted, {refused} refused{}",
-        if ok { "." } else { "  <-- expected exactly one" }
+        if ok {
+            "."
+        } else {
+            "  <-- expected exactly one"
+        }
     );
     Ok(ok)
 }
@@ -187,9 +296,16 @@ fn sigkill(demo: &Demo) -> Result<bool, String> {
         f = flag.display()
     );
     let start = Instant::now();
-    let out = demo.tenant("crash", "4GiB", &["sh", "-c", &script]).output().map_err(|e| e.to_string())?;
+    let out = demo
+        .tenant("crash", "4GiB", &["sh", "-c", &script])
+        .output()
+        .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let report: FillReport = text.lines().find(|l| l.starts_with('{')).and_then(|l| serde_json::from_str(l).ok()).unwrap_or_default();
+    let report: FillReport = text
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default();
     let ok = report.granted == 3;
     println!(
         "SIGKILL: tenant `crash` (cap 4GiB) — a process holding 3GiB was killed with SIGKILL; the next process got {} of 3GiB back{} ({:.1}s in all)",
@@ -208,11 +324,22 @@ fn print_table(head: &[&str], rows: &[[String; 9]]) {
         }
     }
     let line = |cells: Vec<&str>| {
-        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
         println!("  {}", parts.join("  "));
     };
     line(head.to_vec());
-    line(w.iter().map(|&n| "-".repeat(n)).collect::<Vec<_>>().iter().map(String::as_str).collect());
+    line(
+        w.iter()
+            .map(|&n| "-".repeat(n))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    );
     for r in rows {
         line(r.iter().map(String::as_str).collect());
     }

@@ -17,7 +17,8 @@ pub struct Install {
 
 impl Install {
     pub fn locate() -> Result<Install, String> {
-        let exe = std::env::current_exe().map_err(|e| format!("cannot locate the gpuslice executable: {e}"))?;
+        let exe = std::env::current_exe()
+            .map_err(|e| format!("cannot locate the gpuslice executable: {e}"))?;
         let bin_dir = exe.parent().unwrap_or(Path::new("/")).to_path_buf();
         let candidates: Vec<PathBuf> = match std::env::var_os("GPUSLICE_LIB_DIR") {
             Some(d) => vec![PathBuf::from(d)],
@@ -25,12 +26,19 @@ impl Install {
         };
         for dir in &candidates {
             if dir.join(INTERPOSER).is_file() {
-                return Ok(Install { lib_dir: dir.clone(), bin_dir });
+                return Ok(Install {
+                    lib_dir: dir.clone(),
+                    bin_dir,
+                });
             }
         }
         Err(format!(
             "cannot find {INTERPOSER} (looked in {}); build the workspace with `cargo build` or set GPUSLICE_LIB_DIR",
-            candidates.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+            candidates
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     }
 
@@ -42,15 +50,22 @@ impl Install {
     /// programs load (`libcuda.so.1`, `libnvidia-ml.so.1`).
     pub fn link_simulator(&self, dir: &Path) -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        for (file, names) in [(SIM_CUDA, &["libcuda.so.1", "libcuda.so"]), (SIM_NVML, &["libnvidia-ml.so.1", "libnvidia-ml.so"])] {
+        for (file, names) in [
+            (SIM_CUDA, &["libcuda.so.1", "libcuda.so"]),
+            (SIM_NVML, &["libnvidia-ml.so.1", "libnvidia-ml.so"]),
+        ] {
             let target = self.lib_dir.join(file);
             if !target.is_file() {
-                return Err(format!("the simulated GPU's {file} is missing from {}", self.lib_dir.display()));
+                return Err(format!(
+                    "the simulated GPU's {file} is missing from {}",
+                    self.lib_dir.display()
+                ));
             }
             for name in names {
                 let link = dir.join(name);
                 let _ = std::fs::remove_file(&link);
-                std::os::unix::fs::symlink(&target, &link).map_err(|e| format!("{}: {e}", link.display()))?;
+                std::os::unix::fs::symlink(&target, &link)
+                    .map_err(|e| format!("{}: {e}", link.display()))?;
             }
         }
         Ok(())

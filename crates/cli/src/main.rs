@@ -9,7 +9,11 @@ mod run;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "gpuslice", version, about = "Safely isolated GPU slices: memory caps and shares for CUDA programs")]
+#[command(
+    name = "gpuslice",
+    version,
+    about = "Safely isolated GPU slices: memory caps and shares for CUDA programs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,

@@ -28,7 +28,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// The command and its arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<OsString>,
 }
 
@@ -70,17 +75,27 @@ pub fn run(args: RunArgs) -> i32 {
 
 fn exit_code(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
     let install = Install::locate()?;
     let limits = TenantLimits::new(args.gpu_memory);
     let name = args.name.clone().unwrap_or_else(|| "run".to_string());
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(format!("--name '{name}' may contain only letters, digits, '-', '_' and '.'"));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "--name '{name}' may contain only letters, digits, '-', '_' and '.'"
+        ));
     }
-    let dir = state_dir().join("tenants").join(format!("{name}-{}", std::process::id()));
+    let dir = state_dir()
+        .join("tenants")
+        .join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let dir = TenantDir(dir);
     let ledger_path = dir.0.join("ledger");
@@ -90,7 +105,8 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
         context_overhead: limits.context_overhead.bytes(),
         allowed: Vec::new(),
     };
-    let ledger = Ledger::create(&ledger_path, &spec).map_err(|e| format!("cannot create the tenant ledger: {e}"))?;
+    let ledger = Ledger::create(&ledger_path, &spec)
+        .map_err(|e| format!("cannot create the tenant ledger: {e}"))?;
 
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..])
@@ -103,15 +119,26 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
         cmd.env("LD_LIBRARY_PATH", prepend("LD_LIBRARY_PATH", &lib));
     }
     if let Some(devs) = &args.devices {
-        cmd.env("CUDA_VISIBLE_DEVICES", devs.to_string()).env("NVIDIA_VISIBLE_DEVICES", devs.to_string());
+        cmd.env("CUDA_VISIBLE_DEVICES", devs.to_string())
+            .env("NVIDIA_VISIBLE_DEVICES", devs.to_string());
     }
 
+    // The command never outlives its supervisor: without it, nobody reaps dead processes' memory.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     // The terminal sends SIGINT/SIGQUIT to the whole foreground group; the rest is forwarded.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", args.command[0].to_string_lossy()))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", args.command[0].to_string_lossy()))?;
     CHILD.store(child.id() as i32, Ordering::SeqCst);
     for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
         unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
@@ -128,7 +155,9 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
             }
         })
     };
-    let status = child.wait().map_err(|e| format!("waiting for the command: {e}"))?;
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for the command: {e}"))?;
     done.store(true, Ordering::SeqCst);
     let _ = reaper.join();
     Ok(status)

@@ -12,7 +12,9 @@ pub enum QuantityError {
     Empty,
     #[error("'{0}' is not a size; {ACCEPTED}")]
     Malformed(String),
-    #[error("'{0}' uses a decimal unit, which is ambiguous for memory; write {1} (binary) or a plain number of bytes")]
+    #[error(
+        "'{0}' uses a decimal unit, which is ambiguous for memory; write {1} (binary) or a plain number of bytes"
+    )]
     DecimalUnit(String, String),
     #[error("'{0}' is zero; a size must be at least one byte")]
     Zero(String),
@@ -51,7 +53,9 @@ impl FromStr for ByteSize {
         if s.is_empty() {
             return Err(QuantityError::Empty);
         }
-        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
         let (num, unit) = (&s[..split], s[split..].trim_start());
         let malformed = || QuantityError::Malformed(input.to_string());
         let mult: u64 = match unit {
@@ -70,14 +74,26 @@ impl FromStr for ByteSize {
             Some((i, f)) => (i, f),
             None => (num, ""),
         };
-        if int.is_empty() && frac.is_empty() || frac.contains('.') || (num.contains('.') && frac.is_empty()) {
+        if int.is_empty() && frac.is_empty()
+            || frac.contains('.')
+            || (num.contains('.') && frac.is_empty())
+        {
             return Err(malformed());
         }
         if frac.len() > 18 {
             return Err(malformed());
         }
-        let int_v: u128 = if int.is_empty() { 0 } else { int.parse().map_err(|_| QuantityError::Overflow(input.to_string()))? };
-        let frac_v: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| malformed())? };
+        let int_v: u128 = if int.is_empty() {
+            0
+        } else {
+            int.parse()
+                .map_err(|_| QuantityError::Overflow(input.to_string()))?
+        };
+        let frac_v: u128 = if frac.is_empty() {
+            0
+        } else {
+            frac.parse().map_err(|_| malformed())?
+        };
         let scale = 10u128.pow(frac.len() as u32);
         // Exact arithmetic; a fraction of a byte rounds down.
         let total = int_v
@@ -96,7 +112,12 @@ impl fmt::Display for ByteSize {
     /// The largest binary unit that shows the value exactly with at most two decimals, else bytes.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        for (unit, name) in [(Self::TIB, "TiB"), (Self::GIB, "GiB"), (Self::MIB, "MiB"), (Self::KIB, "KiB")] {
+        for (unit, name) in [
+            (Self::TIB, "TiB"),
+            (Self::GIB, "GiB"),
+            (Self::MIB, "MiB"),
+            (Self::KIB, "KiB"),
+        ] {
             if b >= unit {
                 let hundredths = b as u128 * 100 / unit as u128;
                 if hundredths * unit as u128 == b as u128 * 100 {
@@ -142,12 +163,35 @@ mod tests {
 
     #[test]
     fn refuses_everything_else_and_says_what_is_accepted() {
-        for s in ["", "GiB", "4 gigs", "-1GiB", "4GB", "4G", "1..5GiB", "1.GiB", "0", "0GiB", "99999999999TiB", "4GiBs", "0x10", "1e9"] {
+        for s in [
+            "",
+            "GiB",
+            "4 gigs",
+            "-1GiB",
+            "4GB",
+            "4G",
+            "1..5GiB",
+            "1.GiB",
+            "0",
+            "0GiB",
+            "99999999999TiB",
+            "4GiBs",
+            "0x10",
+            "1e9",
+        ] {
             let e = s.parse::<ByteSize>().unwrap_err();
             let msg = e.to_string();
-            assert!(msg.contains("GiB") || msg.contains("zero") || msg.contains("large") || msg.contains("empty"), "{s}: {msg}");
+            assert!(
+                msg.contains("GiB")
+                    || msg.contains("zero")
+                    || msg.contains("large")
+                    || msg.contains("empty"),
+                "{s}: {msg}"
+            );
         }
-        assert!(matches!("4GB".parse::<ByteSize>(), Err(QuantityError::DecimalUnit(_, b)) if b == "4GiB"));
+        assert!(
+            matches!("4GB".parse::<ByteSize>(), Err(QuantityError::DecimalUnit(_, b)) if b == "4GiB")
+        );
     }
 
     #[test]

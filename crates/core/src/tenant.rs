@@ -17,7 +17,10 @@ pub struct TenantLimits {
 
 impl TenantLimits {
     pub fn new(memory: ByteSize) -> Self {
-        Self { memory, context_overhead: DEFAULT_CONTEXT_OVERHEAD }
+        Self {
+            memory,
+            context_overhead: DEFAULT_CONTEXT_OVERHEAD,
+        }
     }
 }
 

@@ -382,9 +382,15 @@ mod tests {
         assert_eq!(size_of::<nvmlGpuInstanceProfileInfo_t>(), 48);
         assert_eq!(offset_of!(nvmlGpuInstanceProfileInfo_t, memorySizeMB), 40);
         assert_eq!(size_of::<nvmlGpuInstanceProfileInfo_v2_t>(), 152);
-        assert_eq!(offset_of!(nvmlGpuInstanceProfileInfo_v2_t, memorySizeMB), 48);
+        assert_eq!(
+            offset_of!(nvmlGpuInstanceProfileInfo_v2_t, memorySizeMB),
+            48
+        );
         assert_eq!(size_of::<nvmlGpuInstanceProfileInfo_v3_t>(), 152);
-        assert_eq!(offset_of!(nvmlGpuInstanceProfileInfo_v3_t, capabilities), 144);
+        assert_eq!(
+            offset_of!(nvmlGpuInstanceProfileInfo_v3_t, capabilities),
+            144
+        );
         assert_eq!(size_of::<nvmlGpuInstanceInfo_t>(), 24);
     }
 }

@@ -27,30 +27,65 @@ unsafe fn create(pctx: *mut CUcontext, dev: CUdevice, call: impl FnOnce() -> CUr
 type CtxCreateFn = unsafe extern "C" fn(*mut CUcontext, c_uint, CUdevice) -> CUresult;
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuCtxCreate(pctx: *mut CUcontext, flags: c_uint, dev: CUdevice) -> CUresult {
-    guard(|| unsafe { create(pctx, dev, || call_real!(CUDA, cuCtxCreate: CtxCreateFn, pctx, flags, dev)) })
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuCtxCreate_v2(pctx: *mut CUcontext, flags: c_uint, dev: CUdevice) -> CUresult {
-    guard(|| unsafe { create(pctx, dev, || call_real!(CUDA, cuCtxCreate_v2: CtxCreateFn, pctx, flags, dev)) })
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuCtxCreate_v3(pctx: *mut CUcontext, params: *mut c_void, n: c_int, flags: c_uint, dev: CUdevice) -> CUresult {
+pub unsafe extern "C" fn cuCtxCreate(
+    pctx: *mut CUcontext,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
     guard(|| unsafe {
-        create(pctx, dev, || {
-            call_real!(CUDA, cuCtxCreate_v3: unsafe extern "C" fn(*mut CUcontext, *mut c_void, c_int, c_uint, CUdevice) -> CUresult, pctx, params, n, flags, dev)
-        })
+        create(
+            pctx,
+            dev,
+            || call_real!(CUDA, cuCtxCreate: CtxCreateFn, pctx, flags, dev),
+        )
     })
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuCtxCreate_v4(pctx: *mut CUcontext, params: *mut c_void, flags: c_uint, dev: CUdevice) -> CUresult {
+pub unsafe extern "C" fn cuCtxCreate_v2(
+    pctx: *mut CUcontext,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
     guard(|| unsafe {
-        create(pctx, dev, || {
-            call_real!(CUDA, cuCtxCreate_v4: unsafe extern "C" fn(*mut CUcontext, *mut c_void, c_uint, CUdevice) -> CUresult, pctx, params, flags, dev)
-        })
+        create(
+            pctx,
+            dev,
+            || call_real!(CUDA, cuCtxCreate_v2: CtxCreateFn, pctx, flags, dev),
+        )
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxCreate_v3(
+    pctx: *mut CUcontext,
+    params: *mut c_void,
+    n: c_int,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    guard(|| unsafe {
+        create(
+            pctx,
+            dev,
+            || call_real!(CUDA, cuCtxCreate_v3: unsafe extern "C" fn(*mut CUcontext, *mut c_void, c_int, c_uint, CUdevice) -> CUresult, pctx, params, n, flags, dev),
+        )
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxCreate_v4(
+    pctx: *mut CUcontext,
+    params: *mut c_void,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    guard(|| unsafe {
+        create(
+            pctx,
+            dev,
+            || call_real!(CUDA, cuCtxCreate_v4: unsafe extern "C" fn(*mut CUcontext, *mut c_void, c_uint, CUdevice) -> CUresult, pctx, params, flags, dev),
+        )
     })
 }
 
@@ -65,12 +100,22 @@ fn destroyed(ctx: CUcontext, r: CUresult) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxDestroy(ctx: CUcontext) -> CUresult {
-    guard(|| destroyed(ctx, call_real!(CUDA, cuCtxDestroy: unsafe extern "C" fn(CUcontext) -> CUresult, ctx)))
+    guard(|| {
+        destroyed(
+            ctx,
+            call_real!(CUDA, cuCtxDestroy: unsafe extern "C" fn(CUcontext) -> CUresult, ctx),
+        )
+    })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
-    guard(|| destroyed(ctx, call_real!(CUDA, cuCtxDestroy_v2: unsafe extern "C" fn(CUcontext) -> CUresult, ctx)))
+    guard(|| {
+        destroyed(
+            ctx,
+            call_real!(CUDA, cuCtxDestroy_v2: unsafe extern "C" fn(CUcontext) -> CUresult, ctx),
+        )
+    })
 }
 
 // The primary context is reference-counted by the driver: charge on the first retain, give back
@@ -125,22 +170,46 @@ type DevFn = unsafe extern "C" fn(CUdevice) -> CUresult;
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRelease(dev: CUdevice) -> CUresult {
-    guard(|| primary_released(dev, false, call_real!(CUDA, cuDevicePrimaryCtxRelease: DevFn, dev)))
+    guard(|| {
+        primary_released(
+            dev,
+            false,
+            call_real!(CUDA, cuDevicePrimaryCtxRelease: DevFn, dev),
+        )
+    })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult {
-    guard(|| primary_released(dev, false, call_real!(CUDA, cuDevicePrimaryCtxRelease_v2: DevFn, dev)))
+    guard(|| {
+        primary_released(
+            dev,
+            false,
+            call_real!(CUDA, cuDevicePrimaryCtxRelease_v2: DevFn, dev),
+        )
+    })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxReset(dev: CUdevice) -> CUresult {
-    guard(|| primary_released(dev, true, call_real!(CUDA, cuDevicePrimaryCtxReset: DevFn, dev)))
+    guard(|| {
+        primary_released(
+            dev,
+            true,
+            call_real!(CUDA, cuDevicePrimaryCtxReset: DevFn, dev),
+        )
+    })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult {
-    guard(|| primary_released(dev, true, call_real!(CUDA, cuDevicePrimaryCtxReset_v2: DevFn, dev)))
+    guard(|| {
+        primary_released(
+            dev,
+            true,
+            call_real!(CUDA, cuDevicePrimaryCtxReset_v2: DevFn, dev),
+        )
+    })
 }
 
 /// `cuInit` is where a broken tenant configuration surfaces: the process learns at once that it

@@ -20,7 +20,10 @@ mod tenant;
 #[cfg(target_arch = "x86_64")]
 #[unsafe(naked)]
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn dlsym(_handle: *mut std::ffi::c_void, _symbol: *const std::ffi::c_char) -> *mut std::ffi::c_void {
+pub unsafe extern "C" fn dlsym(
+    _handle: *mut std::ffi::c_void,
+    _symbol: *const std::ffi::c_char,
+) -> *mut std::ffi::c_void {
     std::arch::naked_asm!(
         "cmp rdi, -1",
         "jne {hook}",
@@ -35,7 +38,10 @@ pub unsafe extern "C" fn dlsym(_handle: *mut std::ffi::c_void, _symbol: *const s
 
 #[cfg(not(target_arch = "x86_64"))]
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn dlsym(handle: *mut std::ffi::c_void, symbol: *const std::ffi::c_char) -> *mut std::ffi::c_void {
+pub unsafe extern "C" fn dlsym(
+    handle: *mut std::ffi::c_void,
+    symbol: *const std::ffi::c_char,
+) -> *mut std::ffi::c_void {
     unsafe { lookup::gpuslice_dlsym_hook(handle, symbol) }
 }
 

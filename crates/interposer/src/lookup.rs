@@ -72,7 +72,12 @@ fn trace(line: std::fmt::Arguments) {
     static FILE: OnceLock<Option<Mutex<std::fs::File>>> = OnceLock::new();
     let f = FILE.get_or_init(|| {
         let p = std::env::var_os("GPUSLICE_TRACE_LOOKUPS")?;
-        std::fs::OpenOptions::new().create(true).append(true).open(p).ok().map(Mutex::new)
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+            .map(Mutex::new)
     });
     if let Some(f) = f {
         let _ = writeln!(f.lock().unwrap(), "{line}");
@@ -80,7 +85,13 @@ fn trace(line: std::fmt::Arguments) {
 }
 
 /// After the real `cuGetProcAddress` answered, put our hook in its place where we govern it.
-unsafe fn substitute(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64, r: CUresult) -> CUresult {
+unsafe fn substitute(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: c_int,
+    flags: u64,
+    r: CUresult,
+) -> CUresult {
     if symbol.is_null() || pfn.is_null() {
         return r;
     }
@@ -93,7 +104,9 @@ unsafe fn substitute(symbol: *const c_char, pfn: *mut *mut c_void, version: c_in
             .map(|&h| h as *mut c_void)
             // A driver may hand out an address other than its exported symbol's: fall back to
             // resolving the name and version the way the driver does.
-            .or_else(|| requested_variant(&name, version, flags).and_then(|v| hook_for(v.as_bytes())));
+            .or_else(|| {
+                requested_variant(&name, version, flags).and_then(|v| hook_for(v.as_bytes()))
+            });
         if let Some(h) = hook {
             unsafe { *pfn = h };
             outcome = "hooked";
@@ -101,15 +114,23 @@ unsafe fn substitute(symbol: *const c_char, pfn: *mut *mut c_void, version: c_in
     } else {
         outcome = "failed";
     }
-    trace(format_args!("cuGetProcAddress {name} {version} {flags} {outcome}"));
+    trace(format_args!(
+        "cuGetProcAddress {name} {version} {flags} {outcome}"
+    ));
     r
 }
 
 type GetProcFn = unsafe extern "C" fn(*const c_char, *mut *mut c_void, c_int, u64) -> CUresult;
-type GetProcV2Fn = unsafe extern "C" fn(*const c_char, *mut *mut c_void, c_int, u64, *mut c_int) -> CUresult;
+type GetProcV2Fn =
+    unsafe extern "C" fn(*const c_char, *mut *mut c_void, c_int, u64, *mut c_int) -> CUresult;
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGetProcAddress(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64) -> CUresult {
+pub unsafe extern "C" fn cuGetProcAddress(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: c_int,
+    flags: u64,
+) -> CUresult {
     guard(|| unsafe {
         let r = call_real!(CUDA, cuGetProcAddress: GetProcFn, symbol, pfn, version, flags);
         substitute(symbol, pfn, version, flags, r)
@@ -125,19 +146,26 @@ pub unsafe extern "C" fn cuGetProcAddress_v2(
     status: *mut c_int,
 ) -> CUresult {
     guard(|| unsafe {
-        let r = call_real!(CUDA, cuGetProcAddress_v2: GetProcV2Fn, symbol, pfn, version, flags, status);
+        let r =
+            call_real!(CUDA, cuGetProcAddress_v2: GetProcV2Fn, symbol, pfn, version, flags, status);
         substitute(symbol, pfn, version, flags, r)
     })
 }
 
 /// Our `dlsym`, reached through the trampoline in `lib.rs` for every handle but `RTLD_NEXT`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn gpuslice_dlsym_hook(handle: *mut c_void, symbol: *const c_char) -> *mut c_void {
+pub unsafe extern "C" fn gpuslice_dlsym_hook(
+    handle: *mut c_void,
+    symbol: *const c_char,
+) -> *mut c_void {
     if !symbol.is_null() {
         let name = unsafe { CStr::from_ptr(symbol) }.to_bytes();
         if name.starts_with(b"cu") || name.starts_with(b"nvml") {
             if let Some(h) = hook_for(name) {
-                trace(format_args!("dlsym {} hooked", String::from_utf8_lossy(name)));
+                trace(format_args!(
+                    "dlsym {} hooked",
+                    String::from_utf8_lossy(name)
+                ));
                 return h;
             }
         }

@@ -17,7 +17,11 @@ const CU_GRAPH_NODE_TYPE_MEM_ALLOC: i32 = 10;
 
 // ---- plain allocations -------------------------------------------------------------------
 
-unsafe fn alloc_common(dptr: *mut CUdeviceptr, bytes: u64, call: impl FnOnce() -> CUresult) -> CUresult {
+unsafe fn alloc_common(
+    dptr: *mut CUdeviceptr,
+    bytes: u64,
+    call: impl FnOnce() -> CUresult,
+) -> CUresult {
     if dptr.is_null() {
         return call();
     }
@@ -36,9 +40,11 @@ unsafe fn alloc_common(dptr: *mut CUdeviceptr, bytes: u64, call: impl FnOnce() -
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytesize: usize) -> CUresult {
     guard(|| unsafe {
-        alloc_common(dptr, bytesize as u64, || {
-            call_real!(CUDA, cuMemAlloc_v2: unsafe extern "C" fn(*mut CUdeviceptr, usize) -> CUresult, dptr, bytesize)
-        })
+        alloc_common(
+            dptr,
+            bytesize as u64,
+            || call_real!(CUDA, cuMemAlloc_v2: unsafe extern "C" fn(*mut CUdeviceptr, usize) -> CUresult, dptr, bytesize),
+        )
     })
 }
 
@@ -60,12 +66,18 @@ pub unsafe extern "C" fn cuMemAlloc(dptr: *mut CUdeviceptr_v1, bytesize: c_uint)
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAllocManaged(dptr: *mut CUdeviceptr, bytesize: usize, flags: c_uint) -> CUresult {
+pub unsafe extern "C" fn cuMemAllocManaged(
+    dptr: *mut CUdeviceptr,
+    bytesize: usize,
+    flags: c_uint,
+) -> CUresult {
     // Managed memory counts in full: without oversubscription it can all become resident.
     guard(|| unsafe {
-        alloc_common(dptr, bytesize as u64, || {
-            call_real!(CUDA, cuMemAllocManaged: unsafe extern "C" fn(*mut CUdeviceptr, usize, c_uint) -> CUresult, dptr, bytesize, flags)
-        })
+        alloc_common(
+            dptr,
+            bytesize as u64,
+            || call_real!(CUDA, cuMemAllocManaged: unsafe extern "C" fn(*mut CUdeviceptr, usize, c_uint) -> CUresult, dptr, bytesize, flags),
+        )
     })
 }
 
@@ -90,7 +102,10 @@ pub unsafe extern "C" fn cuMemAllocPitch_v2(
             Err(e) => return e,
         };
         // The pitch is known only afterwards: reserve the padded bound, then settle on the truth.
-        let bound = (width as u64).div_ceil(PITCH_ALIGN).saturating_mul(PITCH_ALIGN).saturating_mul(height as u64);
+        let bound = (width as u64)
+            .div_ceil(PITCH_ALIGN)
+            .saturating_mul(PITCH_ALIGN)
+            .saturating_mul(height as u64);
         let r = t.charged_call(dev, bound, || {
             call_real!(CUDA, cuMemAllocPitch_v2: unsafe extern "C" fn(*mut CUdeviceptr, *mut usize, usize, usize, c_uint) -> CUresult, dptr, pitch, width, height, elem)
         });
@@ -147,10 +162,11 @@ pub unsafe extern "C" fn cuMemCreate(
     flags: u64,
 ) -> CUresult {
     guard(|| unsafe {
-        let real = || {
-            call_real!(CUDA, cuMemCreate: unsafe extern "C" fn(*mut CUmemGenericAllocationHandle, usize, *const CUmemAllocationProp, u64) -> CUresult, handle, size, prop, flags)
-        };
-        if handle.is_null() || prop.is_null() || (*prop).location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
+        let real = || call_real!(CUDA, cuMemCreate: unsafe extern "C" fn(*mut CUmemGenericAllocationHandle, usize, *const CUmemAllocationProp, u64) -> CUresult, handle, size, prop, flags);
+        if handle.is_null()
+            || prop.is_null()
+            || (*prop).location.type_ != CU_MEM_LOCATION_TYPE_DEVICE
+        {
             // Host-resident physical memory is not device memory.
             return real();
         }
@@ -194,12 +210,23 @@ fn format_bytes(format: CUarray_format) -> u64 {
 
 /// Bytes of an array of the given extent (0 in a dimension means the dimension is absent).
 pub fn array_bytes(w: u64, h: u64, d: u64, format: CUarray_format, channels: u32) -> u64 {
-    [w.max(1), h.max(1), d.max(1), format_bytes(format), channels.max(1) as u64]
-        .into_iter()
-        .fold(1u64, |a, b| a.saturating_mul(b))
+    [
+        w.max(1),
+        h.max(1),
+        d.max(1),
+        format_bytes(format),
+        channels.max(1) as u64,
+    ]
+    .into_iter()
+    .fold(1u64, |a, b| a.saturating_mul(b))
 }
 
-unsafe fn array_common(handle_out: *const usize, bytes: u64, owner: fn(usize) -> Owner, call: impl FnOnce() -> CUresult) -> CUresult {
+unsafe fn array_common(
+    handle_out: *const usize,
+    bytes: u64,
+    owner: fn(usize) -> Owner,
+    call: impl FnOnce() -> CUresult,
+) -> CUresult {
     let t = tenant_or_return!();
     let (_, dev) = match t.current_dev() {
         Ok(d) => d,
@@ -213,7 +240,10 @@ unsafe fn array_common(handle_out: *const usize, bytes: u64, owner: fn(usize) ->
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuArrayCreate_v2(arr: *mut CUarray, desc: *const CUDA_ARRAY_DESCRIPTOR) -> CUresult {
+pub unsafe extern "C" fn cuArrayCreate_v2(
+    arr: *mut CUarray,
+    desc: *const CUDA_ARRAY_DESCRIPTOR,
+) -> CUresult {
     guard(|| unsafe {
         let real = || call_real!(CUDA, cuArrayCreate_v2: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY_DESCRIPTOR) -> CUresult, arr, desc);
         if arr.is_null() || desc.is_null() {
@@ -226,7 +256,10 @@ pub unsafe extern "C" fn cuArrayCreate_v2(arr: *mut CUarray, desc: *const CUDA_A
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuArrayCreate(arr: *mut CUarray, desc: *const CUDA_ARRAY_DESCRIPTOR_v1) -> CUresult {
+pub unsafe extern "C" fn cuArrayCreate(
+    arr: *mut CUarray,
+    desc: *const CUDA_ARRAY_DESCRIPTOR_v1,
+) -> CUresult {
     guard(|| unsafe {
         let real = || call_real!(CUDA, cuArrayCreate: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY_DESCRIPTOR_v1) -> CUresult, arr, desc);
         if arr.is_null() || desc.is_null() {
@@ -239,27 +272,45 @@ pub unsafe extern "C" fn cuArrayCreate(arr: *mut CUarray, desc: *const CUDA_ARRA
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuArray3DCreate_v2(arr: *mut CUarray, desc: *const CUDA_ARRAY3D_DESCRIPTOR) -> CUresult {
+pub unsafe extern "C" fn cuArray3DCreate_v2(
+    arr: *mut CUarray,
+    desc: *const CUDA_ARRAY3D_DESCRIPTOR,
+) -> CUresult {
     guard(|| unsafe {
         let real = || call_real!(CUDA, cuArray3DCreate_v2: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY3D_DESCRIPTOR) -> CUresult, arr, desc);
         if arr.is_null() || desc.is_null() {
             return real();
         }
         let d = &*desc;
-        let bytes = array_bytes(d.Width as u64, d.Height as u64, d.Depth as u64, d.Format, d.NumChannels);
+        let bytes = array_bytes(
+            d.Width as u64,
+            d.Height as u64,
+            d.Depth as u64,
+            d.Format,
+            d.NumChannels,
+        );
         array_common(arr as *const usize, bytes, Owner::Array, real)
     })
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuArray3DCreate(arr: *mut CUarray, desc: *const CUDA_ARRAY3D_DESCRIPTOR_v1) -> CUresult {
+pub unsafe extern "C" fn cuArray3DCreate(
+    arr: *mut CUarray,
+    desc: *const CUDA_ARRAY3D_DESCRIPTOR_v1,
+) -> CUresult {
     guard(|| unsafe {
         let real = || call_real!(CUDA, cuArray3DCreate: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY3D_DESCRIPTOR_v1) -> CUresult, arr, desc);
         if arr.is_null() || desc.is_null() {
             return real();
         }
         let d = &*desc;
-        let bytes = array_bytes(d.Width as u64, d.Height as u64, d.Depth as u64, d.Format, d.NumChannels);
+        let bytes = array_bytes(
+            d.Width as u64,
+            d.Height as u64,
+            d.Depth as u64,
+            d.Format,
+            d.NumChannels,
+        );
         array_common(arr as *const usize, bytes, Owner::Array, real)
     })
 }
@@ -297,13 +348,16 @@ pub unsafe extern "C" fn cuMipmappedArrayCreate(
     levels: c_uint,
 ) -> CUresult {
     guard(|| unsafe {
-        let real = || {
-            call_real!(CUDA, cuMipmappedArrayCreate: unsafe extern "C" fn(*mut CUmipmappedArray, *const CUDA_ARRAY3D_DESCRIPTOR, c_uint) -> CUresult, arr, desc, levels)
-        };
+        let real = || call_real!(CUDA, cuMipmappedArrayCreate: unsafe extern "C" fn(*mut CUmipmappedArray, *const CUDA_ARRAY3D_DESCRIPTOR, c_uint) -> CUresult, arr, desc, levels);
         if arr.is_null() || desc.is_null() {
             return real();
         }
-        array_common(arr as *const usize, mipmap_bytes(&*desc, levels), Owner::Mipmap, real)
+        array_common(
+            arr as *const usize,
+            mipmap_bytes(&*desc, levels),
+            Owner::Mipmap,
+            real,
+        )
     })
 }
 
@@ -341,7 +395,9 @@ pub fn reconcile_pools(t: &Tenant) -> bool {
 }
 
 fn reconcile_one(t: &Tenant, pool: CUmemoryPool, pc: &mut PoolCharge) -> bool {
-    let (Some(dev), Some(now)) = (pc.dev, pool_reserved(pool)) else { return false };
+    let (Some(dev), Some(now)) = (pc.dev, pool_reserved(pool)) else {
+        return false;
+    };
     if now > pc.charged {
         // Memory the driver has already handed out; the next reservation sees it.
         t.ledger.charge_unchecked(t.slot, dev, now - pc.charged);
@@ -408,10 +464,16 @@ unsafe fn pool_alloc(
 }
 
 type AllocAsyncFn = unsafe extern "C" fn(*mut CUdeviceptr, usize, CUstream) -> CUresult;
-type AllocFromPoolFn = unsafe extern "C" fn(*mut CUdeviceptr, usize, CUmemoryPool, CUstream) -> CUresult;
+type AllocFromPoolFn =
+    unsafe extern "C" fn(*mut CUdeviceptr, usize, CUmemoryPool, CUstream) -> CUresult;
 type FreeAsyncFn = unsafe extern "C" fn(CUdeviceptr, CUstream) -> CUresult;
 
-unsafe fn alloc_async(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream, call: impl FnOnce() -> CUresult) -> CUresult {
+unsafe fn alloc_async(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    stream: CUstream,
+    call: impl FnOnce() -> CUresult,
+) -> CUresult {
     if dptr.is_null() {
         return call();
     }
@@ -428,21 +490,54 @@ unsafe fn alloc_async(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream, ca
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAllocAsync(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) -> CUresult {
-    guard(|| unsafe { alloc_async(dptr, bytes, stream, || call_real!(CUDA, cuMemAllocAsync: AllocAsyncFn, dptr, bytes, stream)) })
+pub unsafe extern "C" fn cuMemAllocAsync(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    stream: CUstream,
+) -> CUresult {
+    guard(|| unsafe {
+        alloc_async(
+            dptr,
+            bytes,
+            stream,
+            || call_real!(CUDA, cuMemAllocAsync: AllocAsyncFn, dptr, bytes, stream),
+        )
+    })
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) -> CUresult {
-    guard(|| unsafe { alloc_async(dptr, bytes, stream, || call_real!(CUDA, cuMemAllocAsync_ptsz: AllocAsyncFn, dptr, bytes, stream)) })
+pub unsafe extern "C" fn cuMemAllocAsync_ptsz(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    stream: CUstream,
+) -> CUresult {
+    guard(|| unsafe {
+        alloc_async(
+            dptr,
+            bytes,
+            stream,
+            || call_real!(CUDA, cuMemAllocAsync_ptsz: AllocAsyncFn, dptr, bytes, stream),
+        )
+    })
 }
 
-unsafe fn alloc_from_pool(dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream, call: impl FnOnce() -> CUresult) -> CUresult {
+unsafe fn alloc_from_pool(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    pool: CUmemoryPool,
+    stream: CUstream,
+    call: impl FnOnce() -> CUresult,
+) -> CUresult {
     if dptr.is_null() || pool.is_null() {
         return call();
     }
     let t = tenant_or_return!();
-    let known = t.pools.lock().unwrap().get(&(pool as usize)).and_then(|p| p.dev);
+    let known = t
+        .pools
+        .lock()
+        .unwrap()
+        .get(&(pool as usize))
+        .and_then(|p| p.dev);
     let dev = match known {
         Some(d) => d,
         None => match t.current_dev() {
@@ -454,16 +549,38 @@ unsafe fn alloc_from_pool(dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPo
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAllocFromPoolAsync(dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream) -> CUresult {
+pub unsafe extern "C" fn cuMemAllocFromPoolAsync(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    pool: CUmemoryPool,
+    stream: CUstream,
+) -> CUresult {
     guard(|| unsafe {
-        alloc_from_pool(dptr, bytes, pool, stream, || call_real!(CUDA, cuMemAllocFromPoolAsync: AllocFromPoolFn, dptr, bytes, pool, stream))
+        alloc_from_pool(
+            dptr,
+            bytes,
+            pool,
+            stream,
+            || call_real!(CUDA, cuMemAllocFromPoolAsync: AllocFromPoolFn, dptr, bytes, pool, stream),
+        )
     })
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream) -> CUresult {
+pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    pool: CUmemoryPool,
+    stream: CUstream,
+) -> CUresult {
     guard(|| unsafe {
-        alloc_from_pool(dptr, bytes, pool, stream, || call_real!(CUDA, cuMemAllocFromPoolAsync_ptsz: AllocFromPoolFn, dptr, bytes, pool, stream))
+        alloc_from_pool(
+            dptr,
+            bytes,
+            pool,
+            stream,
+            || call_real!(CUDA, cuMemAllocFromPoolAsync_ptsz: AllocFromPoolFn, dptr, bytes, pool, stream),
+        )
     })
 }
 
@@ -488,17 +605,33 @@ pub unsafe extern "C" fn cuMemFreeAsync_ptsz(dptr: CUdeviceptr, stream: CUstream
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemPoolTrimTo(pool: CUmemoryPool, keep: usize) -> CUresult {
-    guard(|| after_pool_change(call_real!(CUDA, cuMemPoolTrimTo: unsafe extern "C" fn(CUmemoryPool, usize) -> CUresult, pool, keep)))
+    guard(|| {
+        after_pool_change(
+            call_real!(CUDA, cuMemPoolTrimTo: unsafe extern "C" fn(CUmemoryPool, usize) -> CUresult, pool, keep),
+        )
+    })
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemPoolCreate(pool: *mut CUmemoryPool, props: *const CUmemPoolProps) -> CUresult {
+pub unsafe extern "C" fn cuMemPoolCreate(
+    pool: *mut CUmemoryPool,
+    props: *const CUmemPoolProps,
+) -> CUresult {
     guard(|| unsafe {
         let r = call_real!(CUDA, cuMemPoolCreate: unsafe extern "C" fn(*mut CUmemoryPool, *const CUmemPoolProps) -> CUresult, pool, props);
-        if r == CUDA_SUCCESS && !props.is_null() && (*props).location.type_ == CU_MEM_LOCATION_TYPE_DEVICE {
+        if r == CUDA_SUCCESS
+            && !props.is_null()
+            && (*props).location.type_ == CU_MEM_LOCATION_TYPE_DEVICE
+        {
             let t = tenant_or_return!();
             if let Ok(dev) = t.dev((*props).location.id) {
-                t.pools.lock().unwrap().insert(*pool as usize, PoolCharge { dev: Some(dev), charged: 0 });
+                t.pools.lock().unwrap().insert(
+                    *pool as usize,
+                    PoolCharge {
+                        dev: Some(dev),
+                        charged: 0,
+                    },
+                );
             }
         }
         r
@@ -511,7 +644,11 @@ pub unsafe extern "C" fn cuMemPoolDestroy(pool: CUmemoryPool) -> CUresult {
         let r = call_real!(CUDA, cuMemPoolDestroy: unsafe extern "C" fn(CUmemoryPool) -> CUresult, pool);
         if r == CUDA_SUCCESS {
             if let Ok(t) = crate::tenant::tenant() {
-                if let Some(PoolCharge { dev: Some(dev), charged }) = t.pools.lock().unwrap().remove(&(pool as usize)) {
+                if let Some(PoolCharge {
+                    dev: Some(dev),
+                    charged,
+                }) = t.pools.lock().unwrap().remove(&(pool as usize))
+                {
                     t.release(dev, charged);
                 }
             }
@@ -552,7 +689,11 @@ fn graph_alloc_bytes(graph: CUgraph) -> Result<u64, CUresult> {
     Ok(total)
 }
 
-unsafe fn instantiate(exec: *mut CUgraphExec, graph: CUgraph, call: impl FnOnce() -> CUresult) -> CUresult {
+unsafe fn instantiate(
+    exec: *mut CUgraphExec,
+    graph: CUgraph,
+    call: impl FnOnce() -> CUresult,
+) -> CUresult {
     if exec.is_null() {
         return call();
     }
@@ -576,42 +717,85 @@ unsafe fn instantiate(exec: *mut CUgraphExec, graph: CUgraph, call: impl FnOnce(
     r
 }
 
-type InstantiateLegacyFn = unsafe extern "C" fn(*mut CUgraphExec, CUgraph, *mut CUgraphNode, *mut i8, usize) -> CUresult;
+type InstantiateLegacyFn =
+    unsafe extern "C" fn(*mut CUgraphExec, CUgraph, *mut CUgraphNode, *mut i8, usize) -> CUresult;
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphInstantiateWithFlags(exec: *mut CUgraphExec, graph: CUgraph, flags: u64) -> CUresult {
+pub unsafe extern "C" fn cuGraphInstantiateWithFlags(
+    exec: *mut CUgraphExec,
+    graph: CUgraph,
+    flags: u64,
+) -> CUresult {
     guard(|| unsafe {
-        instantiate(exec, graph, || {
-            call_real!(CUDA, cuGraphInstantiateWithFlags: unsafe extern "C" fn(*mut CUgraphExec, CUgraph, u64) -> CUresult, exec, graph, flags)
-        })
+        instantiate(
+            exec,
+            graph,
+            || call_real!(CUDA, cuGraphInstantiateWithFlags: unsafe extern "C" fn(*mut CUgraphExec, CUgraph, u64) -> CUresult, exec, graph, flags),
+        )
     })
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphInstantiate(exec: *mut CUgraphExec, graph: CUgraph, err: *mut CUgraphNode, log: *mut i8, len: usize) -> CUresult {
-    guard(|| unsafe { instantiate(exec, graph, || call_real!(CUDA, cuGraphInstantiate: InstantiateLegacyFn, exec, graph, err, log, len)) })
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphInstantiate_v2(exec: *mut CUgraphExec, graph: CUgraph, err: *mut CUgraphNode, log: *mut i8, len: usize) -> CUresult {
-    guard(|| unsafe { instantiate(exec, graph, || call_real!(CUDA, cuGraphInstantiate_v2: InstantiateLegacyFn, exec, graph, err, log, len)) })
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphInstantiateWithParams(exec: *mut CUgraphExec, graph: CUgraph, params: *mut c_void) -> CUresult {
+pub unsafe extern "C" fn cuGraphInstantiate(
+    exec: *mut CUgraphExec,
+    graph: CUgraph,
+    err: *mut CUgraphNode,
+    log: *mut i8,
+    len: usize,
+) -> CUresult {
     guard(|| unsafe {
-        instantiate(exec, graph, || {
-            call_real!(CUDA, cuGraphInstantiateWithParams: unsafe extern "C" fn(*mut CUgraphExec, CUgraph, *mut c_void) -> CUresult, exec, graph, params)
-        })
+        instantiate(
+            exec,
+            graph,
+            || call_real!(CUDA, cuGraphInstantiate: InstantiateLegacyFn, exec, graph, err, log, len),
+        )
     })
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphInstantiateWithParams_ptsz(exec: *mut CUgraphExec, graph: CUgraph, params: *mut c_void) -> CUresult {
+pub unsafe extern "C" fn cuGraphInstantiate_v2(
+    exec: *mut CUgraphExec,
+    graph: CUgraph,
+    err: *mut CUgraphNode,
+    log: *mut i8,
+    len: usize,
+) -> CUresult {
     guard(|| unsafe {
-        instantiate(exec, graph, || {
-            call_real!(CUDA, cuGraphInstantiateWithParams_ptsz: unsafe extern "C" fn(*mut CUgraphExec, CUgraph, *mut c_void) -> CUresult, exec, graph, params)
-        })
+        instantiate(
+            exec,
+            graph,
+            || call_real!(CUDA, cuGraphInstantiate_v2: InstantiateLegacyFn, exec, graph, err, log, len),
+        )
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuGraphInstantiateWithParams(
+    exec: *mut CUgraphExec,
+    graph: CUgraph,
+    params: *mut c_void,
+) -> CUresult {
+    guard(|| unsafe {
+        instantiate(
+            exec,
+            graph,
+            || call_real!(CUDA, cuGraphInstantiateWithParams: unsafe extern "C" fn(*mut CUgraphExec, CUgraph, *mut c_void) -> CUresult, exec, graph, params),
+        )
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuGraphInstantiateWithParams_ptsz(
+    exec: *mut CUgraphExec,
+    graph: CUgraph,
+    params: *mut c_void,
+) -> CUresult {
+    guard(|| unsafe {
+        instantiate(
+            exec,
+            graph,
+            || call_real!(CUDA, cuGraphInstantiateWithParams_ptsz: unsafe extern "C" fn(*mut CUgraphExec, CUgraph, *mut c_void) -> CUresult, exec, graph, params),
+        )
     })
 }
 

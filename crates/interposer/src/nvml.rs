@@ -19,7 +19,11 @@ fn tenant_dev(t: &Tenant, device: nvmlDevice_t) -> Option<gpuslice_ledger::Dev> 
 
 /// (total, used, free) as the tenant sees them; `None` when the device is not the tenant's
 /// concern or the tenant is unusable (then NVML answers are refused, not passed through).
-fn view(device: nvmlDevice_t, real_total: u64, real_free: u64) -> Result<(u64, u64, u64), nvmlReturn_t> {
+fn view(
+    device: nvmlDevice_t,
+    real_total: u64,
+    real_free: u64,
+) -> Result<(u64, u64, u64), nvmlReturn_t> {
     let t = crate::tenant::tenant().map_err(|_| NVML_ERROR_NO_PERMISSION)?;
     let dev = tenant_dev(t, device).ok_or(NVML_ERROR_UNKNOWN)?;
     let used = t.ledger.used(dev);
@@ -28,7 +32,10 @@ fn view(device: nvmlDevice_t, real_total: u64, real_free: u64) -> Result<(u64, u
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory: *mut nvmlMemory_t) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
+    device: nvmlDevice_t,
+    memory: *mut nvmlMemory_t,
+) -> nvmlReturn_t {
     guard(|| unsafe {
         let r = call_real!(NVML, nvmlDeviceGetMemoryInfo: unsafe extern "C" fn(nvmlDevice_t, *mut nvmlMemory_t) -> nvmlReturn_t, device, memory);
         if r != NVML_SUCCESS || memory.is_null() {
@@ -46,7 +53,10 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory: *
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(device: nvmlDevice_t, memory: *mut nvmlMemory_v2_t) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
+    device: nvmlDevice_t,
+    memory: *mut nvmlMemory_v2_t,
+) -> nvmlReturn_t {
     guard(|| unsafe {
         let r = call_real!(NVML, nvmlDeviceGetMemoryInfo_v2: unsafe extern "C" fn(nvmlDevice_t, *mut nvmlMemory_v2_t) -> nvmlReturn_t, device, memory);
         if r != NVML_SUCCESS || memory.is_null() {

@@ -41,7 +41,10 @@ pub struct Library {
 
 impl Library {
     const fn new(soname: &'static CStr) -> Self {
-        Self { soname, handle: AtomicPtr::new(std::ptr::null_mut()) }
+        Self {
+            soname,
+            handle: AtomicPtr::new(std::ptr::null_mut()),
+        }
     }
 
     fn handle(&self) -> *mut c_void {
@@ -49,7 +52,8 @@ impl Library {
         if !h.is_null() {
             return h;
         }
-        let mut h = unsafe { libc::dlopen(self.soname.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
+        let mut h =
+            unsafe { libc::dlopen(self.soname.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
         if h.is_null() {
             h = unsafe { libc::dlopen(self.soname.as_ptr(), libc::RTLD_NOW) };
         }
@@ -81,7 +85,11 @@ pub struct RealFn {
 
 impl RealFn {
     pub const fn new(lib: &'static Library, name: &'static CStr) -> Self {
-        Self { lib, name, ptr: AtomicPtr::new(std::ptr::null_mut()) }
+        Self {
+            lib,
+            name,
+            ptr: AtomicPtr::new(std::ptr::null_mut()),
+        }
     }
 
     #[inline]
@@ -117,5 +125,9 @@ macro_rules! call_real {
 pub(crate) use call_real;
 
 pub fn missing(lib: &str) -> c_int {
-    if lib == "NVML" { gpuslice_cuda_abi::nvml::NVML_ERROR_FUNCTION_NOT_FOUND } else { gpuslice_cuda_abi::driver::CUDA_ERROR_NOT_FOUND }
+    if lib == "NVML" {
+        gpuslice_cuda_abi::nvml::NVML_ERROR_FUNCTION_NOT_FOUND
+    } else {
+        gpuslice_cuda_abi::driver::CUDA_ERROR_NOT_FOUND
+    }
 }

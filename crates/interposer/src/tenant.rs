@@ -70,7 +70,9 @@ fn load() -> Result<Tenant, String> {
             format!("no tenant ledger: GPUSLICE_LEDGER is unset and {DEFAULT_LEDGER} is unusable ({e}); start the program with `gpuslice run`")
         }
     })?;
-    let slot = ledger.attach_process().map_err(|e| format!("tenant ledger {}: {e}", path.display()))?;
+    let slot = ledger
+        .attach_process()
+        .map_err(|e| format!("tenant ledger {}: {e}", path.display()))?;
     Ok(Tenant {
         ledger,
         slot,
@@ -86,7 +88,10 @@ fn load() -> Result<Tenant, String> {
 pub fn tenant() -> Result<&'static Tenant, c_int> {
     let mut p = CURRENT.load(Ordering::Acquire);
     if p.is_null() {
-        while INITIALIZING.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        while INITIALIZING
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             std::thread::yield_now();
         }
         p = CURRENT.load(Ordering::Acquire);
@@ -151,7 +156,9 @@ impl Tenant {
         if self.ledger.reserve(self.slot, dev, bytes).is_ok() {
             return Ok(());
         }
-        if crate::memory::reconcile_pools(self) && self.ledger.reserve(self.slot, dev, bytes).is_ok() {
+        if crate::memory::reconcile_pools(self)
+            && self.ledger.reserve(self.slot, dev, bytes).is_ok()
+        {
             return Ok(());
         }
         Err(CUDA_ERROR_OUT_OF_MEMORY)

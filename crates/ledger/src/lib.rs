@@ -155,7 +155,10 @@ fn uuid_key(uuid: &[u8; 16]) -> u64 {
 }
 
 fn uuid_words(uuid: &[u8; 16]) -> [u64; 2] {
-    [u64::from_le_bytes(uuid[..8].try_into().unwrap()), u64::from_le_bytes(uuid[8..].try_into().unwrap())]
+    [
+        u64::from_le_bytes(uuid[..8].try_into().unwrap()),
+        u64::from_le_bytes(uuid[8..].try_into().unwrap()),
+    ]
 }
 
 fn words_uuid(w: [u64; 2]) -> [u8; 16] {
@@ -169,13 +172,20 @@ impl Ledger {
     /// Creates the ledger file for a new tenant. Fails if one already exists at `path`.
     pub fn create(path: &Path, spec: &TenantSpec) -> Result<Ledger, LedgerError> {
         if spec.memory_cap == 0 {
-            return Err(LedgerError::Invalid("memory cap must be at least one byte".into()));
+            return Err(LedgerError::Invalid(
+                "memory cap must be at least one byte".into(),
+            ));
         }
         if spec.allowed.len() > MAX_ALLOWED {
-            return Err(LedgerError::Invalid(format!("at most {MAX_ALLOWED} devices per tenant")));
+            return Err(LedgerError::Invalid(format!(
+                "at most {MAX_ALLOWED} devices per tenant"
+            )));
         }
         if path.exists() {
-            return Err(LedgerError::Invalid(format!("{} already exists", path.display())));
+            return Err(LedgerError::Invalid(format!(
+                "{} already exists",
+                path.display()
+            )));
         }
         let mut created = false;
         let file = MappedFile::open_or_create(path, FILE_LEN, 0o600, |m| {
@@ -183,11 +193,13 @@ impl Ledger {
             init(unsafe { m.at::<Header>(0) }, spec);
         })?;
         if !created {
-            return Err(LedgerError::Invalid(format!("{} was created concurrently by someone else", path.display())));
+            return Err(LedgerError::Invalid(format!(
+                "{} was created concurrently by someone else",
+                path.display()
+            )));
         }
         Ok(Ledger { file })
     }
-
 }
 
 fn init(h: &Header, spec: &TenantSpec) {
@@ -199,7 +211,10 @@ fn init(h: &Header, spec: &TenantSpec) {
         let n = spec.name.len().min(NAME_LEN - 1);
         name[..n].copy_from_slice(&spec.name.as_bytes()[..n]);
         for (i, w) in h.name.iter().enumerate() {
-            w.store(u64::from_le_bytes(name[i * 8..i * 8 + 8].try_into().unwrap()), SeqCst);
+            w.store(
+                u64::from_le_bytes(name[i * 8..i * 8 + 8].try_into().unwrap()),
+                SeqCst,
+            );
         }
         for (slot, uuid) in h.allowed.iter().zip(&spec.allowed) {
             let w = uuid_words(uuid);
@@ -216,23 +231,38 @@ impl Ledger {
     /// Opens an existing ledger, refusing anything that is not a complete ledger of this version.
     pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
         let file = MappedFile::open(path, FILE_LEN).map_err(|e| match e.kind() {
-            io::ErrorKind::InvalidData => LedgerError::Invalid(format!("{} is not a gpuslice ledger (too short)", path.display())),
+            io::ErrorKind::InvalidData => LedgerError::Invalid(format!(
+                "{} is not a gpuslice ledger (too short)",
+                path.display()
+            )),
             _ => LedgerError::Io(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
         })?;
         let l = Ledger { file };
         let h = l.header();
         if h.magic.load(SeqCst) != MAGIC {
-            return Err(LedgerError::Invalid(format!("{} is not a gpuslice ledger (bad magic)", path.display())));
+            return Err(LedgerError::Invalid(format!(
+                "{} is not a gpuslice ledger (bad magic)",
+                path.display()
+            )));
         }
         let v = h.version.load(SeqCst);
         if v != VERSION {
-            return Err(LedgerError::Invalid(format!("{} has ledger version {v}; this build reads version {VERSION}", path.display())));
+            return Err(LedgerError::Invalid(format!(
+                "{} has ledger version {v}; this build reads version {VERSION}",
+                path.display()
+            )));
         }
         if h.memory_cap.load(SeqCst) == 0 {
-            return Err(LedgerError::Invalid(format!("{} has no memory cap", path.display())));
+            return Err(LedgerError::Invalid(format!(
+                "{} has no memory cap",
+                path.display()
+            )));
         }
         if h.allowed_count.load(SeqCst) as usize > MAX_ALLOWED {
-            return Err(LedgerError::Invalid(format!("{} has a corrupt device allow-list", path.display())));
+            return Err(LedgerError::Invalid(format!(
+                "{} has a corrupt device allow-list",
+                path.display()
+            )));
         }
         Ok(l)
     }
@@ -245,7 +275,10 @@ impl Ledger {
         unsafe { self.file.at::<Header>(0) }
     }
     fn device(&self, d: Dev) -> &DeviceEntry {
-        unsafe { self.file.at::<DeviceEntry>(DEV_OFF + d.0 * size_of::<DeviceEntry>()) }
+        unsafe {
+            self.file
+                .at::<DeviceEntry>(DEV_OFF + d.0 * size_of::<DeviceEntry>())
+        }
     }
     fn slot(&self, i: usize) -> &Slot {
         unsafe { self.file.at::<Slot>(SLOT_OFF + i * SLOT_SIZE) }
@@ -263,7 +296,10 @@ impl Ledger {
             name: String::from_utf8_lossy(&name[..end]).into_owned(),
             memory_cap: h.memory_cap.load(SeqCst),
             context_overhead: h.context_overhead.load(SeqCst),
-            allowed: h.allowed[..n].iter().map(|w| words_uuid([w[0].load(SeqCst), w[1].load(SeqCst)])).collect(),
+            allowed: h.allowed[..n]
+                .iter()
+                .map(|w| words_uuid([w[0].load(SeqCst), w[1].load(SeqCst)]))
+                .collect(),
         }
     }
 
@@ -275,7 +311,10 @@ impl Ledger {
         let h = self.header();
         let n = (h.allowed_count.load(SeqCst) as usize).min(MAX_ALLOWED);
         let w = uuid_words(uuid);
-        n == 0 || h.allowed[..n].iter().any(|a| a[0].load(SeqCst) == w[0] && a[1].load(SeqCst) == w[1])
+        n == 0
+            || h.allowed[..n]
+                .iter()
+                .any(|a| a[0].load(SeqCst) == w[0] && a[1].load(SeqCst) == w[1])
     }
 
     /// The entry for the GPU with this UUID, claimed on first use. A GPU outside the tenant's
@@ -289,7 +328,11 @@ impl Ledger {
                     let w = uuid_words(uuid);
                     e.uuid[0].store(w[0], SeqCst);
                     e.uuid[1].store(w[1], SeqCst);
-                    let cap = if self.is_allowed(uuid) { self.header().memory_cap.load(SeqCst) } else { 0 };
+                    let cap = if self.is_allowed(uuid) {
+                        self.header().memory_cap.load(SeqCst)
+                    } else {
+                        0
+                    };
                     e.cap.store(cap, SeqCst);
                     return Ok(Dev(i));
                 }
@@ -297,7 +340,9 @@ impl Ledger {
                 Err(_) => continue,
             }
         }
-        Err(LedgerError::Invalid(format!("more than {DEVICES} GPUs used by one tenant")))
+        Err(LedgerError::Invalid(format!(
+            "more than {DEVICES} GPUs used by one tenant"
+        )))
     }
 
     /// The cap of a device entry. It is derived from the header when the entry was claimed; an
@@ -310,7 +355,11 @@ impl Ledger {
             return c;
         }
         let uuid = words_uuid([e.uuid[0].load(SeqCst), e.uuid[1].load(SeqCst)]);
-        if uuid != [0; 16] && self.is_allowed(&uuid) { self.header().memory_cap.load(SeqCst) } else { 0 }
+        if uuid != [0; 16] && self.is_allowed(&uuid) {
+            self.header().memory_cap.load(SeqCst)
+        } else {
+            0
+        }
     }
 
     fn high_water(&self) -> usize {
@@ -342,11 +391,15 @@ impl Ledger {
                 s.refusals.store(0, SeqCst);
                 s.pid.store(pid, SeqCst);
                 s.active.store(1, SeqCst);
-                self.header().slots_high_water.fetch_max(i as u32 + 1, SeqCst);
+                self.header()
+                    .slots_high_water
+                    .fetch_max(i as u32 + 1, SeqCst);
                 return Ok(SlotId(i));
             }
         }
-        Err(LedgerError::Invalid(format!("all {SLOTS} process slots of this tenant are in use")))
+        Err(LedgerError::Invalid(format!(
+            "all {SLOTS} process slots of this tenant are in use"
+        )))
     }
 
     /// Gives the slot back at a clean exit; its charges must already be released.
@@ -457,20 +510,32 @@ impl Ledger {
 
     /// Refusals counted for the tenant, all devices.
     pub fn refusals(&self) -> u64 {
-        (0..DEVICES).map(|d| self.device(Dev(d)).refusals.load(SeqCst)).sum()
+        (0..DEVICES)
+            .map(|d| self.device(Dev(d)).refusals.load(SeqCst))
+            .sum()
     }
 }
 
 /// Formats a UUID the way NVML and `nvidia-smi` print it: `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
 pub fn format_uuid(u: &[u8; 16]) -> String {
     let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!("GPU-{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Parses NVML's UUID form (with or without the `GPU-`/`MIG-` prefix and dashes).
 pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     let s = s.trim();
-    let s = s.strip_prefix("GPU-").or_else(|| s.strip_prefix("MIG-")).unwrap_or(s);
+    let s = s
+        .strip_prefix("GPU-")
+        .or_else(|| s.strip_prefix("MIG-"))
+        .unwrap_or(s);
     let hex: Vec<u8> = s.bytes().filter(|&b| b != b'-').collect();
     if hex.len() != 32 {
         return None;
@@ -494,7 +559,12 @@ mod tests {
     }
 
     fn spec(cap: u64) -> TenantSpec {
-        TenantSpec { name: "t".into(), memory_cap: cap, context_overhead: 0, allowed: vec![] }
+        TenantSpec {
+            name: "t".into(),
+            memory_cap: cap,
+            context_overhead: 0,
+            allowed: vec![],
+        }
     }
 
     const GPU0: [u8; 16] = [7; 16];
@@ -502,9 +572,17 @@ mod tests {
     #[test]
     fn create_open_and_spec_round_trip() {
         let p = tmp("rt");
-        let s = TenantSpec { name: "team-a".into(), memory_cap: 4 << 30, context_overhead: 1 << 28, allowed: vec![GPU0] };
+        let s = TenantSpec {
+            name: "team-a".into(),
+            memory_cap: 4 << 30,
+            context_overhead: 1 << 28,
+            allowed: vec![GPU0],
+        };
         Ledger::create(&p, &s).unwrap();
-        assert!(Ledger::create(&p, &s).is_err(), "never silently reuses an existing ledger");
+        assert!(
+            Ledger::create(&p, &s).is_err(),
+            "never silently reuses an existing ledger"
+        );
         assert_eq!(Ledger::open(&p).unwrap().spec(), s);
         std::fs::remove_file(&p).unwrap();
     }
@@ -519,7 +597,10 @@ mod tests {
         assert!(Ledger::open(&p).is_err());
         std::fs::remove_file(&p).unwrap();
         assert!(Ledger::open(&p).is_err());
-        assert!(Ledger::create(&p, &spec(0)).is_err(), "a zero cap is refused, not unlimited");
+        assert!(
+            Ledger::create(&p, &spec(0)).is_err(),
+            "a zero cap is refused, not unlimited"
+        );
     }
 
     #[test]
@@ -530,7 +611,13 @@ mod tests {
         let d = l.device_for(&GPU0).unwrap();
         assert_eq!(l.device_for(&GPU0).unwrap(), d);
         l.reserve(s, d, 600).unwrap();
-        assert_eq!(l.reserve(s, d, 500), Err(Refused { cap: 1000, used: 600 }));
+        assert_eq!(
+            l.reserve(s, d, 500),
+            Err(Refused {
+                cap: 1000,
+                used: 600
+            })
+        );
         l.reserve(s, d, 400).unwrap();
         assert_eq!(l.used(d), 1000);
         l.release(s, d, 5000);
@@ -543,7 +630,14 @@ mod tests {
     #[test]
     fn devices_outside_the_allow_list_get_nothing() {
         let p = tmp("allow");
-        let l = Ledger::create(&p, &TenantSpec { allowed: vec![GPU0], ..spec(1000) }).unwrap();
+        let l = Ledger::create(
+            &p,
+            &TenantSpec {
+                allowed: vec![GPU0],
+                ..spec(1000)
+            },
+        )
+        .unwrap();
         let s = l.attach_process().unwrap();
         let other = l.device_for(&[9; 16]).unwrap();
         assert_eq!(l.cap(other), 0);
@@ -574,9 +668,16 @@ mod tests {
         unsafe { libc::read(fds[0], b.as_mut_ptr().cast(), 1) };
         let me = l.attach_process().unwrap();
         assert_eq!(l.used(d), 700);
-        assert_eq!(l.reclaim_dead(Some(me)), 0, "a live process keeps its memory");
+        assert_eq!(
+            l.reclaim_dead(Some(me)),
+            0,
+            "a live process keeps its memory"
+        );
         assert!(l.reserve(me, d, 400).is_err());
-        unsafe { libc::kill(pid, libc::SIGKILL); libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0)
+        };
         // The refused reservation reclaims on its own before giving up.
         l.reserve(me, d, 400).unwrap();
         assert_eq!(l.used(d), 400);

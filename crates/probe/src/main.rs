@@ -44,14 +44,17 @@ macro_rules! api {
 
 /// The symbol a program linked against cuda.h of `ver` would bind `base` to.
 fn exported_name(base: &str, ver: i32) -> String {
-    gpuslice_cuda_abi::generated::resolve_symbol(base, ver, false).map(str::to_string).unwrap_or_else(|_| base.to_string())
+    gpuslice_cuda_abi::generated::resolve_symbol(base, ver, false)
+        .map(str::to_string)
+        .unwrap_or_else(|_| base.to_string())
 }
 
 fn base_via_procaddr(gpa: *mut c_void, base: &str, ver: i32) -> Result<*mut c_void, String> {
     if gpa.is_null() {
         return Err("driver has no cuGetProcAddress_v2".into());
     }
-    type Gpa = unsafe extern "C" fn(*const c_char, *mut *mut c_void, c_int, u64, *mut c_int) -> CUresult;
+    type Gpa =
+        unsafe extern "C" fn(*const c_char, *mut *mut c_void, c_int, u64, *mut c_int) -> CUresult;
     let gpa: Gpa = unsafe { std::mem::transmute(gpa) };
     let name = CString::new(base).unwrap();
     let (mut p, mut status) = (std::ptr::null_mut(), 0);
@@ -126,17 +129,31 @@ impl Probe {
         let mut ctx = std::ptr::null_mut();
         unsafe {
             check((api.device_get)(&mut dev, 0), "cuDeviceGet");
-            check((api.primary_retain)(&mut ctx, dev), "cuDevicePrimaryCtxRetain");
+            check(
+                (api.primary_retain)(&mut ctx, dev),
+                "cuDevicePrimaryCtxRetain",
+            );
             check((api.ctx_set_current)(ctx), "cuCtxSetCurrent");
         }
-        Probe { api, dev, stream: std::ptr::null_mut(), pool: std::ptr::null_mut() }
+        Probe {
+            api,
+            dev,
+            stream: std::ptr::null_mut(),
+            pool: std::ptr::null_mut(),
+        }
     }
 
     fn info(&self) -> (usize, usize, usize) {
         let (mut free, mut total, mut dtotal) = (0, 0, 0);
         unsafe {
-            check((self.api.mem_get_info)(&mut free, &mut total), "cuMemGetInfo");
-            check((self.api.device_total_mem)(&mut dtotal, self.dev), "cuDeviceTotalMem");
+            check(
+                (self.api.mem_get_info)(&mut free, &mut total),
+                "cuMemGetInfo",
+            );
+            check(
+                (self.api.device_total_mem)(&mut dtotal, self.dev),
+                "cuDeviceTotalMem",
+            );
         }
         (free, total, dtotal)
     }
@@ -160,7 +177,10 @@ impl Probe {
                     if path == "pool" && self.pool.is_null() {
                         let mut props = CUmemPoolProps::default();
                         props.allocType = 1; // CU_MEM_ALLOCATION_TYPE_PINNED
-                        props.location = CUmemLocation { type_: CU_MEM_LOCATION_TYPE_DEVICE, id: self.dev };
+                        props.location = CUmemLocation {
+                            type_: CU_MEM_LOCATION_TYPE_DEVICE,
+                            id: self.dev,
+                        };
                         check((a.pool_create)(&mut self.pool, &props), "cuMemPoolCreate");
                     }
                     let r = if path == "pool" {
@@ -176,46 +196,87 @@ impl Probe {
                 "vmm" => {
                     let mut prop = CUmemAllocationProp::default();
                     prop.type_ = 1; // CU_MEM_ALLOCATION_TYPE_PINNED
-                    prop.location = CUmemLocation { type_: CU_MEM_LOCATION_TYPE_DEVICE, id: self.dev };
+                    prop.location = CUmemLocation {
+                        type_: CU_MEM_LOCATION_TYPE_DEVICE,
+                        id: self.dev,
+                    };
                     let mut h = 0;
                     let r = (a.mem_create)(&mut h, bytes, &prop, 0);
-                    return if r == CUDA_SUCCESS { Ok(Held::Vmm(h)) } else { Err(r) };
+                    return if r == CUDA_SUCCESS {
+                        Ok(Held::Vmm(h))
+                    } else {
+                        Err(r)
+                    };
                 }
                 "array" | "array3d" | "mipmap" => {
                     let mut arr: CUarray = std::ptr::null_mut();
                     // 4096-wide rows of single-byte texels, `bytes / 4096` rows.
                     let r = if path == "array" {
-                        let d = CUDA_ARRAY_DESCRIPTOR { Width: 4096, Height: bytes / 4096, Format: CU_AD_FORMAT_UNSIGNED_INT8, NumChannels: 1 };
+                        let d = CUDA_ARRAY_DESCRIPTOR {
+                            Width: 4096,
+                            Height: bytes / 4096,
+                            Format: CU_AD_FORMAT_UNSIGNED_INT8,
+                            NumChannels: 1,
+                        };
                         (a.array_create)(&mut arr, &d)
                     } else {
-                        let d = CUDA_ARRAY3D_DESCRIPTOR { Width: 4096, Height: 1024, Depth: bytes / (4096 * 1024), Format: CU_AD_FORMAT_UNSIGNED_INT8, NumChannels: 1, Flags: 0 };
+                        let d = CUDA_ARRAY3D_DESCRIPTOR {
+                            Width: 4096,
+                            Height: 1024,
+                            Depth: bytes / (4096 * 1024),
+                            Format: CU_AD_FORMAT_UNSIGNED_INT8,
+                            NumChannels: 1,
+                            Flags: 0,
+                        };
                         if path == "array3d" {
                             (a.array3d_create)(&mut arr, &d)
                         } else {
                             let mut m: CUmipmappedArray = std::ptr::null_mut();
                             let r = (a.mipmap_create)(&mut m, &d, 1);
-                            return if r == CUDA_SUCCESS { Ok(Held::Other) } else { Err(r) };
+                            return if r == CUDA_SUCCESS {
+                                Ok(Held::Other)
+                            } else {
+                                Err(r)
+                            };
                         }
                     };
-                    return if r == CUDA_SUCCESS { Ok(Held::Array(arr)) } else { Err(r) };
+                    return if r == CUDA_SUCCESS {
+                        Ok(Held::Array(arr))
+                    } else {
+                        Err(r)
+                    };
                 }
                 "graph" => {
                     let mut g: CUgraph = std::ptr::null_mut();
                     check((a.graph_create)(&mut g, 0), "cuGraphCreate");
                     let mut params: CUDA_MEM_ALLOC_NODE_PARAMS = std::mem::zeroed();
                     params.poolProps.allocType = 1;
-                    params.poolProps.location = CUmemLocation { type_: CU_MEM_LOCATION_TYPE_DEVICE, id: self.dev };
+                    params.poolProps.location = CUmemLocation {
+                        type_: CU_MEM_LOCATION_TYPE_DEVICE,
+                        id: self.dev,
+                    };
                     params.bytesize = bytes;
                     let mut node: CUgraphNode = std::ptr::null_mut();
-                    check((a.graph_add_alloc)(&mut node, g, std::ptr::null(), 0, &mut params), "cuGraphAddMemAllocNode");
+                    check(
+                        (a.graph_add_alloc)(&mut node, g, std::ptr::null(), 0, &mut params),
+                        "cuGraphAddMemAllocNode",
+                    );
                     let mut exec: CUgraphExec = std::ptr::null_mut();
                     let r = (a.graph_instantiate)(&mut exec, g, 0);
-                    return if r == CUDA_SUCCESS { Ok(Held::Other) } else { Err(r) };
+                    return if r == CUDA_SUCCESS {
+                        Ok(Held::Other)
+                    } else {
+                        Err(r)
+                    };
                 }
                 "context" => {
                     let mut c: CUcontext = std::ptr::null_mut();
                     let r = (a.ctx_create)(&mut c, 0, self.dev);
-                    return if r == CUDA_SUCCESS { Ok(Held::Other) } else { Err(r) };
+                    return if r == CUDA_SUCCESS {
+                        Ok(Held::Other)
+                    } else {
+                        Err(r)
+                    };
                 }
                 other => die(format!("unknown path {other}")),
             }
@@ -223,7 +284,11 @@ impl Probe {
         if r != CUDA_SUCCESS {
             return Err(r);
         }
-        Ok(if path == "async" || path == "pool" { Held::Async(p) } else { Held::Ptr(p) })
+        Ok(if path == "async" || path == "pool" {
+            Held::Async(p)
+        } else {
+            Held::Ptr(p)
+        })
     }
 
     fn free(&self, h: Held) {
@@ -256,11 +321,16 @@ fn parse_bytes(s: &str) -> usize {
     } else {
         (s, 1)
     };
-    n.parse::<usize>().unwrap_or_else(|_| die(format!("bad size {s}"))) * mult
+    n.parse::<usize>()
+        .unwrap_or_else(|_| die(format!("bad size {s}")))
+        * mult
 }
 
 fn now_unix_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 fn sleep_forever() -> ! {
@@ -281,17 +351,27 @@ fn main() {
         };
         args.drain(..2);
     }
-    let arg = |i: usize| args.get(i).cloned().unwrap_or_else(|| die(format!("missing argument {i}")));
+    let arg = |i: usize| {
+        args.get(i)
+            .cloned()
+            .unwrap_or_else(|| die(format!("missing argument {i}")))
+    };
     let mut probe = Probe::start(via_procaddr);
     match arg(0).as_str() {
         "info" => {
             let (free, total, dtotal) = probe.info();
             let init_ns = started.elapsed().as_nanos();
-            println!("{{\"free\":{free},\"total\":{total},\"device_total\":{dtotal},\"init_ns\":{init_ns}}}");
+            println!(
+                "{{\"free\":{free},\"total\":{total},\"device_total\":{dtotal},\"init_ns\":{init_ns}}}"
+            );
         }
         "fill" => {
             let (path, chunk) = (arg(1), parse_bytes(&arg(2)));
-            let max = args.iter().position(|a| a == "--max").map(|i| arg(i + 1).parse::<usize>().unwrap()).unwrap_or(usize::MAX);
+            let max = args
+                .iter()
+                .position(|a| a == "--max")
+                .map(|i| arg(i + 1).parse::<usize>().unwrap())
+                .unwrap_or(usize::MAX);
             let hold = args.iter().any(|a| a == "--hold");
             let mut held = Vec::new();
             let mut error = 0;
@@ -307,7 +387,10 @@ fn main() {
             let (free, total, _) = probe.info();
             let granted = held.len();
             if hold {
-                println!("{{\"path\":\"{path}\",\"granted\":{granted},\"bytes\":{},\"error\":{error},\"free\":{free},\"total\":{total}}}", granted * chunk);
+                println!(
+                    "{{\"path\":\"{path}\",\"granted\":{granted},\"bytes\":{},\"error\":{error},\"free\":{free},\"total\":{total}}}",
+                    granted * chunk
+                );
                 sleep_forever();
             }
             for h in held {
@@ -322,7 +405,10 @@ fn main() {
         "hold" => {
             let bytes = parse_bytes(&arg(1));
             let r = probe.alloc("alloc", bytes).map(|_| 0).unwrap_or_else(|e| e);
-            println!("{{\"held\":{bytes},\"error\":{r}}}");
+            println!(
+                "{{\"held\":{bytes},\"error\":{r},\"pid\":{}}}",
+                std::process::id()
+            );
             sleep_forever();
         }
         "race" => {
@@ -341,14 +427,37 @@ fn main() {
             let a = &probe.api;
             let (mut m, mut f) = (std::ptr::null_mut(), std::ptr::null_mut());
             unsafe {
-                check((a.module_load)(&mut m, c"image".as_ptr().cast()), "cuModuleLoadData");
-                check((a.module_function)(&mut f, m, c"noop".as_ptr()), "cuModuleGetFunction");
+                check(
+                    (a.module_load)(&mut m, c"image".as_ptr().cast()),
+                    "cuModuleLoadData",
+                );
+                check(
+                    (a.module_function)(&mut f, m, c"noop".as_ptr()),
+                    "cuModuleGetFunction",
+                );
             }
             let t = Instant::now();
             for _ in 0..n {
-                unsafe { (a.launch)(f, 1, 1, 1, 1, 1, 1, 0, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut()) };
+                unsafe {
+                    (a.launch)(
+                        f,
+                        1,
+                        1,
+                        1,
+                        1,
+                        1,
+                        1,
+                        0,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                    )
+                };
             }
-            println!("{{\"ns_per_call\":{:.1}}}", t.elapsed().as_nanos() as f64 / n as f64);
+            println!(
+                "{{\"ns_per_call\":{:.1}}}",
+                t.elapsed().as_nanos() as f64 / n as f64
+            );
         }
         "allocs" => {
             let (n, bytes): (usize, usize) = (arg(1).parse().unwrap(), parse_bytes(&arg(2)));
@@ -360,7 +469,10 @@ fn main() {
                     check((probe.api.mem_free)(p), "cuMemFree");
                 }
             }
-            println!("{{\"ns_per_call\":{:.1}}}", t.elapsed().as_nanos() as f64 / (2 * n) as f64);
+            println!(
+                "{{\"ns_per_call\":{:.1}}}",
+                t.elapsed().as_nanos() as f64 / (2 * n) as f64
+            );
         }
         other => die(format!("unknown command {other}")),
     }

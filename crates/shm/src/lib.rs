@@ -43,7 +43,11 @@ fn cpath(p: &Path) -> io::Result<CString> {
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
 }
 
 impl MappedFile {
@@ -61,7 +65,10 @@ impl MappedFile {
             unsafe { libc::close(fd) };
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{} is {len} bytes, expected at least {min_len}", path.display()),
+                format!(
+                    "{} is {len} bytes, expected at least {min_len}",
+                    path.display()
+                ),
             ));
         }
         Self::map(fd, len, path)
@@ -70,24 +77,42 @@ impl MappedFile {
     /// Opens `path`, or creates it with `len` zeroed bytes passed through `init` first. Creation
     /// is atomic: the file appears under `path` only once `init` has run, and when several
     /// processes race, exactly one file wins and everybody maps that one.
-    pub fn open_or_create(path: &Path, len: usize, mode: u32, init: impl FnOnce(&Self)) -> io::Result<Self> {
+    pub fn open_or_create(
+        path: &Path,
+        len: usize,
+        mode: u32,
+        init: impl FnOnce(&Self),
+    ) -> io::Result<Self> {
         match Self::open(path, len) {
             Ok(m) => return Ok(m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let nonce = unique_nonce();
         let tmp = dir.join(format!(".{name}.{}.{nonce:x}.tmp", std::process::id()));
         let ctmp = cpath(&tmp)?;
         let fd = cvt(unsafe {
-            libc::open(ctmp.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, mode as libc::c_uint)
+            libc::open(
+                ctmp.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                mode as libc::c_uint,
+            )
         })?;
         // The umask must not narrow a region meant for several users.
         unsafe { libc::fchmod(fd, mode as libc::mode_t) };
         if let Err(e) = cvt(unsafe { libc::ftruncate(fd, len as libc::off_t) }) {
-            unsafe { libc::close(fd); libc::unlink(ctmp.as_ptr()) };
+            unsafe {
+                libc::close(fd);
+                libc::unlink(ctmp.as_ptr())
+            };
             return Err(e);
         }
         let m = match Self::map(fd, len, path) {
@@ -114,14 +139,26 @@ impl MappedFile {
 
     fn map(fd: libc::c_int, len: usize, path: &Path) -> io::Result<Self> {
         let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len.max(1), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len.max(1),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
         };
         if ptr == libc::MAP_FAILED {
             let e = io::Error::last_os_error();
             unsafe { libc::close(fd) };
             return Err(e);
         }
-        Ok(Self { ptr: ptr.cast(), len, fd, path: path.to_path_buf() })
+        Ok(Self {
+            ptr: ptr.cast(),
+            len,
+            fd,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -146,8 +183,15 @@ impl MappedFile {
     /// `T` must be valid for any bit pattern the region may hold (atomics and plain integers),
     /// `offset` must be aligned for `T`, and `offset + size_of::<T>()` must lie inside the map.
     pub unsafe fn at<T>(&self, offset: usize) -> &T {
-        assert!(offset + std::mem::size_of::<T>() <= self.len, "shared region too small");
-        assert_eq!(offset % std::mem::align_of::<T>(), 0, "misaligned shared object");
+        assert!(
+            offset + std::mem::size_of::<T>() <= self.len,
+            "shared region too small"
+        );
+        assert_eq!(
+            offset % std::mem::align_of::<T>(),
+            0,
+            "misaligned shared object"
+        );
         unsafe { &*(self.ptr.add(offset) as *const T) }
     }
 
@@ -179,7 +223,8 @@ impl MappedFile {
 
     /// Gives slot `slot` back.
     pub fn release_slot(&self, slot: usize) -> io::Result<()> {
-        self.lock_op(slot, libc::F_UNLCK as libc::c_short).map(|_| ())
+        self.lock_op(slot, libc::F_UNLCK as libc::c_short)
+            .map(|_| ())
     }
 
     /// Whether some *other* live process holds slot `slot`. Never blocks.
@@ -206,7 +251,9 @@ impl Drop for MappedFile {
 fn unique_nonce() -> u64 {
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).wrapping_mul(1_000_000_007) ^ ts.tv_nsec as u64 ^ ((&ts as *const _ as u64) << 20)
+    (ts.tv_sec as u64).wrapping_mul(1_000_000_007)
+        ^ ts.tv_nsec as u64
+        ^ ((&ts as *const _ as u64) << 20)
 }
 
 /// One process's charge against a shared capacity: what it holds, and what it is in the middle
@@ -221,12 +268,18 @@ pub struct Counter {
 impl Counter {
     /// Everything this counter charges, in-flight claims included.
     pub fn charged(&self) -> u64 {
-        self.held.load(Ordering::SeqCst).saturating_add(self.claiming.load(Ordering::SeqCst))
+        self.held
+            .load(Ordering::SeqCst)
+            .saturating_add(self.claiming.load(Ordering::SeqCst))
     }
 
     /// Gives back `n` of what this counter holds; never goes below zero.
     pub fn release(&self, n: u64) {
-        let _ = self.held.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| Some(h.saturating_sub(n)));
+        let _ = self
+            .held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| {
+                Some(h.saturating_sub(n))
+            });
     }
 
     /// Adds `n` unconditionally (for charges that are facts, not requests).
@@ -253,7 +306,8 @@ pub enum Reservation {
 
 /// Sum of every counter's charge.
 pub fn total<'a>(all: impl IntoIterator<Item = &'a Counter>) -> u64 {
-    all.into_iter().fold(0u64, |s, c| s.saturating_add(c.charged()))
+    all.into_iter()
+        .fold(0u64, |s, c| s.saturating_add(c.charged()))
 }
 
 /// Charges `n` to `mine` if the sum over `all` (which includes `mine`) stays within `capacity`.
@@ -278,13 +332,19 @@ where
             return Reservation::Granted;
         }
         mine.claiming.fetch_sub(n, Ordering::SeqCst);
-        let settled: u64 = all().into_iter().fold(0u64, |s, c| s.saturating_add(c.held.load(Ordering::SeqCst)));
+        let settled: u64 = all()
+            .into_iter()
+            .fold(0u64, |s, c| s.saturating_add(c.held.load(Ordering::SeqCst)));
         let in_flight = sum.saturating_sub(settled).saturating_sub(n);
         if settled.saturating_add(n) > capacity || in_flight == 0 || attempt == RETRIES {
             return Reservation::Refused { used: settled };
         }
         // Someone else's claim is in flight and we might fit without it: let it settle.
-        if attempt < 8 { std::hint::spin_loop() } else { std::thread::yield_now() }
+        if attempt < 8 {
+            std::hint::spin_loop()
+        } else {
+            std::thread::yield_now()
+        }
     }
     unreachable!()
 }
@@ -295,7 +355,11 @@ mod tests {
     use std::sync::Arc;
 
     fn tmpdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("gpuslice-shm-test-{}-{:x}", std::process::id(), unique_nonce()));
+        let d = std::env::temp_dir().join(format!(
+            "gpuslice-shm-test-{}-{:x}",
+            std::process::id(),
+            unique_nonce()
+        ));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
@@ -304,13 +368,25 @@ mod tests {
     fn create_is_atomic_and_shared() {
         let d = tmpdir();
         let p = d.join("region");
-        let a = MappedFile::open_or_create(&p, 4096, 0o600, |m| unsafe { m.at::<AtomicU64>(0) }.store(7, Ordering::SeqCst)).unwrap();
-        let b = MappedFile::open_or_create(&p, 4096, 0o600, |_| panic!("second creator must not initialise")).unwrap();
+        let a = MappedFile::open_or_create(&p, 4096, 0o600, |m| {
+            unsafe { m.at::<AtomicU64>(0) }.store(7, Ordering::SeqCst)
+        })
+        .unwrap();
+        let b = MappedFile::open_or_create(&p, 4096, 0o600, |_| {
+            panic!("second creator must not initialise")
+        })
+        .unwrap();
         unsafe { b.at::<AtomicU64>(8) }.store(9, Ordering::SeqCst);
         assert_eq!(unsafe { a.at::<AtomicU64>(0) }.load(Ordering::SeqCst), 7);
         assert_eq!(unsafe { a.at::<AtomicU64>(8) }.load(Ordering::SeqCst), 9);
-        assert!(MappedFile::open(&p, 8192).is_err(), "a short file is refused");
-        let leftovers: Vec<_> = std::fs::read_dir(&d).unwrap().filter(|e| e.as_ref().unwrap().file_name() != "region").collect();
+        assert!(
+            MappedFile::open(&p, 8192).is_err(),
+            "a short file is refused"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name() != "region")
+            .collect();
         assert!(leftovers.is_empty(), "no temporary files remain");
         std::fs::remove_dir_all(d).unwrap();
     }
@@ -357,8 +433,15 @@ mod tests {
                     })
                 })
                 .collect();
-            let wins = hs.into_iter().map(|h| h.join().unwrap()).filter(|&w| w).count();
-            assert_eq!(wins, 1, "the capacity fits exactly one claim, and one must get it");
+            let wins = hs
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .filter(|&w| w)
+                .count();
+            assert_eq!(
+                wins, 1,
+                "the capacity fits exactly one claim, and one must get it"
+            );
         }
     }
 
@@ -393,11 +476,23 @@ mod tests {
         unsafe { libc::read(rd, b.as_mut_ptr().cast(), 1) };
         assert_eq!(b[0], 1);
         assert!(m.slot_is_live(3).unwrap(), "held by a live child");
-        assert!(!m.claim_slot(3).unwrap(), "cannot take a live process's slot");
-        unsafe { libc::kill(pid, libc::SIGKILL); libc::waitpid(pid, std::ptr::null_mut(), 0) };
-        assert!(!m.slot_is_live(3).unwrap(), "freed by the kernel when the holder died");
+        assert!(
+            !m.claim_slot(3).unwrap(),
+            "cannot take a live process's slot"
+        );
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0)
+        };
+        assert!(
+            !m.slot_is_live(3).unwrap(),
+            "freed by the kernel when the holder died"
+        );
         assert!(m.claim_slot(3).unwrap());
-        unsafe { libc::close(rd); libc::close(wr) };
+        unsafe {
+            libc::close(rd);
+            libc::close(wr)
+        };
         std::fs::remove_dir_all(d).unwrap();
     }
 }

@@ -7,7 +7,11 @@ use gpuslice_cuda_abi::driver::*;
 use crate::*;
 
 fn parse_uuid(s: &str) -> CUuuid {
-    let hex: Vec<u8> = s.trim_start_matches("GPU-").bytes().filter(|b| b.is_ascii_hexdigit()).collect();
+    let hex: Vec<u8> = s
+        .trim_start_matches("GPU-")
+        .bytes()
+        .filter(|b| b.is_ascii_hexdigit())
+        .collect();
     let mut u = CUuuid::default();
     for (i, pair) in hex.chunks(2).take(16).enumerate() {
         let v = u8::from_str_radix(std::str::from_utf8(pair).unwrap_or("0"), 16).unwrap_or(0);
@@ -30,7 +34,8 @@ unsafe fn copy_cstr(dst: *mut c_char, len: c_int, s: &str) -> R {
 
 fn attribute(dev: usize, attr: c_int) -> Result<c_int, CUresult> {
     let spec = sim()?.spec(dev);
-    let bus = u32::from_str_radix(spec.pci_bus_id.split(':').nth(1).unwrap_or("0"), 16).unwrap_or(0) as c_int;
+    let bus = u32::from_str_radix(spec.pci_bus_id.split(':').nth(1).unwrap_or("0"), 16).unwrap_or(0)
+        as c_int;
     Ok(match attr {
         CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK => 1024,
         CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_X | CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Y => 1024,
@@ -41,12 +46,15 @@ fn attribute(dev: usize, attr: c_int) -> Result<c_int, CUresult> {
         CU_DEVICE_ATTRIBUTE_TOTAL_CONSTANT_MEMORY => 64 * 1024,
         CU_DEVICE_ATTRIBUTE_WARP_SIZE => 32,
         CU_DEVICE_ATTRIBUTE_MAX_PITCH => i32::MAX,
-        CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_BLOCK | CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_MULTIPROCESSOR => 65536,
+        CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_BLOCK
+        | CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_MULTIPROCESSOR => 65536,
         CU_DEVICE_ATTRIBUTE_CLOCK_RATE => 1_980_000,
         CU_DEVICE_ATTRIBUTE_TEXTURE_ALIGNMENT => 512,
         CU_DEVICE_ATTRIBUTE_GPU_OVERLAP => 1,
         CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT => spec.sm_count as c_int,
-        CU_DEVICE_ATTRIBUTE_KERNEL_EXEC_TIMEOUT | CU_DEVICE_ATTRIBUTE_INTEGRATED | CU_DEVICE_ATTRIBUTE_TCC_DRIVER => 0,
+        CU_DEVICE_ATTRIBUTE_KERNEL_EXEC_TIMEOUT
+        | CU_DEVICE_ATTRIBUTE_INTEGRATED
+        | CU_DEVICE_ATTRIBUTE_TCC_DRIVER => 0,
         CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY => 1,
         CU_DEVICE_ATTRIBUTE_COMPUTE_MODE => 0,
         CU_DEVICE_ATTRIBUTE_CONCURRENT_KERNELS | CU_DEVICE_ATTRIBUTE_ECC_ENABLED => 1,
@@ -63,7 +71,8 @@ fn attribute(dev: usize, attr: c_int) -> Result<c_int, CUresult> {
         CU_DEVICE_ATTRIBUTE_STREAM_PRIORITIES_SUPPORTED => 1,
         CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR => 228 * 1024,
         CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY | CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS => 1,
-        CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH | CU_DEVICE_ATTRIBUTE_COOPERATIVE_MULTI_DEVICE_LAUNCH => 1,
+        CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH
+        | CU_DEVICE_ATTRIBUTE_COOPERATIVE_MULTI_DEVICE_LAUNCH => 1,
         CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN => 227 * 1024,
         CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED => 1,
         CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED => 1,
@@ -75,14 +84,27 @@ fn attribute(dev: usize, attr: c_int) -> Result<c_int, CUresult> {
 }
 
 /// Creates a context on `dev`, charging the device what a context costs.
-pub(crate) fn create_ctx(reg: &mut Reg, dev: usize, flags: u32, primary: bool) -> Result<usize, CUresult> {
+pub(crate) fn create_ctx(
+    reg: &mut Reg,
+    dev: usize,
+    flags: u32,
+    primary: bool,
+) -> Result<usize, CUresult> {
     let s = sim()?;
     let cost = s.spec(dev).context_bytes;
     if cost > 0 && !s.try_alloc(dev, cost) {
         return Err(CUDA_ERROR_OUT_OF_MEMORY);
     }
     let h = reg.handle();
-    reg.ctxs.insert(h, Ctx { dev, primary, flags, null_done: 0 });
+    reg.ctxs.insert(
+        h,
+        Ctx {
+            dev,
+            primary,
+            flags,
+            null_done: 0,
+        },
+    );
     Ok(h)
 }
 
@@ -90,18 +112,33 @@ pub(crate) fn create_ctx(reg: &mut Reg, dev: usize, flags: u32, primary: bool) -
 pub(crate) fn destroy_ctx(reg: &mut Reg, c: usize) -> R {
     let s = sim()?;
     let ctx = reg.ctxs.remove(&c).ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
-    let bases: Vec<u64> = reg.allocs.iter().filter(|(_, a)| a.ctx == c).map(|(&b, _)| b).collect();
+    let bases: Vec<u64> = reg
+        .allocs
+        .iter()
+        .filter(|(_, a)| a.ctx == c)
+        .map(|(&b, _)| b)
+        .collect();
     for b in bases {
         crate::api_mem::free_alloc(reg, b, true)?;
     }
-    let arrays: Vec<usize> = reg.arrays.iter().filter(|(_, a)| a.ctx == c).map(|(&h, _)| h).collect();
+    let arrays: Vec<usize> = reg
+        .arrays
+        .iter()
+        .filter(|(_, a)| a.ctx == c)
+        .map(|(&h, _)| h)
+        .collect();
     for h in arrays {
         let a = reg.arrays.remove(&h).unwrap();
         s.free(a.dev, a.charge);
     }
     reg.streams.retain(|_, st| st.ctx != c);
     reg.events.retain(|_, e| e.ctx != c);
-    let mods: Vec<usize> = reg.modules.iter().filter(|(_, mc)| **mc == c).map(|(&m, _)| m).collect();
+    let mods: Vec<usize> = reg
+        .modules
+        .iter()
+        .filter(|(_, mc)| **mc == c)
+        .map(|(&m, _)| m)
+        .collect();
     for m in mods {
         reg.modules.remove(&m);
         reg.functions.retain(|_, f| f.owner != m);
@@ -139,9 +176,7 @@ unsafe fn primary_release(dev: CUdevice) -> R {
         return Err(CUDA_ERROR_INVALID_CONTEXT);
     }
     primary_slot(&mut r, d).refs -= 1;
-    if p.refs == 1
-        && let Some(c) = p.ctx
-    {
+    if let (1, Some(c)) = (p.refs, p.ctx) {
         destroy_ctx(&mut r, c)?;
         primary_slot(&mut r, d).ctx = None;
     }
@@ -244,8 +279,8 @@ fn cuDeviceGet(d: *mut CUdevice, ordinal: c_int) {
 }
 
 fn cuDeviceGetCount(n: *mut c_int) {
-    let s = sim()?;
-    out(n, s.device_count() as c_int)
+    sim()?;
+    out(n, crate::visible().len() as c_int)
 }
 
 fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: CUdevice) {
@@ -274,10 +309,10 @@ fn cuDeviceGetByPCIBusId(dev: *mut CUdevice, bus: *const c_char) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let want = std::ffi::CStr::from_ptr(bus).to_string_lossy().to_ascii_uppercase();
-    for i in 0..s.device_count() {
+    for &i in crate::visible() {
         let have = s.spec(i).pci_bus_id.to_ascii_uppercase();
         if have == want || have.ends_with(&want) {
-            return out(dev, i as CUdevice);
+            return out(dev, crate::ordinal_of(i));
         }
     }
     Err(CUDA_ERROR_INVALID_DEVICE)
@@ -384,7 +419,7 @@ fn cuCtxGetCurrent(pctx: *mut CUcontext) {
 fn cuCtxGetDevice(d: *mut CUdevice) {
     sim()?;
     let dev = reg().current_dev()?;
-    out(d, dev as CUdevice)
+    out(d, crate::ordinal_of(dev))
 }
 
 fn cuCtxGetFlags(flags: *mut c_uint) {

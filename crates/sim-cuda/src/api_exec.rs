@@ -1,6 +1,6 @@
 //! Execution: streams, events, modules and kernels, launches, graphs and stream capture.
 
-use std::ffi::{c_char, c_float, c_int, c_uint, c_void, CStr};
+use std::ffi::{CStr, c_char, c_float, c_int, c_uint, c_void};
 
 use gpuslice_cuda_abi::driver::*;
 
@@ -14,7 +14,9 @@ unsafe fn busy_ns(name: &str, params: *mut *mut c_void, extra: *mut *mut c_void)
     }
     unsafe {
         if !params.is_null() && !(*params).is_null() {
-            return ((*params) as *const u64).read_unaligned().saturating_mul(1000);
+            return ((*params) as *const u64)
+                .read_unaligned()
+                .saturating_mul(1000);
         }
         if !extra.is_null() {
             let mut i = 0;
@@ -53,29 +55,67 @@ fn capture_graph(r: &Reg, sid: Sid) -> Option<usize> {
     }
 }
 
-unsafe fn launch(f: CUfunction, grid: [c_uint; 3], block: [c_uint; 3], stream: CUstream, params: *mut *mut c_void, extra: *mut *mut c_void) -> R {
+unsafe fn launch(
+    f: CUfunction,
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    stream: CUstream,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> R {
     sim()?;
     let mut r = reg();
     r.current()?;
-    let name = r.functions.get(&(f as usize)).ok_or(CUDA_ERROR_INVALID_HANDLE)?.name.clone();
-    if grid.contains(&0) || block.contains(&0) || block.iter().map(|&b| b as u64).product::<u64>() > 1024 {
+    let name = r
+        .functions
+        .get(&(f as usize))
+        .ok_or(CUDA_ERROR_INVALID_HANDLE)?
+        .name
+        .clone();
+    if grid.contains(&0)
+        || block.contains(&0)
+        || block.iter().map(|&b| b as u64).product::<u64>() > 1024
+    {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let busy = unsafe { busy_ns(&name, params, extra) };
     let sid = r.sid(stream)?;
     if let Some(g) = capture_graph(&r, sid) {
-        add_node(&mut r, g as CUgraph, std::ptr::null(), 0, NodeKind::Kernel { func: f as usize, busy_ns: busy })?;
+        add_node(
+            &mut r,
+            g as CUgraph,
+            std::ptr::null(),
+            0,
+            NodeKind::Kernel {
+                func: f as usize,
+                busy_ns: busy,
+            },
+        )?;
         return Ok(());
     }
     run_kernel(&mut r, sid, busy)
 }
 
-unsafe fn launch_ex(config: *const CUlaunchConfig, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) -> R {
+unsafe fn launch_ex(
+    config: *const CUlaunchConfig,
+    f: CUfunction,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> R {
     if config.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let c = unsafe { &*config };
-    unsafe { launch(f, [c.gridDimX, c.gridDimY, c.gridDimZ], [c.blockDimX, c.blockDimY, c.blockDimZ], c.hStream, params, extra) }
+    unsafe {
+        launch(
+            f,
+            [c.gridDimX, c.gridDimY, c.gridDimZ],
+            [c.blockDimX, c.blockDimY, c.blockDimZ],
+            c.hStream,
+            params,
+            extra,
+        )
+    }
 }
 
 /// Synchronisation points let pools give back memory above their release threshold.
@@ -102,19 +142,31 @@ unsafe fn stream_query(h: CUstream) -> R {
     sim()?;
     let r = reg();
     let sid = r.sid(h)?;
-    if r.not_before(sid) > Sim::now_ns() { Err(CUDA_ERROR_NOT_READY) } else { Ok(()) }
+    if r.not_before(sid) > Sim::now_ns() {
+        Err(CUDA_ERROR_NOT_READY)
+    } else {
+        Ok(())
+    }
 }
 
 unsafe fn stream_destroy(h: CUstream) -> R {
     sim()?;
-    reg().streams.remove(&(h as usize)).map(|_| ()).ok_or(CUDA_ERROR_INVALID_HANDLE)
+    reg()
+        .streams
+        .remove(&(h as usize))
+        .map(|_| ())
+        .ok_or(CUDA_ERROR_INVALID_HANDLE)
 }
 
 unsafe fn stream_wait_event(h: CUstream, ev: CUevent) -> R {
     sim()?;
     let mut r = reg();
     let sid = r.sid(h)?;
-    let t = r.events.get(&(ev as usize)).ok_or(CUDA_ERROR_INVALID_HANDLE)?.time;
+    let t = r
+        .events
+        .get(&(ev as usize))
+        .ok_or(CUDA_ERROR_INVALID_HANDLE)?
+        .time;
     if let Some(t) = t {
         r.set_done(sid, t);
     }
@@ -136,7 +188,11 @@ unsafe fn event_record(ev: CUevent, h: CUstream) -> R {
 
 unsafe fn event_destroy(ev: CUevent) -> R {
     sim()?;
-    reg().events.remove(&(ev as usize)).map(|_| ()).ok_or(CUDA_ERROR_INVALID_HANDLE)
+    reg()
+        .events
+        .remove(&(ev as usize))
+        .map(|_| ())
+        .ok_or(CUDA_ERROR_INVALID_HANDLE)
 }
 
 unsafe fn elapsed(ms: *mut c_float, a: CUevent, b: CUevent) -> R {
@@ -145,12 +201,20 @@ unsafe fn elapsed(ms: *mut c_float, a: CUevent, b: CUevent) -> R {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let r = reg();
-    let ea = r.events.get(&(a as usize)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-    let eb = r.events.get(&(b as usize)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+    let ea = r
+        .events
+        .get(&(a as usize))
+        .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+    let eb = r
+        .events
+        .get(&(b as usize))
+        .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
     if (ea.flags | eb.flags) & CU_EVENT_DISABLE_TIMING != 0 {
         return Err(CUDA_ERROR_INVALID_HANDLE);
     }
-    let (Some(ta), Some(tb)) = (ea.time, eb.time) else { return Err(CUDA_ERROR_INVALID_HANDLE) };
+    let (Some(ta), Some(tb)) = (ea.time, eb.time) else {
+        return Err(CUDA_ERROR_INVALID_HANDLE);
+    };
     if ta.max(tb) > Sim::now_ns() {
         return Err(CUDA_ERROR_NOT_READY);
     }
@@ -165,7 +229,16 @@ unsafe fn new_stream(ph: *mut CUstream, flags: c_uint, priority: c_int) -> R {
     let mut r = reg();
     let ctx = r.current()?;
     let h = r.handle();
-    r.streams.insert(h, Stream { ctx, flags, priority: priority.clamp(-5, 0), done: 0, capture: None });
+    r.streams.insert(
+        h,
+        Stream {
+            ctx,
+            flags,
+            priority: priority.clamp(-5, 0),
+            done: 0,
+            capture: None,
+        },
+    );
     unsafe { out(ph, h as CUstream) }
 }
 
@@ -189,8 +262,14 @@ fn function(r: &mut Reg, owner: usize, name: *const c_char) -> Result<usize, CUr
     if name.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
-    if let Some((&h, _)) = r.functions.iter().find(|(_, f)| f.owner == owner && f.name == name) {
+    let name = unsafe { CStr::from_ptr(name) }
+        .to_string_lossy()
+        .into_owned();
+    if let Some((&h, _)) = r
+        .functions
+        .iter()
+        .find(|(_, f)| f.owner == owner && f.name == name)
+    {
         return Ok(h);
     }
     let h = r.handle();
@@ -212,12 +291,25 @@ fn load_library(lib: *mut CUlibrary, ok: bool) -> R {
 
 // ---- graphs --------------------------------------------------------------------------------
 
-fn add_node(r: &mut Reg, g: CUgraph, deps: *const CUgraphNode, n: usize, kind: NodeKind) -> Result<usize, CUresult> {
+fn add_node(
+    r: &mut Reg,
+    g: CUgraph,
+    deps: *const CUgraphNode,
+    n: usize,
+    kind: NodeKind,
+) -> Result<usize, CUresult> {
     let g = g as usize;
     if !r.graphs.contains_key(&g) || (n > 0 && deps.is_null()) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let deps: Vec<usize> = if n == 0 { Vec::new() } else { unsafe { std::slice::from_raw_parts(deps, n) }.iter().map(|&d| d as usize).collect() };
+    let deps: Vec<usize> = if n == 0 {
+        Vec::new()
+    } else {
+        unsafe { std::slice::from_raw_parts(deps, n) }
+            .iter()
+            .map(|&d| d as usize)
+            .collect()
+    };
     if deps.iter().any(|d| r.nodes.get(d) != Some(&g)) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -229,16 +321,38 @@ fn add_node(r: &mut Reg, g: CUgraph, deps: *const CUgraphNode, n: usize, kind: N
     Ok(h)
 }
 
-unsafe fn kernel_node(node: *mut CUgraphNode, g: CUgraph, deps: *const CUgraphNode, n: usize, func: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) -> R {
+unsafe fn kernel_node(
+    node: *mut CUgraphNode,
+    g: CUgraph,
+    deps: *const CUgraphNode,
+    n: usize,
+    func: CUfunction,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> R {
     sim()?;
     if node.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let mut r = reg();
-    let name = r.functions.get(&(func as usize)).ok_or(CUDA_ERROR_INVALID_VALUE)?.name.clone();
+    let name = r
+        .functions
+        .get(&(func as usize))
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?
+        .name
+        .clone();
     // The node keeps the parameter values it was given, as the real driver copies them.
     let busy = unsafe { busy_ns(&name, params, extra) };
-    let h = add_node(&mut r, g, deps, n, NodeKind::Kernel { func: func as usize, busy_ns: busy })?;
+    let h = add_node(
+        &mut r,
+        g,
+        deps,
+        n,
+        NodeKind::Kernel {
+            func: func as usize,
+            busy_ns: busy,
+        },
+    )?;
     unsafe { out(node, h as CUgraphNode) }
 }
 
@@ -265,7 +379,10 @@ unsafe fn instantiate(exec: *mut CUgraphExec, g: CUgraph) -> R {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let mut r = reg();
-    let graph = r.graphs.get(&(g as usize)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let graph = r
+        .graphs
+        .get(&(g as usize))
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
     let nodes: Vec<NodeKind> = graph.nodes.iter().map(|(_, k)| k.clone()).collect();
     let mut mem_need: Vec<(usize, u64)> = Vec::new();
     for k in &nodes {
@@ -277,7 +394,14 @@ unsafe fn instantiate(exec: *mut CUgraphExec, g: CUgraph) -> R {
         }
     }
     let h = r.handle();
-    r.execs.insert(h, Exec { nodes, mem_need, done: 0 });
+    r.execs.insert(
+        h,
+        Exec {
+            nodes,
+            mem_need,
+            done: 0,
+        },
+    );
     unsafe { out(exec, h as CUgraphExec) }
 }
 
@@ -295,7 +419,11 @@ fn graph_mem_pending(r: &Reg, dev: usize, except: usize, now: u64) -> u64 {
 /// Drops a graph allocation's address range once no graph or exec refers to it.
 fn release_graph_va(r: &mut Reg, dptr: u64) {
     let is_it = |k: &NodeKind| matches!(k, NodeKind::MemAlloc { dptr: d, .. } if *d == dptr);
-    if r.graphs.values().any(|g| g.nodes.iter().any(|(_, k)| is_it(k))) || r.execs.values().any(|e| e.nodes.iter().any(is_it)) {
+    if r.graphs
+        .values()
+        .any(|g| g.nodes.iter().any(|(_, k)| is_it(k)))
+        || r.execs.values().any(|e| e.nodes.iter().any(is_it))
+    {
         return;
     }
     if let Some(a) = r.allocs.remove(&dptr) {
@@ -344,12 +472,20 @@ unsafe fn begin_capture(h: CUstream) -> R {
     sim()?;
     let mut r = reg();
     let sid = r.sid(h)?;
-    let Sid::Real(sh) = sid else { return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED) };
+    let Sid::Real(sh) = sid else {
+        return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+    };
     if r.streams[&sh].capture.is_some() {
         return Err(CUDA_ERROR_ILLEGAL_STATE);
     }
     let g = r.handle();
-    r.graphs.insert(g, Graph { nodes: Vec::new(), edges: Vec::new() });
+    r.graphs.insert(
+        g,
+        Graph {
+            nodes: Vec::new(),
+            edges: Vec::new(),
+        },
+    );
     r.streams.get_mut(&sh).unwrap().capture = Some(g);
     Ok(())
 }
@@ -360,8 +496,16 @@ unsafe fn end_capture(h: CUstream, pg: *mut CUgraph) -> R {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let mut r = reg();
-    let Sid::Real(sh) = r.sid(h)? else { return Err(CUDA_ERROR_ILLEGAL_STATE) };
-    let g = r.streams.get_mut(&sh).unwrap().capture.take().ok_or(CUDA_ERROR_ILLEGAL_STATE)?;
+    let Sid::Real(sh) = r.sid(h)? else {
+        return Err(CUDA_ERROR_ILLEGAL_STATE);
+    };
+    let g = r
+        .streams
+        .get_mut(&sh)
+        .unwrap()
+        .capture
+        .take()
+        .ok_or(CUDA_ERROR_ILLEGAL_STATE)?;
     // Captured work runs in capture order: chain the nodes.
     let graph = r.graphs.get_mut(&g).unwrap();
     let ids: Vec<usize> = graph.nodes.iter().map(|(n, _)| *n).collect();
@@ -373,8 +517,26 @@ unsafe fn is_capturing(h: CUstream, status: *mut c_int) -> R {
     sim()?;
     let r = reg();
     let sid = r.sid(h)?;
-    let st = if capture_graph(&r, sid).is_some() { CU_STREAM_CAPTURE_STATUS_ACTIVE } else { CU_STREAM_CAPTURE_STATUS_NONE };
+    let st = if capture_graph(&r, sid).is_some() {
+        CU_STREAM_CAPTURE_STATUS_ACTIVE
+    } else {
+        CU_STREAM_CAPTURE_STATUS_NONE
+    };
     unsafe { out(status, st) }
+}
+
+fn node_kind(r: &Reg, node: CUgraphNode) -> Result<NodeKind, CUresult> {
+    let g = r
+        .nodes
+        .get(&(node as usize))
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let graph = r.graphs.get(g).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    graph
+        .nodes
+        .iter()
+        .find(|(h, _)| *h == node as usize)
+        .map(|(_, k)| k.clone())
+        .ok_or(CUDA_ERROR_INVALID_VALUE)
 }
 
 export! { exports_exec;
@@ -667,6 +829,50 @@ fn cuGraphAddEmptyNode(node: *mut CUgraphNode, g: CUgraph, deps: *const CUgraphN
     }
     let h = add_node(&mut reg(), g, deps, n, NodeKind::Empty)?;
     out(node, h as CUgraphNode)
+}
+
+fn cuGraphGetNodes(g: CUgraph, nodes: *mut CUgraphNode, n: *mut usize) {
+    sim()?;
+    if n.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let r = reg();
+    let graph = r.graphs.get(&(g as usize)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    if nodes.is_null() {
+        return out(n, graph.nodes.len());
+    }
+    // As the driver does: fill up to the caller's count, NULL the rest, report what was written.
+    let cap = *n;
+    for i in 0..cap {
+        *nodes.add(i) = graph.nodes.get(i).map_or(std::ptr::null_mut(), |(h, _)| *h as CUgraphNode);
+    }
+    out(n, graph.nodes.len().min(cap))
+}
+
+fn cuGraphNodeGetType(node: CUgraphNode, ty: *mut c_int) {
+    sim()?;
+    // CUgraphNodeType values from cuda.h.
+    let t = match node_kind(&reg(), node)? {
+        NodeKind::Kernel { .. } => 0,
+        NodeKind::Empty => 5,
+        NodeKind::MemAlloc { .. } => 10,
+        NodeKind::MemFree { .. } => 11,
+    };
+    out(ty, t)
+}
+
+fn cuGraphMemAllocNodeGetParams(node: CUgraphNode, p: *mut CUDA_MEM_ALLOC_NODE_PARAMS) {
+    sim()?;
+    if p.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let NodeKind::MemAlloc { dev, size, dptr } = node_kind(&reg(), node)? else { return Err(CUDA_ERROR_INVALID_VALUE) };
+    let mut params: CUDA_MEM_ALLOC_NODE_PARAMS = std::mem::zeroed();
+    params.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+    params.poolProps.location = CUmemLocation { type_: CU_MEM_LOCATION_TYPE_DEVICE, id: crate::ordinal_of(dev) };
+    params.bytesize = size as usize;
+    params.dptr = dptr;
+    out(p, params)
 }
 
 fn cuGraphAddMemAllocNode(node: *mut CUgraphNode, g: CUgraph, deps: *const CUgraphNode, n: usize, p: *mut CUDA_MEM_ALLOC_NODE_PARAMS) {

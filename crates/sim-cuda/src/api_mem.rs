@@ -8,7 +8,12 @@ use crate::*;
 
 // ---- linear memory -------------------------------------------------------------------------
 
-pub(crate) fn alloc_linear(r: &mut Reg, size: u64, kind: AllocKind, low32: bool) -> Result<u64, CUresult> {
+pub(crate) fn alloc_linear(
+    r: &mut Reg,
+    size: u64,
+    kind: AllocKind,
+    low32: bool,
+) -> Result<u64, CUresult> {
     let s = sim()?;
     let c = r.current()?;
     let dev = r.ctxs[&c].dev;
@@ -23,7 +28,17 @@ pub(crate) fn alloc_linear(r: &mut Reg, size: u64, kind: AllocKind, low32: bool)
         s.free(dev, charge);
         return Err(CUDA_ERROR_OUT_OF_MEMORY);
     };
-    r.allocs.insert(p, Alloc { size, map_len: size, dev, ctx: c, charge, kind });
+    r.allocs.insert(
+        p,
+        Alloc {
+            size,
+            map_len: size,
+            dev,
+            ctx: c,
+            charge,
+            kind,
+        },
+    );
     Ok(p)
 }
 
@@ -92,7 +107,9 @@ unsafe fn address_range(p: u64) -> Result<(u64, u64), CUresult> {
     sim()?;
     let r = reg();
     r.current()?;
-    r.alloc_at(p, 0).map(|(b, a)| (b, a.size)).ok_or(CUDA_ERROR_NOT_FOUND)
+    r.alloc_at(p, 0)
+        .map(|(b, a)| (b, a.size))
+        .ok_or(CUDA_ERROR_NOT_FOUND)
 }
 
 // ---- copies and sets -----------------------------------------------------------------------
@@ -168,7 +185,19 @@ pub(crate) fn default_pool(r: &mut Reg, dev: usize) -> usize {
         return p;
     }
     let h = r.handle();
-    r.pools.insert(h, Pool { dev, reserved: 0, used: 0, reserved_high: 0, used_high: 0, threshold: 0, max_size: 0, default: true });
+    r.pools.insert(
+        h,
+        Pool {
+            dev,
+            reserved: 0,
+            used: 0,
+            reserved_high: 0,
+            used_high: 0,
+            threshold: 0,
+            max_size: 0,
+            default: true,
+        },
+    );
     r.default_pool.insert(dev, h);
     h
 }
@@ -206,7 +235,17 @@ fn pool_alloc(r: &mut Reg, h: usize, size: u64) -> Result<u64, CUresult> {
     };
     pool.used += charge;
     pool.used_high = pool.used_high.max(pool.used);
-    r.allocs.insert(p, Alloc { size, map_len: size, dev, ctx: c, charge, kind: AllocKind::Pool(h) });
+    r.allocs.insert(
+        p,
+        Alloc {
+            size,
+            map_len: size,
+            dev,
+            ctx: c,
+            charge,
+            kind: AllocKind::Pool(h),
+        },
+    );
     Ok(p)
 }
 
@@ -225,13 +264,23 @@ fn pool_trim(r: &mut Reg, h: usize, keep: u64) {
 /// At synchronisation, pools holding more than their release threshold give the rest back.
 pub(crate) fn trim_pools_on_sync(dev: usize) {
     let mut r = reg();
-    let pools: Vec<(usize, u64)> = r.pools.iter().filter(|(_, p)| p.dev == dev).map(|(&h, p)| (h, p.threshold)).collect();
+    let pools: Vec<(usize, u64)> = r
+        .pools
+        .iter()
+        .filter(|(_, p)| p.dev == dev)
+        .map(|(&h, p)| (h, p.threshold))
+        .collect();
     for (h, t) in pools {
         pool_trim(&mut r, h, t);
     }
 }
 
-unsafe fn alloc_async(dptr: *mut CUdeviceptr, size: u64, pool: Option<CUmemoryPool>, stream: CUstream) -> R {
+unsafe fn alloc_async(
+    dptr: *mut CUdeviceptr,
+    size: u64,
+    pool: Option<CUmemoryPool>,
+    stream: CUstream,
+) -> R {
     if dptr.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -267,7 +316,11 @@ unsafe fn free_async(p: u64, stream: CUstream) -> R {
 
 fn pool_handle(r: &Reg, pool: CUmemoryPool) -> Result<usize, CUresult> {
     let h = pool as usize;
-    if r.pools.contains_key(&h) { Ok(h) } else { Err(CUDA_ERROR_INVALID_VALUE) }
+    if r.pools.contains_key(&h) {
+        Ok(h)
+    } else {
+        Err(CUDA_ERROR_INVALID_VALUE)
+    }
 }
 
 // ---- VMM -----------------------------------------------------------------------------------
@@ -294,12 +347,20 @@ fn check_prop(prop: *const CUmemAllocationProp) -> Result<usize, CUresult> {
 
 /// Unmaps whole mappings inside `[ptr, ptr+size)`, keeping the address range reserved.
 fn unmap_range(r: &mut Reg, ptr: u64, size: u64) -> R {
-    let (&base, va) = r.vas.range(..=ptr).next_back().ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let (&base, va) = r
+        .vas
+        .range(..=ptr)
+        .next_back()
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
     if ptr + size > base + va.size {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let hit: Vec<(u64, u64, u64)> =
-        va.maps.iter().filter(|&(&m, &(l, _))| m < ptr + size && m + l > ptr).map(|(&m, &(l, h))| (m, l, h)).collect();
+    let hit: Vec<(u64, u64, u64)> = va
+        .maps
+        .iter()
+        .filter(|&(&m, &(l, _))| m < ptr + size && m + l > ptr)
+        .map(|(&m, &(l, h))| (m, l, h))
+        .collect();
     if hit.is_empty() || hit.iter().any(|&(m, l, _)| m < ptr || m + l > ptr + size) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -337,12 +398,21 @@ fn element_size(format: CUarray_format) -> Result<u64, CUresult> {
 }
 
 /// Bytes of one array level: width x height x depth elements (a zero height or depth is one).
-fn array_bytes(w: u64, h: u64, d: u64, format: CUarray_format, channels: u32) -> Result<u64, CUresult> {
+fn array_bytes(
+    w: u64,
+    h: u64,
+    d: u64,
+    format: CUarray_format,
+    channels: u32,
+) -> Result<u64, CUresult> {
     if w == 0 || !matches!(channels, 1 | 2 | 4) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let e = element_size(format)? * channels as u64;
-    w.checked_mul(h.max(1)).and_then(|x| x.checked_mul(d.max(1))).and_then(|x| x.checked_mul(e)).ok_or(CUDA_ERROR_INVALID_VALUE)
+    w.checked_mul(h.max(1))
+        .and_then(|x| x.checked_mul(d.max(1)))
+        .and_then(|x| x.checked_mul(e))
+        .ok_or(CUDA_ERROR_INVALID_VALUE)
 }
 
 fn create_array(out_h: *mut *mut c_void, bytes: u64, mipmapped: bool) -> R {
@@ -358,7 +428,15 @@ fn create_array(out_h: *mut *mut c_void, bytes: u64, mipmapped: bool) -> R {
         return Err(CUDA_ERROR_OUT_OF_MEMORY);
     }
     let h = r.handle();
-    r.arrays.insert(h, Array { dev, ctx: c, charge, mipmapped });
+    r.arrays.insert(
+        h,
+        Array {
+            dev,
+            ctx: c,
+            charge,
+            mipmapped,
+        },
+    );
     unsafe { *out_h = h as *mut c_void };
     Ok(())
 }
@@ -378,13 +456,23 @@ fn destroy_array(h: usize, mipmapped: bool) -> R {
 fn array3d_bytes(d: &CUDA_ARRAY3D_DESCRIPTOR) -> Result<u64, CUresult> {
     let mut depth = d.Depth as u64;
     if d.Flags & CUDA_ARRAY3D_CUBEMAP != 0 {
-        let per = if d.Flags & CUDA_ARRAY3D_LAYERED != 0 { depth } else { 1 };
+        let per = if d.Flags & CUDA_ARRAY3D_LAYERED != 0 {
+            depth
+        } else {
+            1
+        };
         if d.Width != d.Height || (d.Flags & CUDA_ARRAY3D_LAYERED == 0 && depth != 6) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         depth = per.max(6);
     }
-    array_bytes(d.Width as u64, d.Height as u64, depth, d.Format, d.NumChannels)
+    array_bytes(
+        d.Width as u64,
+        d.Height as u64,
+        depth,
+        d.Format,
+        d.NumChannels,
+    )
 }
 
 unsafe fn host_alloc(pp: *mut *mut c_void, size: u64) -> R {

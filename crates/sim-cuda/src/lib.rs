@@ -7,12 +7,18 @@
 //! Kernels do nothing, except those whose name starts with `busy`: they occupy their device for
 //! as many microseconds as their first (u64) parameter says, serialized with every other context
 //! and process on that device.
-#![allow(non_snake_case, clippy::missing_safety_doc, clippy::too_many_arguments)]
+// `%` rather than `is_multiple_of`: the workspace's minimum Rust is 1.85.
+#![allow(
+    non_snake_case,
+    clippy::missing_safety_doc,
+    clippy::too_many_arguments,
+    clippy::manual_is_multiple_of
+)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::{c_void, CString};
+use std::ffi::{CString, c_void};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use gpuslice_cuda_abi::driver::*;
@@ -22,6 +28,7 @@ mod api_device;
 mod api_exec;
 mod api_mem;
 mod procaddr;
+mod stubs;
 
 pub(crate) type R = Result<(), CUresult>;
 
@@ -112,12 +119,50 @@ pub(crate) fn sim() -> Result<&'static Sim, CUresult> {
     }
 }
 
+/// The devices this process may see, as simulated-GPU indices in ordinal order. Like the real
+/// driver, `CUDA_VISIBLE_DEVICES` lists indices or UUIDs and stops at the first entry that names
+/// no device.
+pub(crate) fn visible() -> &'static [usize] {
+    static VISIBLE: OnceLock<Vec<usize>> = OnceLock::new();
+    VISIBLE.get_or_init(|| {
+        let Ok(s) = sim() else { return Vec::new() };
+        let all: Vec<usize> = (0..s.device_count()).collect();
+        let Ok(list) = std::env::var("CUDA_VISIBLE_DEVICES") else {
+            return all;
+        };
+        let mut out = Vec::new();
+        for entry in list.split(',').map(str::trim) {
+            let found = match entry.parse::<usize>() {
+                Ok(i) => all.get(i).copied(),
+                Err(_) => all
+                    .iter()
+                    .copied()
+                    .find(|&i| !entry.is_empty() && s.spec(i).uuid.starts_with(entry)),
+            };
+            match found {
+                Some(i) if !out.contains(&i) => out.push(i),
+                _ => break,
+            }
+        }
+        out
+    })
+}
+
+/// The simulated-GPU index behind the ordinal `dev` of this process.
 pub(crate) fn device(dev: CUdevice) -> Result<usize, CUresult> {
-    let s = sim()?;
-    if dev < 0 || dev as usize >= s.device_count() {
-        return Err(CUDA_ERROR_INVALID_DEVICE);
-    }
-    Ok(dev as usize)
+    sim()?;
+    usize::try_from(dev)
+        .ok()
+        .and_then(|d| visible().get(d).copied())
+        .ok_or(CUDA_ERROR_INVALID_DEVICE)
+}
+
+/// This process's ordinal for the simulated-GPU index `index`.
+pub(crate) fn ordinal_of(index: usize) -> CUdevice {
+    visible()
+        .iter()
+        .position(|&i| i == index)
+        .map_or(-1, |o| o as CUdevice)
 }
 
 pub(crate) struct Ctx {
@@ -279,7 +324,10 @@ impl std::ops::DerefMut for RegGuard {
 pub(crate) fn reg() -> RegGuard {
     let mut g = REG.lock().unwrap_or_else(|e| e.into_inner());
     if g.is_none() {
-        *g = Some(Reg { next: 0x5100_0000, ..Default::default() });
+        *g = Some(Reg {
+            next: 0x5100_0000,
+            ..Default::default()
+        });
     }
     RegGuard(g)
 }
@@ -331,7 +379,11 @@ impl Reg {
     /// The calling thread's current context.
     pub fn current(&self) -> Result<usize, CUresult> {
         let c = ctx_top().ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
-        if self.ctxs.contains_key(&c) { Ok(c) } else { Err(CUDA_ERROR_CONTEXT_IS_DESTROYED) }
+        if self.ctxs.contains_key(&c) {
+            Ok(c)
+        } else {
+            Err(CUDA_ERROR_CONTEXT_IS_DESTROYED)
+        }
     }
 
     pub fn current_dev(&self) -> Result<usize, CUresult> {
@@ -344,7 +396,11 @@ impl Reg {
         if h == 0 || h == CU_STREAM_LEGACY || h == CU_STREAM_PER_THREAD {
             return Ok(Sid::Null(self.current()?));
         }
-        if self.streams.contains_key(&h) { Ok(Sid::Real(h)) } else { Err(CUDA_ERROR_INVALID_HANDLE) }
+        if self.streams.contains_key(&h) {
+            Ok(Sid::Real(h))
+        } else {
+            Err(CUDA_ERROR_INVALID_HANDLE)
+        }
     }
 
     pub fn sid_ctx(&self, s: Sid) -> usize {
@@ -375,7 +431,8 @@ impl Reg {
             Sid::Real(h) => {
                 let st = &self.streams[&h];
                 if st.flags & CU_STREAM_NON_BLOCKING == 0 {
-                    st.done.max(self.ctxs.get(&st.ctx).map_or(0, |c| c.null_done))
+                    st.done
+                        .max(self.ctxs.get(&st.ctx).map_or(0, |c| c.null_done))
                 } else {
                     st.done
                 }
@@ -400,7 +457,13 @@ impl Reg {
 
     /// When everything queued in context `c` completes.
     pub fn ctx_done(&self, c: usize) -> u64 {
-        let streams = self.streams.values().filter(|s| s.ctx == c).map(|s| s.done).max().unwrap_or(0);
+        let streams = self
+            .streams
+            .values()
+            .filter(|s| s.ctx == c)
+            .map(|s| s.done)
+            .max()
+            .unwrap_or(0);
         self.ctxs.get(&c).map_or(0, |x| x.null_done).max(streams)
     }
 
@@ -419,7 +482,9 @@ impl Reg {
             return true;
         }
         // A VMM range: every byte must be mapped.
-        let Some((&base, va)) = self.vas.range(..=p).next_back() else { return false };
+        let Some((&base, va)) = self.vas.range(..=p).next_back() else {
+            return false;
+        };
         let end = p.saturating_add(len);
         if end > base + va.size {
             return false;
@@ -435,7 +500,11 @@ impl Reg {
     }
 
     pub fn check_range(&self, p: u64, len: u64) -> R {
-        if len == 0 || self.is_device_range(p, len) { Ok(()) } else { Err(CUDA_ERROR_INVALID_VALUE) }
+        if len == 0 || self.is_device_range(p, len) {
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_INVALID_VALUE)
+        }
     }
 }
 
@@ -452,8 +521,21 @@ pub(crate) fn map_anon(len: u64, low32: bool) -> Option<u64> {
     if low32 {
         return None;
     }
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len as usize, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
-    if p == libc::MAP_FAILED { None } else { Some(p as u64) }
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        None
+    } else {
+        Some(p as u64)
+    }
 }
 
 pub(crate) fn unmap(p: u64, len: u64) {
@@ -479,7 +561,10 @@ pub(crate) fn error_strings(r: CUresult) -> Option<&'static (CString, CString)> 
                     CUDA_ERROR_NOT_FOUND => "named symbol not found".to_string(),
                     CUDA_ERROR_NOT_SUPPORTED => "operation not supported".to_string(),
                     CUDA_ERROR_UNKNOWN => "unknown error".to_string(),
-                    _ => n.trim_start_matches("CUDA_ERROR_").replace('_', " ").to_lowercase(),
+                    _ => n
+                        .trim_start_matches("CUDA_ERROR_")
+                        .replace('_', " ")
+                        .to_lowercase(),
                 };
                 (c, (CString::new(n).unwrap(), CString::new(desc).unwrap()))
             })

@@ -56,15 +56,12 @@ pub static STUBBED: &[&str] = &[
     "cuDeviceCanAccessPeer",
     "cuDeviceGetDevResource",
     "cuDeviceGetExecAffinitySupport",
-    "cuDeviceGetGraphMemAttribute",
     "cuDeviceGetLuid",
     "cuDeviceGetNvSciSyncAttributes",
     "cuDeviceGetP2PAttribute",
     "cuDeviceGetProperties",
     "cuDeviceGetTexture1DLinearMaxWidth",
-    "cuDeviceGraphMemTrim",
     "cuDeviceRegisterAsyncNotification",
-    "cuDeviceSetGraphMemAttribute",
     "cuDeviceUnregisterAsyncNotification",
     "cuEGLStreamConsumerAcquireFrame",
     "cuEGLStreamConsumerConnect",
@@ -75,30 +72,16 @@ pub static STUBBED: &[&str] = &[
     "cuEGLStreamProducerDisconnect",
     "cuEGLStreamProducerPresentFrame",
     "cuEGLStreamProducerReturnFrame",
-    "cuEventCreate",
     "cuEventCreateFromEGLSync",
-    "cuEventDestroy",
-    "cuEventDestroy_v2",
-    "cuEventElapsedTime",
-    "cuEventElapsedTime_v2",
-    "cuEventQuery",
-    "cuEventRecord",
-    "cuEventRecordWithFlags",
-    "cuEventRecordWithFlags_ptsz",
-    "cuEventRecord_ptsz",
-    "cuEventSynchronize",
     "cuExternalMemoryGetMappedBuffer",
     "cuExternalMemoryGetMappedMipmappedArray",
     "cuFlushGPUDirectRDMAWrites",
-    "cuFuncGetAttribute",
     "cuFuncGetModule",
     "cuFuncGetName",
     "cuFuncGetParamInfo",
     "cuFuncIsLoaded",
     "cuFuncLoad",
-    "cuFuncSetAttribute",
     "cuFuncSetBlockShape",
-    "cuFuncSetCacheConfig",
     "cuFuncSetSharedMemConfig",
     "cuFuncSetSharedSize",
     "cuGLCtxCreate",
@@ -117,22 +100,13 @@ pub static STUBBED: &[&str] = &[
     "cuGLUnmapBufferObject",
     "cuGLUnmapBufferObjectAsync",
     "cuGLUnregisterBufferObject",
-    "cuGetProcAddress",
-    "cuGetProcAddress_v2",
     "cuGraphAddBatchMemOpNode",
     "cuGraphAddChildGraphNode",
-    "cuGraphAddDependencies",
-    "cuGraphAddDependencies_v2",
-    "cuGraphAddEmptyNode",
     "cuGraphAddEventRecordNode",
     "cuGraphAddEventWaitNode",
     "cuGraphAddExternalSemaphoresSignalNode",
     "cuGraphAddExternalSemaphoresWaitNode",
     "cuGraphAddHostNode",
-    "cuGraphAddKernelNode",
-    "cuGraphAddKernelNode_v2",
-    "cuGraphAddMemAllocNode",
-    "cuGraphAddMemFreeNode",
     "cuGraphAddMemcpyNode",
     "cuGraphAddMemsetNode",
     "cuGraphAddNode",
@@ -142,9 +116,7 @@ pub static STUBBED: &[&str] = &[
     "cuGraphChildGraphNodeGetGraph",
     "cuGraphClone",
     "cuGraphConditionalHandleCreate",
-    "cuGraphCreate",
     "cuGraphDebugDotPrint",
-    "cuGraphDestroy",
     "cuGraphDestroyNode",
     "cuGraphEventRecordNodeGetEvent",
     "cuGraphEventRecordNodeSetEvent",
@@ -152,7 +124,6 @@ pub static STUBBED: &[&str] = &[
     "cuGraphEventWaitNodeSetEvent",
     "cuGraphExecBatchMemOpNodeSetParams",
     "cuGraphExecChildGraphNodeSetParams",
-    "cuGraphExecDestroy",
     "cuGraphExecEventRecordNodeSetEvent",
     "cuGraphExecEventWaitNodeSetEvent",
     "cuGraphExecExternalSemaphoresSignalNodeSetParams",
@@ -172,15 +143,11 @@ pub static STUBBED: &[&str] = &[
     "cuGraphExternalSemaphoresWaitNodeSetParams",
     "cuGraphGetEdges",
     "cuGraphGetEdges_v2",
-    "cuGraphGetNodes",
     "cuGraphGetRootNodes",
     "cuGraphHostNodeGetParams",
     "cuGraphHostNodeSetParams",
-    "cuGraphInstantiate",
-    "cuGraphInstantiateWithFlags",
     "cuGraphInstantiateWithParams",
     "cuGraphInstantiateWithParams_ptsz",
-    "cuGraphInstantiate_v2",
     "cuGraphKernelNodeCopyAttributes",
     "cuGraphKernelNodeGetAttribute",
     "cuGraphKernelNodeGetParams",
@@ -188,9 +155,6 @@ pub static STUBBED: &[&str] = &[
     "cuGraphKernelNodeSetAttribute",
     "cuGraphKernelNodeSetParams",
     "cuGraphKernelNodeSetParams_v2",
-    "cuGraphLaunch",
-    "cuGraphLaunch_ptsz",
-    "cuGraphMemAllocNodeGetParams",
     "cuGraphMemFreeNodeGetParams",
     "cuGraphMemcpyNodeGetParams",
     "cuGraphMemcpyNodeSetParams",
@@ -202,7 +166,6 @@ pub static STUBBED: &[&str] = &[
     "cuGraphNodeGetDependentNodes",
     "cuGraphNodeGetDependentNodes_v2",
     "cuGraphNodeGetEnabled",
-    "cuGraphNodeGetType",
     "cuGraphNodeSetEnabled",
     "cuGraphNodeSetParams",
     "cuGraphReleaseUserObject",
@@ -243,34 +206,22 @@ pub static STUBBED: &[&str] = &[
     "cuIpcOpenMemHandle",
     "cuIpcOpenMemHandle_v2",
     "cuKernelGetAttribute",
-    "cuKernelGetFunction",
     "cuKernelGetLibrary",
     "cuKernelGetName",
     "cuKernelGetParamInfo",
     "cuKernelSetAttribute",
     "cuKernelSetCacheConfig",
     "cuLaunch",
-    "cuLaunchCooperativeKernel",
-    "cuLaunchCooperativeKernelMultiDevice",
-    "cuLaunchCooperativeKernel_ptsz",
     "cuLaunchGrid",
     "cuLaunchGridAsync",
     "cuLaunchHostFunc",
     "cuLaunchHostFunc_ptsz",
-    "cuLaunchKernel",
-    "cuLaunchKernelEx",
-    "cuLaunchKernelEx_ptsz",
-    "cuLaunchKernel_ptsz",
     "cuLibraryEnumerateKernels",
     "cuLibraryGetGlobal",
-    "cuLibraryGetKernel",
     "cuLibraryGetKernelCount",
     "cuLibraryGetManaged",
     "cuLibraryGetModule",
     "cuLibraryGetUnifiedFunction",
-    "cuLibraryLoadData",
-    "cuLibraryLoadFromFile",
-    "cuLibraryUnload",
     "cuLinkAddData",
     "cuLinkAddData_v2",
     "cuLinkAddFile",
@@ -380,18 +331,12 @@ pub static STUBBED: &[&str] = &[
     "cuMipmappedArrayGetMemoryRequirements",
     "cuMipmappedArrayGetSparseProperties",
     "cuModuleEnumerateFunctions",
-    "cuModuleGetFunction",
     "cuModuleGetFunctionCount",
     "cuModuleGetGlobal",
     "cuModuleGetGlobal_v2",
     "cuModuleGetLoadingMode",
     "cuModuleGetSurfRef",
     "cuModuleGetTexRef",
-    "cuModuleLoad",
-    "cuModuleLoadData",
-    "cuModuleLoadDataEx",
-    "cuModuleLoadFatBinary",
-    "cuModuleUnload",
     "cuMulticastAddDevice",
     "cuMulticastBindAddr",
     "cuMulticastBindMem",
@@ -426,20 +371,10 @@ pub static STUBBED: &[&str] = &[
     "cuStreamBatchMemOp_ptsz",
     "cuStreamBatchMemOp_v2",
     "cuStreamBatchMemOp_v2_ptsz",
-    "cuStreamBeginCapture",
     "cuStreamBeginCaptureToGraph",
     "cuStreamBeginCaptureToGraph_ptsz",
-    "cuStreamBeginCapture_ptsz",
-    "cuStreamBeginCapture_v2",
-    "cuStreamBeginCapture_v2_ptsz",
     "cuStreamCopyAttributes",
     "cuStreamCopyAttributes_ptsz",
-    "cuStreamCreate",
-    "cuStreamCreateWithPriority",
-    "cuStreamDestroy",
-    "cuStreamDestroy_v2",
-    "cuStreamEndCapture",
-    "cuStreamEndCapture_ptsz",
     "cuStreamGetAttribute",
     "cuStreamGetAttribute_ptsz",
     "cuStreamGetCaptureInfo",
@@ -448,33 +383,22 @@ pub static STUBBED: &[&str] = &[
     "cuStreamGetCaptureInfo_v2_ptsz",
     "cuStreamGetCaptureInfo_v3",
     "cuStreamGetCaptureInfo_v3_ptsz",
-    "cuStreamGetCtx",
     "cuStreamGetCtx_ptsz",
     "cuStreamGetCtx_v2",
     "cuStreamGetCtx_v2_ptsz",
     "cuStreamGetDevice",
     "cuStreamGetDevice_ptsz",
-    "cuStreamGetFlags",
     "cuStreamGetFlags_ptsz",
     "cuStreamGetGreenCtx",
     "cuStreamGetId",
     "cuStreamGetId_ptsz",
-    "cuStreamGetPriority",
     "cuStreamGetPriority_ptsz",
-    "cuStreamIsCapturing",
-    "cuStreamIsCapturing_ptsz",
-    "cuStreamQuery",
-    "cuStreamQuery_ptsz",
     "cuStreamSetAttribute",
     "cuStreamSetAttribute_ptsz",
-    "cuStreamSynchronize",
-    "cuStreamSynchronize_ptsz",
     "cuStreamUpdateCaptureDependencies",
     "cuStreamUpdateCaptureDependencies_ptsz",
     "cuStreamUpdateCaptureDependencies_v2",
     "cuStreamUpdateCaptureDependencies_v2_ptsz",
-    "cuStreamWaitEvent",
-    "cuStreamWaitEvent_ptsz",
     "cuStreamWaitValue32",
     "cuStreamWaitValue32_ptsz",
     "cuStreamWaitValue32_v2",
@@ -716,10 +640,6 @@ pub unsafe extern "C" fn cuDeviceGetExecAffinitySupport() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuDeviceGetGraphMemAttribute() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDeviceGetLuid() -> c_int {
     NOT_SUPPORTED
 }
@@ -740,15 +660,7 @@ pub unsafe extern "C" fn cuDeviceGetTexture1DLinearMaxWidth() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuDeviceGraphMemTrim() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDeviceRegisterAsyncNotification() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuDeviceSetGraphMemAttribute() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -792,51 +704,7 @@ pub unsafe extern "C" fn cuEGLStreamProducerReturnFrame() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuEventCreate() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuEventCreateFromEGLSync() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuEventDestroy() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuEventDestroy_v2() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuEventElapsedTime() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuEventElapsedTime_v2() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuEventQuery() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuEventRecord() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuEventRecordWithFlags() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuEventRecordWithFlags_ptsz() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuEventRecord_ptsz() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuEventSynchronize() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -849,10 +717,6 @@ pub unsafe extern "C" fn cuExternalMemoryGetMappedMipmappedArray() -> c_int {
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuFlushGPUDirectRDMAWrites() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuFuncGetAttribute() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -876,15 +740,7 @@ pub unsafe extern "C" fn cuFuncLoad() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuFuncSetAttribute() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuFuncSetBlockShape() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuFuncSetCacheConfig() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -960,31 +816,11 @@ pub unsafe extern "C" fn cuGLUnregisterBufferObject() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGetProcAddress() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGetProcAddress_v2() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphAddBatchMemOpNode() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphAddChildGraphNode() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphAddDependencies() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphAddDependencies_v2() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphAddEmptyNode() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -1005,22 +841,6 @@ pub unsafe extern "C" fn cuGraphAddExternalSemaphoresWaitNode() -> c_int {
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphAddHostNode() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphAddKernelNode() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphAddKernelNode_v2() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphAddMemAllocNode() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphAddMemFreeNode() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -1060,15 +880,7 @@ pub unsafe extern "C" fn cuGraphConditionalHandleCreate() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphCreate() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphDebugDotPrint() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphDestroy() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -1097,10 +909,6 @@ pub unsafe extern "C" fn cuGraphExecBatchMemOpNodeSetParams() -> c_int {
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphExecChildGraphNodeSetParams() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphExecDestroy() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -1180,10 +988,6 @@ pub unsafe extern "C" fn cuGraphGetEdges_v2() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphGetNodes() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphGetRootNodes() -> c_int {
     NOT_SUPPORTED
 }
@@ -1196,23 +1000,11 @@ pub unsafe extern "C" fn cuGraphHostNodeSetParams() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphInstantiate() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphInstantiateWithFlags() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphInstantiateWithParams() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphInstantiateWithParams_ptsz() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphInstantiate_v2() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -1241,18 +1033,6 @@ pub unsafe extern "C" fn cuGraphKernelNodeSetParams() -> c_int {
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphKernelNodeSetParams_v2() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphLaunch() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphLaunch_ptsz() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphMemAllocNodeGetParams() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -1297,10 +1077,6 @@ pub unsafe extern "C" fn cuGraphNodeGetDependentNodes_v2() -> c_int {
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphNodeGetEnabled() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphNodeGetType() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -1464,10 +1240,6 @@ pub unsafe extern "C" fn cuKernelGetAttribute() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuKernelGetFunction() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuKernelGetLibrary() -> c_int {
     NOT_SUPPORTED
 }
@@ -1492,18 +1264,6 @@ pub unsafe extern "C" fn cuLaunch() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLaunchCooperativeKernel() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLaunchCooperativeKernelMultiDevice() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLaunchCooperativeKernel_ptsz() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuLaunchGrid() -> c_int {
     NOT_SUPPORTED
 }
@@ -1520,31 +1280,11 @@ pub unsafe extern "C" fn cuLaunchHostFunc_ptsz() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLaunchKernel() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLaunchKernelEx() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLaunchKernelEx_ptsz() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLaunchKernel_ptsz() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuLibraryEnumerateKernels() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuLibraryGetGlobal() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLibraryGetKernel() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -1561,18 +1301,6 @@ pub unsafe extern "C" fn cuLibraryGetModule() -> c_int {
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuLibraryGetUnifiedFunction() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLibraryLoadData() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLibraryLoadFromFile() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLibraryUnload() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -2012,10 +1740,6 @@ pub unsafe extern "C" fn cuModuleEnumerateFunctions() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuModuleGetFunction() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuModuleGetFunctionCount() -> c_int {
     NOT_SUPPORTED
 }
@@ -2037,26 +1761,6 @@ pub unsafe extern "C" fn cuModuleGetSurfRef() -> c_int {
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuModuleGetTexRef() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuModuleLoad() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuModuleLoadData() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuModuleLoadDataEx() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuModuleLoadFatBinary() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuModuleUnload() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -2196,10 +1900,6 @@ pub unsafe extern "C" fn cuStreamBatchMemOp_v2_ptsz() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamBeginCapture() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamBeginCaptureToGraph() -> c_int {
     NOT_SUPPORTED
 }
@@ -2208,47 +1908,11 @@ pub unsafe extern "C" fn cuStreamBeginCaptureToGraph_ptsz() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamBeginCapture_ptsz() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamBeginCapture_v2() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamBeginCapture_v2_ptsz() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamCopyAttributes() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamCopyAttributes_ptsz() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamCreate() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamCreateWithPriority() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamDestroy() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamDestroy_v2() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamEndCapture() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamEndCapture_ptsz() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -2284,10 +1948,6 @@ pub unsafe extern "C" fn cuStreamGetCaptureInfo_v3_ptsz() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamGetCtx() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamGetCtx_ptsz() -> c_int {
     NOT_SUPPORTED
 }
@@ -2308,10 +1968,6 @@ pub unsafe extern "C" fn cuStreamGetDevice_ptsz() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamGetFlags() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamGetFlags_ptsz() -> c_int {
     NOT_SUPPORTED
 }
@@ -2328,27 +1984,7 @@ pub unsafe extern "C" fn cuStreamGetId_ptsz() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamGetPriority() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamGetPriority_ptsz() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamIsCapturing() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamIsCapturing_ptsz() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamQuery() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamQuery_ptsz() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -2357,14 +1993,6 @@ pub unsafe extern "C" fn cuStreamSetAttribute() -> c_int {
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamSetAttribute_ptsz() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamSynchronize() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamSynchronize_ptsz() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -2381,14 +2009,6 @@ pub unsafe extern "C" fn cuStreamUpdateCaptureDependencies_v2() -> c_int {
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamUpdateCaptureDependencies_v2_ptsz() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamWaitEvent() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamWaitEvent_ptsz() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]

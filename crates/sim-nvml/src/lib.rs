@@ -148,7 +148,9 @@ fn in_str<'a>(p: *const c_char) -> Result<&'a str, nvmlReturn_t> {
         return Err(NVML_ERROR_INVALID_ARGUMENT);
     }
     // SAFETY: non-null, and the caller passes a NUL-terminated string.
-    unsafe { CStr::from_ptr(p) }.to_str().map_err(|_| NVML_ERROR_INVALID_ARGUMENT)
+    unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .map_err(|_| NVML_ERROR_INVALID_ARGUMENT)
 }
 
 /// Copies `s` NUL-terminated into a caller buffer of `len` bytes.
@@ -243,7 +245,10 @@ fn device_of(h: nvmlDevice_t) -> Result<(&'static Sim, usize), nvmlReturn_t> {
 // ---- System queries ----
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlSystemGetDriverVersion(version: *mut c_char, length: c_uint) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlSystemGetDriverVersion(
+    version: *mut c_char,
+    length: c_uint,
+) -> nvmlReturn_t {
     entry(|| {
         sim()?;
         write_str(version, length, DRIVER_VERSION)
@@ -251,7 +256,10 @@ pub unsafe extern "C" fn nvmlSystemGetDriverVersion(version: *mut c_char, length
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlSystemGetNVMLVersion(version: *mut c_char, length: c_uint) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlSystemGetNVMLVersion(
+    version: *mut c_char,
+    length: c_uint,
+) -> nvmlReturn_t {
     // Answered without init, as by the real library.
     entry(|| write_str(version, length, NVML_VERSION))
 }
@@ -265,7 +273,9 @@ pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion(cuda_version: *mut c_int
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(cuda_version: *mut c_int) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(
+    cuda_version: *mut c_int,
+) -> nvmlReturn_t {
     unsafe { nvmlSystemGetCudaDriverVersion(cuda_version) }
 }
 
@@ -286,7 +296,10 @@ pub unsafe extern "C" fn nvmlDeviceGetCount(count: *mut c_uint) -> nvmlReturn_t 
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(index: c_uint, device: *mut nvmlDevice_t) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
+    index: c_uint,
+    device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
     entry(|| {
         let sim = sim()?;
         let device = out(device)?;
@@ -299,12 +312,18 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(index: c_uint, device: *m
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex(index: c_uint, device: *mut nvmlDevice_t) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex(
+    index: c_uint,
+    device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
     unsafe { nvmlDeviceGetHandleByIndex_v2(index, device) }
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, device: *mut nvmlDevice_t) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(
+    uuid: *const c_char,
+    device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
     entry(|| {
         let sim = sim()?;
         let uuid = in_str(uuid)?;
@@ -325,7 +344,9 @@ fn parse_bus_id(s: &str) -> Option<(u32, u32, u32, u32)> {
     if parts.len() == 2 {
         parts.insert(0, "0");
     }
-    let [domain, bus, dev] = parts.as_slice() else { return None };
+    let [domain, bus, dev] = parts.as_slice() else {
+        return None;
+    };
     let hex = |t: &str| u32::from_str_radix(t, 16).ok();
     Some((hex(domain)?, hex(bus)?, hex(dev)?, hex(function)?))
 }
@@ -356,7 +377,10 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut c_uint) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetIndex(
+    device: nvmlDevice_t,
+    index: *mut c_uint,
+) -> nvmlReturn_t {
     entry(|| {
         let (_, dev) = device_of(device)?;
         *out(index)? = dev as c_uint;
@@ -367,7 +391,11 @@ pub unsafe extern "C" fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut c_
 // ---- Identity ----
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetName(device: nvmlDevice_t, name: *mut c_char, length: c_uint) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetName(
+    device: nvmlDevice_t,
+    name: *mut c_char,
+    length: c_uint,
+) -> nvmlReturn_t {
     entry(|| {
         let (sim, dev) = device_of(device)?;
         write_str(name, length, &sim.spec(dev).name)
@@ -375,7 +403,11 @@ pub unsafe extern "C" fn nvmlDeviceGetName(device: nvmlDevice_t, name: *mut c_ch
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetUUID(device: nvmlDevice_t, uuid: *mut c_char, length: c_uint) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetUUID(
+    device: nvmlDevice_t,
+    uuid: *mut c_char,
+    length: c_uint,
+) -> nvmlReturn_t {
     entry(|| {
         let (sim, dev) = device_of(device)?;
         write_str(uuid, length, &sim.spec(dev).uuid)
@@ -402,7 +434,10 @@ fn pci_info(sim: &Sim, dev: usize, legacy_bus_id: bool) -> nvmlPciInfo_t {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(device: nvmlDevice_t, pci: *mut nvmlPciInfo_t) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(
+    device: nvmlDevice_t,
+    pci: *mut nvmlPciInfo_t,
+) -> nvmlReturn_t {
     entry(|| {
         let (sim, dev) = device_of(device)?;
         *out(pci)? = pci_info(sim, dev, false);
@@ -411,7 +446,10 @@ pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(device: nvmlDevice_t, pci: *mut
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v2(device: nvmlDevice_t, pci: *mut nvmlPciInfo_t) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v2(
+    device: nvmlDevice_t,
+    pci: *mut nvmlPciInfo_t,
+) -> nvmlReturn_t {
     entry(|| {
         let (sim, dev) = device_of(device)?;
         *out(pci)? = pci_info(sim, dev, true);
@@ -420,7 +458,10 @@ pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v2(device: nvmlDevice_t, pci: *mut
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetPciInfo(device: nvmlDevice_t, pci: *mut nvmlPciInfo_t) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetPciInfo(
+    device: nvmlDevice_t,
+    pci: *mut nvmlPciInfo_t,
+) -> nvmlReturn_t {
     entry(|| {
         let (sim, dev) = device_of(device)?;
         if pci.is_null() {
@@ -443,7 +484,10 @@ pub unsafe extern "C" fn nvmlDeviceGetPciInfo(device: nvmlDevice_t, pci: *mut nv
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetMinorNumber(device: nvmlDevice_t, minor: *mut c_uint) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetMinorNumber(
+    device: nvmlDevice_t,
+    minor: *mut c_uint,
+) -> nvmlReturn_t {
     entry(|| {
         let (_, dev) = device_of(device)?;
         *out(minor)? = dev as c_uint;
@@ -452,7 +496,10 @@ pub unsafe extern "C" fn nvmlDeviceGetMinorNumber(device: nvmlDevice_t, minor: *
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetMultiGpuBoard(device: nvmlDevice_t, multi_gpu: *mut c_uint) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetMultiGpuBoard(
+    device: nvmlDevice_t,
+    multi_gpu: *mut c_uint,
+) -> nvmlReturn_t {
     entry(|| {
         device_of(device)?;
         *out(multi_gpu)? = 0;
@@ -461,7 +508,10 @@ pub unsafe extern "C" fn nvmlDeviceGetMultiGpuBoard(device: nvmlDevice_t, multi_
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetNumaNodeId(device: nvmlDevice_t, node: *mut c_uint) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetNumaNodeId(
+    device: nvmlDevice_t,
+    node: *mut c_uint,
+) -> nvmlReturn_t {
     entry(|| {
         let (sim, dev) = device_of(device)?;
         let node = out(node)?;
@@ -534,12 +584,19 @@ fn memory(sim: &Sim, dev: usize) -> (u64, u64) {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory_out: *mut nvmlMemory_t) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
+    device: nvmlDevice_t,
+    memory_out: *mut nvmlMemory_t,
+) -> nvmlReturn_t {
     entry(|| {
         let (sim, dev) = device_of(device)?;
         let m = out(memory_out)?;
         let (total, used) = memory(sim, dev);
-        *m = nvmlMemory_t { total, free: total - used, used };
+        *m = nvmlMemory_t {
+            total,
+            free: total - used,
+            used,
+        };
         Ok(())
     })
 }
@@ -557,7 +614,13 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
         }
         // Nothing is held back for the driver, so v1 and v2 agree on used and free.
         let (total, used) = memory(sim, dev);
-        *m = nvmlMemory_v2_t { version: nvmlMemory_v2, total, reserved: 0, free: total - used, used };
+        *m = nvmlMemory_v2_t {
+            version: nvmlMemory_v2,
+            total,
+            reserved: 0,
+            free: total - used,
+            used,
+        };
         Ok(())
     })
 }
@@ -582,12 +645,20 @@ fn compute_processes<T: Copy>(
 }
 
 fn info_v1(_: &Sim, _: usize, pid: u32, used: u64) -> nvmlProcessInfo_v1_t {
-    nvmlProcessInfo_v1_t { pid, usedGpuMemory: used }
+    nvmlProcessInfo_v1_t {
+        pid,
+        usedGpuMemory: used,
+    }
 }
 
 fn info_v2(sim: &Sim, dev: usize, pid: u32, used: u64) -> nvmlProcessInfo_t {
     let (gi, ci) = mig::process_instance(sim, dev, pid);
-    nvmlProcessInfo_t { pid, usedGpuMemory: used, gpuInstanceId: gi, computeInstanceId: ci }
+    nvmlProcessInfo_t {
+        pid,
+        usedGpuMemory: used,
+        gpuInstanceId: gi,
+        computeInstanceId: ci,
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -618,7 +689,11 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
 }
 
 /// The simulated devices run no graphics work.
-fn graphics_processes<T: Copy>(device: nvmlDevice_t, count: *mut c_uint, infos: *mut T) -> nvmlReturn_t {
+fn graphics_processes<T: Copy>(
+    device: nvmlDevice_t,
+    count: *mut c_uint,
+    infos: *mut T,
+) -> nvmlReturn_t {
     entry(|| {
         device_of(device)?;
         write_list::<T>(count, infos, &[])
@@ -680,7 +755,10 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
         let (sim, dev) = device_of(device)?;
         let u = out(utilization)?;
         // Memory-controller bandwidth is not modelled.
-        *u = nvmlUtilization_t { gpu: busy_percent(sim, dev), memory: 0 };
+        *u = nvmlUtilization_t {
+            gpu: busy_percent(sim, dev),
+            memory: 0,
+        };
         Ok(())
     })
 }
@@ -747,7 +825,10 @@ pub unsafe extern "C" fn nvmlDeviceGetTemperature(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(device: nvmlDevice_t, power_mw: *mut c_uint) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(
+    device: nvmlDevice_t,
+    power_mw: *mut c_uint,
+) -> nvmlReturn_t {
     entry(|| {
         let (sim, dev) = device_of(device)?;
         // Idle draw plus a share of a 700 W board limit.
@@ -774,7 +855,10 @@ pub unsafe extern "C" fn nvmlDeviceGetMigMode(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetMaxMigDeviceCount(device: nvmlDevice_t, count: *mut c_uint) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetMaxMigDeviceCount(
+    device: nvmlDevice_t,
+    count: *mut c_uint,
+) -> nvmlReturn_t {
     entry(|| {
         let (sim, dev) = device_of(device)?;
         *out(count)? = mig::max_mig_devices(sim, dev);
@@ -798,7 +882,10 @@ pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceIsMigDeviceHandle(device: nvmlDevice_t, is_mig: *mut c_uint) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceIsMigDeviceHandle(
+    device: nvmlDevice_t,
+    is_mig: *mut c_uint,
+) -> nvmlReturn_t {
     entry(|| {
         device_of(device)?;
         *out(is_mig)? = 0;
@@ -877,7 +964,11 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceProfileInfoV(
             v3.ofaCount = p.ofaCount;
             v3.memorySizeMB = p.memorySizeMB;
             fill_chars(&mut v3.name, &name);
-            v3.capabilities = if p.isP2pSupported != 0 { NVML_GPU_INSTANCE_PROFILE_CAPS_P2P } else { 0 };
+            v3.capabilities = if p.isP2pSupported != 0 {
+                NVML_GPU_INSTANCE_PROFILE_CAPS_P2P
+            } else {
+                0
+            };
         }
         Ok(())
     })
@@ -931,7 +1022,9 @@ pub unsafe extern "C" fn nvmlEventSetCreate(set: *mut nvmlEventSet_t) -> nvmlRet
     entry(|| {
         sim()?;
         let set = out(set)?;
-        let p = Box::into_raw(Box::new(EventSet { registrations: Mutex::new(Vec::new()) }));
+        let p = Box::into_raw(Box::new(EventSet {
+            registrations: Mutex::new(Vec::new()),
+        }));
         lock(&EVENT_SETS).push(p as usize);
         *set = p.cast();
         Ok(())
@@ -943,7 +1036,10 @@ pub unsafe extern "C" fn nvmlEventSetFree(set: nvmlEventSet_t) -> nvmlReturn_t {
     entry(|| {
         sim()?;
         let mut sets = lock(&EVENT_SETS);
-        let pos = sets.iter().position(|&p| p == set as usize).ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
+        let pos = sets
+            .iter()
+            .position(|&p| p == set as usize)
+            .ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
         sets.swap_remove(pos);
         // SAFETY: it was created by Box::into_raw in nvmlEventSetCreate and is now unlisted.
         drop(unsafe { Box::from_raw(set as *mut EventSet) });
@@ -1021,7 +1117,10 @@ mod tests {
     #[test]
     fn foreign_handles_are_refused() {
         assert_eq!(slot_index(handle_of(1)), Some(1));
-        assert_eq!(slot_index(handle_of(MAX_DEVICES - 1)), Some(MAX_DEVICES - 1));
+        assert_eq!(
+            slot_index(handle_of(MAX_DEVICES - 1)),
+            Some(MAX_DEVICES - 1)
+        );
         assert_eq!(slot_index(core::ptr::null_mut()), None);
         let misaligned = (handle_of(0) as usize + 1) as nvmlDevice_t;
         assert_eq!(slot_index(misaligned), None);

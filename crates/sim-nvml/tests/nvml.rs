@@ -20,8 +20,12 @@ type DevU32x2 = unsafe extern "C" fn(nvmlDevice_t, *mut c_uint, *mut c_uint) -> 
 type DevU64 = unsafe extern "C" fn(nvmlDevice_t, *mut c_ulonglong) -> nvmlReturn_t;
 type DevPtr<T> = unsafe extern "C" fn(nvmlDevice_t, *mut T) -> nvmlReturn_t;
 type Procs<T> = unsafe extern "C" fn(nvmlDevice_t, *mut c_uint, *mut T) -> nvmlReturn_t;
-type ProcUtil =
-    unsafe extern "C" fn(nvmlDevice_t, *mut nvmlProcessUtilizationSample_t, *mut c_uint, c_ulonglong) -> nvmlReturn_t;
+type ProcUtil = unsafe extern "C" fn(
+    nvmlDevice_t,
+    *mut nvmlProcessUtilizationSample_t,
+    *mut c_uint,
+    c_ulonglong,
+) -> nvmlReturn_t;
 
 /// The library with nvmlInit_v2 done.
 fn nvml() -> Lib {
@@ -32,18 +36,30 @@ fn nvml() -> Lib {
 
 fn handle(lib: &Lib, index: u32) -> nvmlDevice_t {
     let mut h = null_mut();
-    assert_eq!(unsafe { lib.sym::<ByIndex>("nvmlDeviceGetHandleByIndex_v2")(index, &mut h) }, NVML_SUCCESS);
+    assert_eq!(
+        unsafe { lib.sym::<ByIndex>("nvmlDeviceGetHandleByIndex_v2")(index, &mut h) },
+        NVML_SUCCESS
+    );
     h
 }
 
 fn dev_string(lib: &Lib, f: &str, h: nvmlDevice_t) -> String {
     let mut buf = [0 as c_char; 96];
-    assert_eq!(unsafe { lib.sym::<DevStr>(f)(h, buf.as_mut_ptr(), buf.len() as c_uint) }, NVML_SUCCESS);
-    unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap().to_owned()
+    assert_eq!(
+        unsafe { lib.sym::<DevStr>(f)(h, buf.as_mut_ptr(), buf.len() as c_uint) },
+        NVML_SUCCESS
+    );
+    unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 fn chars(b: &[c_char]) -> String {
-    unsafe { CStr::from_ptr(b.as_ptr()) }.to_str().unwrap().to_owned()
+    unsafe { CStr::from_ptr(b.as_ptr()) }
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[test]
@@ -62,36 +78,65 @@ fn init_is_reference_counted() {
         unsafe {
             assert_eq!(count(&mut n), NVML_ERROR_UNINITIALIZED);
             assert_eq!(shutdown(), NVML_ERROR_UNINITIALIZED);
-            assert_eq!(CStr::from_ptr(err(NVML_ERROR_UNINITIALIZED)).to_str(), Ok("Uninitialized"));
+            assert_eq!(
+                CStr::from_ptr(err(NVML_ERROR_UNINITIALIZED)).to_str(),
+                Ok("Uninitialized")
+            );
             assert_eq!(CStr::from_ptr(err(12345)).to_str(), Ok("Unknown Error"));
 
             assert_eq!(lib.sym::<Init>("nvmlInit")(), NVML_SUCCESS);
             assert_eq!(lib.sym::<Init>("nvmlInit_v2")(), NVML_SUCCESS);
-            assert_eq!(lib.sym::<unsafe extern "C" fn(c_uint) -> nvmlReturn_t>("nvmlInitWithFlags")(0), NVML_SUCCESS);
+            assert_eq!(
+                lib.sym::<unsafe extern "C" fn(c_uint) -> nvmlReturn_t>("nvmlInitWithFlags")(0),
+                NVML_SUCCESS
+            );
             assert_eq!(count(&mut n), NVML_SUCCESS);
             assert_eq!(n, 1);
             assert_eq!(count(null_mut()), NVML_ERROR_INVALID_ARGUMENT);
             let h = handle(&lib, 0);
             for _ in 0..2 {
                 assert_eq!(shutdown(), NVML_SUCCESS);
-                assert_eq!(count(&mut n), NVML_SUCCESS, "still initialised while inits remain");
+                assert_eq!(
+                    count(&mut n),
+                    NVML_SUCCESS,
+                    "still initialised while inits remain"
+                );
             }
             assert_eq!(shutdown(), NVML_SUCCESS);
             assert_eq!(count(&mut n), NVML_ERROR_UNINITIALIZED);
             let mut buf = [0 as c_char; 96];
-            assert_eq!(lib.sym::<DevStr>("nvmlDeviceGetName")(h, buf.as_mut_ptr(), 96), NVML_ERROR_UNINITIALIZED);
+            assert_eq!(
+                lib.sym::<DevStr>("nvmlDeviceGetName")(h, buf.as_mut_ptr(), 96),
+                NVML_ERROR_UNINITIALIZED
+            );
             assert_eq!(shutdown(), NVML_ERROR_UNINITIALIZED);
 
             // Handles from before a shutdown stay usable after the next init.
             assert_eq!(lib.sym::<Init>("nvmlInit_v2")(), NVML_SUCCESS);
-            assert_eq!(dev_string(&lib, "nvmlDeviceGetName", h), gpuslice_sim_state::DEFAULT_NAME);
+            assert_eq!(
+                dev_string(&lib, "nvmlDeviceGetName", h),
+                gpuslice_sim_state::DEFAULT_NAME
+            );
 
-            let drv = lib.sym::<unsafe extern "C" fn(*mut c_char, c_uint) -> nvmlReturn_t>("nvmlSystemGetDriverVersion");
+            let drv = lib.sym::<unsafe extern "C" fn(*mut c_char, c_uint) -> nvmlReturn_t>(
+                "nvmlSystemGetDriverVersion",
+            );
             assert_eq!(drv(buf.as_mut_ptr(), 4), NVML_ERROR_INSUFFICIENT_SIZE);
-            assert_eq!(drv(buf.as_mut_ptr(), NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE as c_uint), NVML_SUCCESS);
+            assert_eq!(
+                drv(
+                    buf.as_mut_ptr(),
+                    NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE as c_uint
+                ),
+                NVML_SUCCESS
+            );
             assert!(chars(&buf).starts_with("570."));
             let mut cuda = 0;
-            assert_eq!(lib.sym::<unsafe extern "C" fn(*mut c_int) -> nvmlReturn_t>("nvmlSystemGetCudaDriverVersion_v2")(&mut cuda), NVML_SUCCESS);
+            assert_eq!(
+                lib.sym::<unsafe extern "C" fn(*mut c_int) -> nvmlReturn_t>(
+                    "nvmlSystemGetCudaDriverVersion_v2"
+                )(&mut cuda),
+                NVML_SUCCESS
+            );
             assert_eq!(cuda, 12080);
         }
     });
@@ -99,191 +144,280 @@ fn init_is_reference_counted() {
 
 #[test]
 fn devices_by_index_uuid_and_bus_id() {
-    isolated("devices_by_index_uuid_and_bus_id", "count=2,memory=16GiB,name=NVIDIA Sim Test GPU", || {
-        let lib = nvml();
-        let sim = Sim::get().unwrap();
-        let mut n = 0;
-        unsafe {
-            assert_eq!(lib.sym::<GetCount>("nvmlDeviceGetCount")(&mut n), NVML_SUCCESS);
-            assert_eq!(n, 2);
-            let mut h = null_mut();
-            assert_eq!(lib.sym::<ByIndex>("nvmlDeviceGetHandleByIndex")(2, &mut h), NVML_ERROR_INVALID_ARGUMENT);
-        }
-        for i in 0..2u32 {
-            let spec = sim.spec(i as usize);
-            let h = handle(&lib, i);
-            assert_eq!(handle(&lib, i), h, "handles are stable");
-            assert_eq!(dev_string(&lib, "nvmlDeviceGetName", h), "NVIDIA Sim Test GPU");
-            let uuid = dev_string(&lib, "nvmlDeviceGetUUID", h);
-            assert_eq!(uuid, spec.uuid);
+    isolated(
+        "devices_by_index_uuid_and_bus_id",
+        "count=2,memory=16GiB,name=NVIDIA Sim Test GPU",
+        || {
+            let lib = nvml();
+            let sim = Sim::get().unwrap();
+            let mut n = 0;
             unsafe {
-                let mut idx = 99;
-                assert_eq!(lib.sym::<DevU32>("nvmlDeviceGetIndex")(h, &mut idx), NVML_SUCCESS);
-                assert_eq!(idx, i);
-                assert_eq!(lib.sym::<DevU32>("nvmlDeviceGetMinorNumber")(h, &mut idx), NVML_SUCCESS);
-                assert_eq!(idx, i);
-
-                let mut by = null_mut();
-                let cu = std::ffi::CString::new(uuid).unwrap();
-                assert_eq!(lib.sym::<ByStr>("nvmlDeviceGetHandleByUUID")(cu.as_ptr(), &mut by), NVML_SUCCESS);
-                assert_eq!(by, h);
-
-                let mut pci = nvmlPciInfo_t::default();
-                assert_eq!(lib.sym::<DevPtr<nvmlPciInfo_t>>("nvmlDeviceGetPciInfo_v3")(h, &mut pci), NVML_SUCCESS);
-                assert_eq!(chars(&pci.busId), spec.pci_bus_id);
-                assert_eq!(chars(&pci.busIdLegacy), spec.pci_bus_id[4..]);
-                assert_eq!(pci.pciDeviceId & 0xFFFF, 0x10DE);
-                for id in [chars(&pci.busId), chars(&pci.busIdLegacy), chars(&pci.busId).to_lowercase()] {
-                    let c = std::ffi::CString::new(id).unwrap();
-                    let mut by = null_mut();
-                    assert_eq!(lib.sym::<ByStr>("nvmlDeviceGetHandleByPciBusId_v2")(c.as_ptr(), &mut by), NVML_SUCCESS);
-                    assert_eq!(by, h);
-                }
-
-                // The oldest entry point writes only the old, shorter struct.
-                let mut old = [0xAAu8; 68];
                 assert_eq!(
-                    lib.sym::<DevPtr<u8>>("nvmlDeviceGetPciInfo")(h, old.as_mut_ptr()),
+                    lib.sym::<GetCount>("nvmlDeviceGetCount")(&mut n),
                     NVML_SUCCESS
                 );
-                assert_eq!(&old[..12], &spec.pci_bus_id.as_bytes()[4..16]);
-                assert!(old[36..52].iter().all(|&b| b == 0));
-                assert!(old[52..].iter().all(|&b| b == 0xAA));
-
-                let (mut major, mut minor) = (0, 0);
-                let cc = lib.sym::<unsafe extern "C" fn(nvmlDevice_t, *mut c_int, *mut c_int) -> nvmlReturn_t>(
-                    "nvmlDeviceGetCudaComputeCapability",
+                assert_eq!(n, 2);
+                let mut h = null_mut();
+                assert_eq!(
+                    lib.sym::<ByIndex>("nvmlDeviceGetHandleByIndex")(2, &mut h),
+                    NVML_ERROR_INVALID_ARGUMENT
                 );
-                assert_eq!(cc(h, &mut major, &mut minor), NVML_SUCCESS);
-                assert_eq!((major, minor), (9, 0));
             }
-        }
-        unsafe {
-            let mut by = null_mut();
-            assert_eq!(lib.sym::<ByStr>("nvmlDeviceGetHandleByUUID")(c"GPU-nope".as_ptr(), &mut by), NVML_ERROR_NOT_FOUND);
-            assert_eq!(lib.sym::<ByStr>("nvmlDeviceGetHandleByPciBusId")(c"0000:FF:00.0".as_ptr(), &mut by), NVML_ERROR_NOT_FOUND);
-            assert_eq!(lib.sym::<ByStr>("nvmlDeviceGetHandleByPciBusId")(c"garbage".as_ptr(), &mut by), NVML_ERROR_INVALID_ARGUMENT);
+            for i in 0..2u32 {
+                let spec = sim.spec(i as usize);
+                let h = handle(&lib, i);
+                assert_eq!(handle(&lib, i), h, "handles are stable");
+                assert_eq!(
+                    dev_string(&lib, "nvmlDeviceGetName", h),
+                    "NVIDIA Sim Test GPU"
+                );
+                let uuid = dev_string(&lib, "nvmlDeviceGetUUID", h);
+                assert_eq!(uuid, spec.uuid);
+                unsafe {
+                    let mut idx = 99;
+                    assert_eq!(
+                        lib.sym::<DevU32>("nvmlDeviceGetIndex")(h, &mut idx),
+                        NVML_SUCCESS
+                    );
+                    assert_eq!(idx, i);
+                    assert_eq!(
+                        lib.sym::<DevU32>("nvmlDeviceGetMinorNumber")(h, &mut idx),
+                        NVML_SUCCESS
+                    );
+                    assert_eq!(idx, i);
 
-            // Buffers too small for the answer, and handles that are not ours.
-            let h = handle(&lib, 0);
-            let mut small = [0 as c_char; 8];
-            assert_eq!(lib.sym::<DevStr>("nvmlDeviceGetUUID")(h, small.as_mut_ptr(), 8), NVML_ERROR_INSUFFICIENT_SIZE);
-            let mut idx = 0;
-            let bogus = (h as usize + 1) as nvmlDevice_t;
-            assert_eq!(lib.sym::<DevU32>("nvmlDeviceGetIndex")(bogus, &mut idx), NVML_ERROR_INVALID_ARGUMENT);
-            assert_eq!(lib.sym::<DevU32>("nvmlDeviceGetIndex")(null_mut(), &mut idx), NVML_ERROR_INVALID_ARGUMENT);
-            let mut x = 0u32;
-            assert_eq!(lib.sym::<DevU32>("nvmlDeviceGetIndex")((&mut x as *mut u32).cast(), &mut idx), NVML_ERROR_INVALID_ARGUMENT);
+                    let mut by = null_mut();
+                    let cu = std::ffi::CString::new(uuid).unwrap();
+                    assert_eq!(
+                        lib.sym::<ByStr>("nvmlDeviceGetHandleByUUID")(cu.as_ptr(), &mut by),
+                        NVML_SUCCESS
+                    );
+                    assert_eq!(by, h);
 
-            let mut level = -1;
-            let topo = lib.sym::<unsafe extern "C" fn(nvmlDevice_t, nvmlDevice_t, *mut c_int) -> nvmlReturn_t>(
-                "nvmlDeviceGetTopologyCommonAncestor",
-            );
-            assert_eq!(topo(h, h, &mut level), NVML_SUCCESS);
-            assert_eq!(level, NVML_TOPOLOGY_INTERNAL);
-            assert_eq!(topo(h, handle(&lib, 1), &mut level), NVML_SUCCESS);
-            assert_eq!(level, NVML_TOPOLOGY_NODE);
-        }
-    });
+                    let mut pci = nvmlPciInfo_t::default();
+                    assert_eq!(
+                        lib.sym::<DevPtr<nvmlPciInfo_t>>("nvmlDeviceGetPciInfo_v3")(h, &mut pci),
+                        NVML_SUCCESS
+                    );
+                    assert_eq!(chars(&pci.busId), spec.pci_bus_id);
+                    assert_eq!(chars(&pci.busIdLegacy), spec.pci_bus_id[4..]);
+                    assert_eq!(pci.pciDeviceId & 0xFFFF, 0x10DE);
+                    for id in [
+                        chars(&pci.busId),
+                        chars(&pci.busIdLegacy),
+                        chars(&pci.busId).to_lowercase(),
+                    ] {
+                        let c = std::ffi::CString::new(id).unwrap();
+                        let mut by = null_mut();
+                        assert_eq!(
+                            lib.sym::<ByStr>("nvmlDeviceGetHandleByPciBusId_v2")(
+                                c.as_ptr(),
+                                &mut by
+                            ),
+                            NVML_SUCCESS
+                        );
+                        assert_eq!(by, h);
+                    }
+
+                    // The oldest entry point writes only the old, shorter struct.
+                    let mut old = [0xAAu8; 68];
+                    assert_eq!(
+                        lib.sym::<DevPtr<u8>>("nvmlDeviceGetPciInfo")(h, old.as_mut_ptr()),
+                        NVML_SUCCESS
+                    );
+                    assert_eq!(&old[..12], &spec.pci_bus_id.as_bytes()[4..16]);
+                    assert!(old[36..52].iter().all(|&b| b == 0));
+                    assert!(old[52..].iter().all(|&b| b == 0xAA));
+
+                    let (mut major, mut minor) = (0, 0);
+                    let cc = lib.sym::<unsafe extern "C" fn(
+                        nvmlDevice_t,
+                        *mut c_int,
+                        *mut c_int,
+                    ) -> nvmlReturn_t>(
+                        "nvmlDeviceGetCudaComputeCapability"
+                    );
+                    assert_eq!(cc(h, &mut major, &mut minor), NVML_SUCCESS);
+                    assert_eq!((major, minor), (9, 0));
+                }
+            }
+            unsafe {
+                let mut by = null_mut();
+                assert_eq!(
+                    lib.sym::<ByStr>("nvmlDeviceGetHandleByUUID")(c"GPU-nope".as_ptr(), &mut by),
+                    NVML_ERROR_NOT_FOUND
+                );
+                assert_eq!(
+                    lib.sym::<ByStr>("nvmlDeviceGetHandleByPciBusId")(
+                        c"0000:FF:00.0".as_ptr(),
+                        &mut by
+                    ),
+                    NVML_ERROR_NOT_FOUND
+                );
+                assert_eq!(
+                    lib.sym::<ByStr>("nvmlDeviceGetHandleByPciBusId")(c"garbage".as_ptr(), &mut by),
+                    NVML_ERROR_INVALID_ARGUMENT
+                );
+
+                // Buffers too small for the answer, and handles that are not ours.
+                let h = handle(&lib, 0);
+                let mut small = [0 as c_char; 8];
+                assert_eq!(
+                    lib.sym::<DevStr>("nvmlDeviceGetUUID")(h, small.as_mut_ptr(), 8),
+                    NVML_ERROR_INSUFFICIENT_SIZE
+                );
+                let mut idx = 0;
+                let bogus = (h as usize + 1) as nvmlDevice_t;
+                assert_eq!(
+                    lib.sym::<DevU32>("nvmlDeviceGetIndex")(bogus, &mut idx),
+                    NVML_ERROR_INVALID_ARGUMENT
+                );
+                assert_eq!(
+                    lib.sym::<DevU32>("nvmlDeviceGetIndex")(null_mut(), &mut idx),
+                    NVML_ERROR_INVALID_ARGUMENT
+                );
+                let mut x = 0u32;
+                assert_eq!(
+                    lib.sym::<DevU32>("nvmlDeviceGetIndex")((&mut x as *mut u32).cast(), &mut idx),
+                    NVML_ERROR_INVALID_ARGUMENT
+                );
+
+                let mut level = -1;
+                let topo = lib.sym::<unsafe extern "C" fn(
+                    nvmlDevice_t,
+                    nvmlDevice_t,
+                    *mut c_int,
+                ) -> nvmlReturn_t>(
+                    "nvmlDeviceGetTopologyCommonAncestor"
+                );
+                assert_eq!(topo(h, h, &mut level), NVML_SUCCESS);
+                assert_eq!(level, NVML_TOPOLOGY_INTERNAL);
+                assert_eq!(topo(h, handle(&lib, 1), &mut level), NVML_SUCCESS);
+                assert_eq!(level, NVML_TOPOLOGY_NODE);
+            }
+        },
+    );
 }
 
 #[test]
 fn memory_info_follows_the_state() {
-    isolated("memory_info_follows_the_state", "count=2,memory=8GiB", || {
-        let lib = nvml();
-        let sim = Sim::get().unwrap();
-        let v1 = lib.sym::<DevPtr<nvmlMemory_t>>("nvmlDeviceGetMemoryInfo");
-        let v2 = lib.sym::<DevPtr<nvmlMemory_v2_t>>("nvmlDeviceGetMemoryInfo_v2");
-        let read = |dev: u32| unsafe {
-            let h = handle(&lib, dev);
-            let mut m1 = nvmlMemory_t::default();
-            assert_eq!(v1(h, &mut m1), NVML_SUCCESS);
-            let mut m2 = nvmlMemory_v2_t { version: nvmlMemory_v2, ..Default::default() };
-            assert_eq!(v2(h, &mut m2), NVML_SUCCESS);
-            assert_eq!((m1.total, m1.used, m1.free), (m2.total, m2.used, m2.free));
-            assert_eq!(m1.total, m1.used + m1.free);
-            assert_eq!(m2.reserved, 0);
-            assert_eq!(m1.total, sim.memory_total(dev as usize));
-            assert_eq!(m1.used, sim.memory_used(dev as usize));
-            m1
-        };
-        assert_eq!(read(0).used, 0);
-        {
-            let _a = Holder::spawn(0, 1 << 30, 0);
-            let _b = Holder::spawn(0, 512 << 20, 0);
-            let _c = Holder::spawn(1, 3 << 30, 0);
-            assert_eq!(read(0).used, (1 << 30) + (512 << 20));
-            assert_eq!(read(1).used, 3 << 30);
-            assert_eq!(read(1).free, 5 << 30);
-        }
-        // Dead holders' memory comes back.
-        assert_eq!(read(0).used, 0);
-        assert_eq!(read(1).used, 0);
+    isolated(
+        "memory_info_follows_the_state",
+        "count=2,memory=8GiB",
+        || {
+            let lib = nvml();
+            let sim = Sim::get().unwrap();
+            let v1 = lib.sym::<DevPtr<nvmlMemory_t>>("nvmlDeviceGetMemoryInfo");
+            let v2 = lib.sym::<DevPtr<nvmlMemory_v2_t>>("nvmlDeviceGetMemoryInfo_v2");
+            let read = |dev: u32| unsafe {
+                let h = handle(&lib, dev);
+                let mut m1 = nvmlMemory_t::default();
+                assert_eq!(v1(h, &mut m1), NVML_SUCCESS);
+                let mut m2 = nvmlMemory_v2_t {
+                    version: nvmlMemory_v2,
+                    ..Default::default()
+                };
+                assert_eq!(v2(h, &mut m2), NVML_SUCCESS);
+                assert_eq!((m1.total, m1.used, m1.free), (m2.total, m2.used, m2.free));
+                assert_eq!(m1.total, m1.used + m1.free);
+                assert_eq!(m2.reserved, 0);
+                assert_eq!(m1.total, sim.memory_total(dev as usize));
+                assert_eq!(m1.used, sim.memory_used(dev as usize));
+                m1
+            };
+            assert_eq!(read(0).used, 0);
+            {
+                let _a = Holder::spawn(0, 1 << 30, 0);
+                let _b = Holder::spawn(0, 512 << 20, 0);
+                let _c = Holder::spawn(1, 3 << 30, 0);
+                assert_eq!(read(0).used, (1 << 30) + (512 << 20));
+                assert_eq!(read(1).used, 3 << 30);
+                assert_eq!(read(1).free, 5 << 30);
+            }
+            // Dead holders' memory comes back.
+            assert_eq!(read(0).used, 0);
+            assert_eq!(read(1).used, 0);
 
-        unsafe {
-            let mut m2 = nvmlMemory_v2_t { version: 1, ..Default::default() };
-            assert_eq!(v2(handle(&lib, 0), &mut m2), NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
-            assert_eq!(v1(handle(&lib, 0), null_mut()), NVML_ERROR_INVALID_ARGUMENT);
-        }
-    });
+            unsafe {
+                let mut m2 = nvmlMemory_v2_t {
+                    version: 1,
+                    ..Default::default()
+                };
+                assert_eq!(
+                    v2(handle(&lib, 0), &mut m2),
+                    NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+                );
+                assert_eq!(v1(handle(&lib, 0), null_mut()), NVML_ERROR_INVALID_ARGUMENT);
+            }
+        },
+    );
 }
 
 #[test]
 fn running_processes_with_the_size_protocol() {
-    isolated("running_processes_with_the_size_protocol", "count=2", || {
-        let lib = nvml();
-        let h = handle(&lib, 0);
-        let v1 = lib.sym::<Procs<nvmlProcessInfo_v1_t>>("nvmlDeviceGetComputeRunningProcesses");
-        let v2 = lib.sym::<Procs<nvmlProcessInfo_t>>("nvmlDeviceGetComputeRunningProcesses_v2");
-        let v3 = lib.sym::<Procs<nvmlProcessInfo_t>>("nvmlDeviceGetComputeRunningProcesses_v3");
-        let gfx = lib.sym::<Procs<nvmlProcessInfo_t>>("nvmlDeviceGetGraphicsRunningProcesses_v3");
-        unsafe {
-            let mut n = 0;
-            assert_eq!(v3(h, &mut n, null_mut()), NVML_SUCCESS);
-            assert_eq!(n, 0);
-            assert_eq!(v3(h, null_mut(), null_mut()), NVML_ERROR_INVALID_ARGUMENT);
-        }
-        let a = Holder::spawn(0, 100 << 20, 0);
-        let b = Holder::spawn(0, 300 << 20, 0);
-        let _other = Holder::spawn(1, 1 << 20, 0);
-        let mut want = vec![(a.pid, 100u64 << 20), (b.pid, 300u64 << 20)];
-        want.sort();
-        unsafe {
-            let mut n = 0;
-            assert_eq!(v3(h, &mut n, null_mut()), NVML_ERROR_INSUFFICIENT_SIZE);
-            assert_eq!(n, 2);
-            let mut buf = [nvmlProcessInfo_t::default(); 4];
-            n = 1;
-            assert_eq!(v3(h, &mut n, buf.as_mut_ptr()), NVML_ERROR_INSUFFICIENT_SIZE);
-            assert_eq!(n, 2);
-            for f in [v2, v3] {
-                n = 4;
-                assert_eq!(f(h, &mut n, buf.as_mut_ptr()), NVML_SUCCESS);
+    isolated(
+        "running_processes_with_the_size_protocol",
+        "count=2",
+        || {
+            let lib = nvml();
+            let h = handle(&lib, 0);
+            let v1 = lib.sym::<Procs<nvmlProcessInfo_v1_t>>("nvmlDeviceGetComputeRunningProcesses");
+            let v2 = lib.sym::<Procs<nvmlProcessInfo_t>>("nvmlDeviceGetComputeRunningProcesses_v2");
+            let v3 = lib.sym::<Procs<nvmlProcessInfo_t>>("nvmlDeviceGetComputeRunningProcesses_v3");
+            let gfx =
+                lib.sym::<Procs<nvmlProcessInfo_t>>("nvmlDeviceGetGraphicsRunningProcesses_v3");
+            unsafe {
+                let mut n = 0;
+                assert_eq!(v3(h, &mut n, null_mut()), NVML_SUCCESS);
+                assert_eq!(n, 0);
+                assert_eq!(v3(h, null_mut(), null_mut()), NVML_ERROR_INVALID_ARGUMENT);
+            }
+            let a = Holder::spawn(0, 100 << 20, 0);
+            let b = Holder::spawn(0, 300 << 20, 0);
+            let _other = Holder::spawn(1, 1 << 20, 0);
+            let mut want = vec![(a.pid, 100u64 << 20), (b.pid, 300u64 << 20)];
+            want.sort();
+            unsafe {
+                let mut n = 0;
+                assert_eq!(v3(h, &mut n, null_mut()), NVML_ERROR_INSUFFICIENT_SIZE);
                 assert_eq!(n, 2);
-                let mut got: Vec<_> = buf[..2].iter().map(|p| (p.pid, p.usedGpuMemory)).collect();
+                let mut buf = [nvmlProcessInfo_t::default(); 4];
+                n = 1;
+                assert_eq!(
+                    v3(h, &mut n, buf.as_mut_ptr()),
+                    NVML_ERROR_INSUFFICIENT_SIZE
+                );
+                assert_eq!(n, 2);
+                for f in [v2, v3] {
+                    n = 4;
+                    assert_eq!(f(h, &mut n, buf.as_mut_ptr()), NVML_SUCCESS);
+                    assert_eq!(n, 2);
+                    let mut got: Vec<_> =
+                        buf[..2].iter().map(|p| (p.pid, p.usedGpuMemory)).collect();
+                    got.sort();
+                    assert_eq!(got, want);
+                    assert!(buf[..2].iter().all(|p| p.gpuInstanceId == u32::MAX && p.computeInstanceId == u32::MAX));
+                }
+                let mut old = [nvmlProcessInfo_v1_t::default(); 2];
+                n = 2;
+                assert_eq!(v1(h, &mut n, old.as_mut_ptr()), NVML_SUCCESS);
+                let mut got: Vec<_> = old.iter().map(|p| (p.pid, p.usedGpuMemory)).collect();
                 got.sort();
                 assert_eq!(got, want);
-                assert!(buf[..2].iter().all(|p| p.gpuInstanceId == u32::MAX && p.computeInstanceId == u32::MAX));
-            }
-            let mut old = [nvmlProcessInfo_v1_t::default(); 2];
-            n = 2;
-            assert_eq!(v1(h, &mut n, old.as_mut_ptr()), NVML_SUCCESS);
-            let mut got: Vec<_> = old.iter().map(|p| (p.pid, p.usedGpuMemory)).collect();
-            got.sort();
-            assert_eq!(got, want);
 
-            n = 4;
-            assert_eq!(gfx(h, &mut n, buf.as_mut_ptr()), NVML_SUCCESS);
-            assert_eq!(n, 0);
-        }
-        drop(a);
-        unsafe {
-            let mut buf = [nvmlProcessInfo_t::default(); 4];
-            let mut n = 4;
-            assert_eq!(v3(h, &mut n, buf.as_mut_ptr()), NVML_SUCCESS);
-            assert_eq!((n, buf[0].pid), (1, b.pid));
-        }
-    });
+                n = 4;
+                assert_eq!(gfx(h, &mut n, buf.as_mut_ptr()), NVML_SUCCESS);
+                assert_eq!(n, 0);
+            }
+            drop(a);
+            unsafe {
+                let mut buf = [nvmlProcessInfo_t::default(); 4];
+                let mut n = 4;
+                assert_eq!(v3(h, &mut n, buf.as_mut_ptr()), NVML_SUCCESS);
+                assert_eq!((n, buf[0].pid), (1, b.pid));
+            }
+        },
+    );
 }
 
 #[test]
@@ -315,11 +449,17 @@ fn utilization_from_the_timeline() {
             assert_eq!(other.gpu, 0);
 
             let mut n = 0;
-            assert_eq!(per_proc(h, null_mut(), &mut n, 0), NVML_ERROR_INSUFFICIENT_SIZE);
+            assert_eq!(
+                per_proc(h, null_mut(), &mut n, 0),
+                NVML_ERROR_INSUFFICIENT_SIZE
+            );
             assert_eq!(n, 2);
             let mut s = [nvmlProcessUtilizationSample_t::default(); 2];
             n = 1;
-            assert_eq!(per_proc(h, s.as_mut_ptr(), &mut n, 0), NVML_ERROR_INSUFFICIENT_SIZE);
+            assert_eq!(
+                per_proc(h, s.as_mut_ptr(), &mut n, 0),
+                NVML_ERROR_INSUFFICIENT_SIZE
+            );
             assert_eq!(n, 2);
             assert_eq!(per_proc(h, s.as_mut_ptr(), &mut n, 0), NVML_SUCCESS);
             assert_eq!(n, 2);
@@ -328,29 +468,51 @@ fn utilization_from_the_timeline() {
             assert!((28..=31).contains(&sa.smUtil), "a: {}", sa.smUtil);
             assert!((8..=11).contains(&sb.smUtil), "b: {}", sb.smUtil);
             // Wall-clock microseconds, like the real library's CPU timestamps.
-            let wall_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
-            assert!(sb.timeStamp <= wall_us && sb.timeStamp + 2_000_000 > wall_us, "{} vs {wall_us}", sb.timeStamp);
+            let wall_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros() as u64;
+            assert!(
+                sb.timeStamp <= wall_us && sb.timeStamp + 2_000_000 > wall_us,
+                "{} vs {wall_us}",
+                sb.timeStamp
+            );
             assert!(sa.timeStamp < sb.timeStamp, "b's work ran after a's");
 
             // Nothing newer than the latest sample.
             n = 2;
-            assert_eq!(per_proc(h, s.as_mut_ptr(), &mut n, sb.timeStamp), NVML_ERROR_NOT_FOUND);
+            assert_eq!(
+                per_proc(h, s.as_mut_ptr(), &mut n, sb.timeStamp),
+                NVML_ERROR_NOT_FOUND
+            );
             // Since a's last work only b ran: b kept the device busy over that whole span, minus
             // the time since it finished.
             n = 2;
-            assert_eq!(per_proc(h, s.as_mut_ptr(), &mut n, sa.timeStamp), NVML_SUCCESS);
+            assert_eq!(
+                per_proc(h, s.as_mut_ptr(), &mut n, sa.timeStamp),
+                NVML_SUCCESS
+            );
             assert_eq!((n, s[0].pid), (1, b.pid));
             assert!(s[0].smUtil > 50, "b since a: {}", s[0].smUtil);
 
             let mut temp = 0;
-            let t = lib.sym::<unsafe extern "C" fn(nvmlDevice_t, c_int, *mut c_uint) -> nvmlReturn_t>("nvmlDeviceGetTemperature");
+            let t = lib
+                .sym::<unsafe extern "C" fn(nvmlDevice_t, c_int, *mut c_uint) -> nvmlReturn_t>(
+                    "nvmlDeviceGetTemperature",
+                );
             assert_eq!(t(h, NVML_TEMPERATURE_GPU, &mut temp), NVML_SUCCESS);
             assert!((20..100).contains(&temp));
             let mut mw = 0;
-            assert_eq!(lib.sym::<DevU32>("nvmlDeviceGetPowerUsage")(h, &mut mw), NVML_SUCCESS);
+            assert_eq!(
+                lib.sym::<DevU32>("nvmlDeviceGetPowerUsage")(h, &mut mw),
+                NVML_SUCCESS
+            );
             assert!(mw > 70_000);
         }
-        assert!(t0.elapsed() < Duration::from_millis(500), "queries too slow for the windows above");
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "queries too slow for the windows above"
+        );
     });
 }
 
@@ -361,44 +523,83 @@ fn mig_is_disabled() {
         let h = handle(&lib, 0);
         unsafe {
             let (mut cur, mut pend) = (9, 9);
-            assert_eq!(lib.sym::<DevU32x2>("nvmlDeviceGetMigMode")(h, &mut cur, &mut pend), NVML_SUCCESS);
-            assert_eq!((cur, pend), (NVML_DEVICE_MIG_DISABLE, NVML_DEVICE_MIG_DISABLE));
+            assert_eq!(
+                lib.sym::<DevU32x2>("nvmlDeviceGetMigMode")(h, &mut cur, &mut pend),
+                NVML_SUCCESS
+            );
+            assert_eq!(
+                (cur, pend),
+                (NVML_DEVICE_MIG_DISABLE, NVML_DEVICE_MIG_DISABLE)
+            );
             let mut n = 9;
-            assert_eq!(lib.sym::<DevU32>("nvmlDeviceGetMaxMigDeviceCount")(h, &mut n), NVML_SUCCESS);
+            assert_eq!(
+                lib.sym::<DevU32>("nvmlDeviceGetMaxMigDeviceCount")(h, &mut n),
+                NVML_SUCCESS
+            );
             assert_eq!(n, 0);
-            assert_eq!(lib.sym::<DevU32>("nvmlDeviceIsMigDeviceHandle")(h, &mut n), NVML_SUCCESS);
+            assert_eq!(
+                lib.sym::<DevU32>("nvmlDeviceIsMigDeviceHandle")(h, &mut n),
+                NVML_SUCCESS
+            );
             assert_eq!(n, 0);
             let mut mig = null_mut();
-            let by = lib.sym::<unsafe extern "C" fn(nvmlDevice_t, c_uint, *mut nvmlDevice_t) -> nvmlReturn_t>(
-                "nvmlDeviceGetMigDeviceHandleByIndex",
-            );
+            let by = lib.sym::<unsafe extern "C" fn(
+                nvmlDevice_t,
+                c_uint,
+                *mut nvmlDevice_t,
+            ) -> nvmlReturn_t>("nvmlDeviceGetMigDeviceHandleByIndex");
             assert_eq!(by(h, 0, &mut mig), NVML_ERROR_NOT_FOUND);
 
             let mut info = nvmlGpuInstanceProfileInfo_t::default();
-            let pi = lib.sym::<unsafe extern "C" fn(nvmlDevice_t, c_uint, *mut nvmlGpuInstanceProfileInfo_t) -> nvmlReturn_t>(
-                "nvmlDeviceGetGpuInstanceProfileInfo",
+            let pi = lib.sym::<unsafe extern "C" fn(
+                nvmlDevice_t,
+                c_uint,
+                *mut nvmlGpuInstanceProfileInfo_t,
+            ) -> nvmlReturn_t>("nvmlDeviceGetGpuInstanceProfileInfo");
+            assert_eq!(
+                pi(h, NVML_GPU_INSTANCE_PROFILE_1_SLICE, &mut info),
+                NVML_ERROR_NOT_SUPPORTED
             );
-            assert_eq!(pi(h, NVML_GPU_INSTANCE_PROFILE_1_SLICE, &mut info), NVML_ERROR_NOT_SUPPORTED);
             let mut v2: nvmlGpuInstanceProfileInfo_v2_t = std::mem::zeroed();
             v2.version = nvmlGpuInstanceProfileInfo_v2;
-            let piv = lib.sym::<unsafe extern "C" fn(nvmlDevice_t, c_uint, *mut nvmlGpuInstanceProfileInfo_v2_t) -> nvmlReturn_t>(
-                "nvmlDeviceGetGpuInstanceProfileInfoV",
+            let piv = lib.sym::<unsafe extern "C" fn(
+                nvmlDevice_t,
+                c_uint,
+                *mut nvmlGpuInstanceProfileInfo_v2_t,
+            ) -> nvmlReturn_t>("nvmlDeviceGetGpuInstanceProfileInfoV");
+            assert_eq!(
+                piv(h, NVML_GPU_INSTANCE_PROFILE_1_SLICE, &mut v2),
+                NVML_ERROR_NOT_SUPPORTED
             );
-            assert_eq!(piv(h, NVML_GPU_INSTANCE_PROFILE_1_SLICE, &mut v2), NVML_ERROR_NOT_SUPPORTED);
             v2.version = 7;
-            assert_eq!(piv(h, NVML_GPU_INSTANCE_PROFILE_1_SLICE, &mut v2), NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
-            let gis = lib.sym::<unsafe extern "C" fn(nvmlDevice_t, c_uint, *mut nvmlGpuInstance_t, *mut c_uint) -> nvmlReturn_t>(
-                "nvmlDeviceGetGpuInstances",
+            assert_eq!(
+                piv(h, NVML_GPU_INSTANCE_PROFILE_1_SLICE, &mut v2),
+                NVML_ERROR_ARGUMENT_VERSION_MISMATCH
             );
+            let gis = lib.sym::<unsafe extern "C" fn(
+                nvmlDevice_t,
+                c_uint,
+                *mut nvmlGpuInstance_t,
+                *mut c_uint,
+            ) -> nvmlReturn_t>("nvmlDeviceGetGpuInstances");
             let mut count = 5;
             assert_eq!(gis(h, 0, null_mut(), &mut count), NVML_ERROR_NOT_SUPPORTED);
 
             let mut persist = -1;
-            assert_eq!(lib.sym::<DevPtr<c_int>>("nvmlDeviceGetPersistenceMode")(h, &mut persist), NVML_SUCCESS);
+            assert_eq!(
+                lib.sym::<DevPtr<c_int>>("nvmlDeviceGetPersistenceMode")(h, &mut persist),
+                NVML_SUCCESS
+            );
             assert_eq!(persist, NVML_FEATURE_ENABLED);
-            assert_eq!(lib.sym::<DevU32>("nvmlDeviceGetMultiGpuBoard")(h, &mut n), NVML_SUCCESS);
+            assert_eq!(
+                lib.sym::<DevU32>("nvmlDeviceGetMultiGpuBoard")(h, &mut n),
+                NVML_SUCCESS
+            );
             assert_eq!(n, 0);
-            assert_eq!(lib.sym::<DevU32>("nvmlDeviceGetNumaNodeId")(h, &mut n), NVML_SUCCESS);
+            assert_eq!(
+                lib.sym::<DevU32>("nvmlDeviceGetNumaNodeId")(h, &mut n),
+                NVML_SUCCESS
+            );
             assert_eq!(n, 0);
         }
     });
@@ -409,23 +610,38 @@ fn event_waits_time_out() {
     isolated("event_waits_time_out", "", || {
         let lib = nvml();
         let h = handle(&lib, 0);
-        let create = lib.sym::<unsafe extern "C" fn(*mut nvmlEventSet_t) -> nvmlReturn_t>("nvmlEventSetCreate");
-        let free = lib.sym::<unsafe extern "C" fn(nvmlEventSet_t) -> nvmlReturn_t>("nvmlEventSetFree");
-        let register = lib.sym::<unsafe extern "C" fn(nvmlDevice_t, c_ulonglong, nvmlEventSet_t) -> nvmlReturn_t>(
-            "nvmlDeviceRegisterEvents",
-        );
-        let wait = lib.sym::<unsafe extern "C" fn(nvmlEventSet_t, *mut nvmlEventData_t, c_uint) -> nvmlReturn_t>(
-            "nvmlEventSetWait_v2",
-        );
+        let create = lib
+            .sym::<unsafe extern "C" fn(*mut nvmlEventSet_t) -> nvmlReturn_t>("nvmlEventSetCreate");
+        let free =
+            lib.sym::<unsafe extern "C" fn(nvmlEventSet_t) -> nvmlReturn_t>("nvmlEventSetFree");
+        let register = lib.sym::<unsafe extern "C" fn(
+            nvmlDevice_t,
+            c_ulonglong,
+            nvmlEventSet_t,
+        ) -> nvmlReturn_t>("nvmlDeviceRegisterEvents");
+        let wait = lib.sym::<unsafe extern "C" fn(
+            nvmlEventSet_t,
+            *mut nvmlEventData_t,
+            c_uint,
+        ) -> nvmlReturn_t>("nvmlEventSetWait_v2");
         unsafe {
             let mut supported = 0;
-            assert_eq!(lib.sym::<DevU64>("nvmlDeviceGetSupportedEventTypes")(h, &mut supported), NVML_SUCCESS);
+            assert_eq!(
+                lib.sym::<DevU64>("nvmlDeviceGetSupportedEventTypes")(h, &mut supported),
+                NVML_SUCCESS
+            );
             assert_ne!(supported & nvmlEventTypeXidCriticalError, 0);
 
             let mut set = null_mut();
             assert_eq!(create(&mut set), NVML_SUCCESS);
-            assert_eq!(register(h, nvmlEventTypeXidCriticalError, set), NVML_SUCCESS);
-            assert_eq!(register(h, nvmlEventTypePState, set), NVML_ERROR_NOT_SUPPORTED);
+            assert_eq!(
+                register(h, nvmlEventTypeXidCriticalError, set),
+                NVML_SUCCESS
+            );
+            assert_eq!(
+                register(h, nvmlEventTypePState, set),
+                NVML_ERROR_NOT_SUPPORTED
+            );
             let mut data: nvmlEventData_t = std::mem::zeroed();
             let t0 = Instant::now();
             assert_eq!(wait(set, &mut data, 50), NVML_ERROR_TIMEOUT);
@@ -435,5 +651,26 @@ fn event_waits_time_out() {
             assert_eq!(free(set), NVML_ERROR_INVALID_ARGUMENT);
             assert_eq!(wait(set, &mut data, 0), NVML_ERROR_INVALID_ARGUMENT);
         }
+    });
+}
+
+/// A CUDA program loads the simulated driver and NVML into one process, each with its own mapping
+/// of the state. NVML's reads must neither see that process's memory as a dead process's nor
+/// take its slot away.
+#[test]
+fn same_process_memory_survives_nvml() {
+    isolated("same_process_memory_survives_nvml", "", || {
+        let sim = Sim::get().unwrap();
+        assert!(sim.try_alloc(0, 1 << 30));
+        let lib = nvml();
+        let mut m = nvmlMemory_t::default();
+        unsafe {
+            assert_eq!(
+                lib.sym::<DevPtr<nvmlMemory_t>>("nvmlDeviceGetMemoryInfo")(handle(&lib, 0), &mut m),
+                NVML_SUCCESS
+            );
+        }
+        assert_eq!(m.used, 1 << 30);
+        assert_eq!(sim.my_usage(0), 1 << 30);
     });
 }

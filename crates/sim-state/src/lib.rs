@@ -56,7 +56,11 @@ impl DeviceSpec {
 }
 
 fn default_uuid(index: usize) -> String {
-    format!("GPU-5e1f{:04x}-0000-4000-8000-{:012x}", index, 0x5e1f_0000_0000u64 + index as u64)
+    format!(
+        "GPU-5e1f{:04x}-0000-4000-8000-{:012x}",
+        index,
+        0x5e1f_0000_0000u64 + index as u64
+    )
 }
 
 fn default_bus_id(index: usize) -> String {
@@ -144,7 +148,8 @@ pub fn parse_devices(cfg: &str) -> Result<Vec<DeviceSpec>, SimError> {
                     }
                 }
                 "memory" | "mem" => {
-                    proto.memory_bytes = parse_size(value).ok_or_else(|| bad("expected bytes or a KiB/MiB/GiB size"))?;
+                    proto.memory_bytes = parse_size(value)
+                        .ok_or_else(|| bad("expected bytes or a KiB/MiB/GiB size"))?;
                     if proto.memory_bytes == 0 {
                         return Err(bad("must be positive"));
                     }
@@ -156,7 +161,8 @@ pub fn parse_devices(cfg: &str) -> Result<Vec<DeviceSpec>, SimError> {
                     }
                 }
                 "context" | "context_bytes" => {
-                    proto.context_bytes = parse_size(value).ok_or_else(|| bad("expected bytes or a KiB/MiB/GiB size"))?;
+                    proto.context_bytes = parse_size(value)
+                        .ok_or_else(|| bad("expected bytes or a KiB/MiB/GiB size"))?;
                 }
                 "name" => {
                     if value.is_empty() || value.len() >= NAME_LEN {
@@ -183,7 +189,9 @@ pub fn parse_devices(cfg: &str) -> Result<Vec<DeviceSpec>, SimError> {
         for _ in 0..count {
             let i = out.len();
             if i >= MAX_DEVICES {
-                return Err(SimError::Config(format!("count: more than {MAX_DEVICES} devices")));
+                return Err(SimError::Config(format!(
+                    "count: more than {MAX_DEVICES} devices"
+                )));
             }
             let mut d = proto.clone();
             d.uuid = uuid.clone().unwrap_or_else(|| default_uuid(i));
@@ -279,7 +287,9 @@ fn read_str(b: &[u8]) -> String {
 
 /// Default state path: per user, in tmpfs.
 pub fn default_state_path() -> PathBuf {
-    PathBuf::from(format!("/dev/shm/gpuslice-sim-{}", unsafe { libc::getuid() }))
+    PathBuf::from(format!("/dev/shm/gpuslice-sim-{}", unsafe {
+        libc::getuid()
+    }))
 }
 
 static SIM: OnceLock<Result<Sim, SimError>> = OnceLock::new();
@@ -291,7 +301,9 @@ impl Sim {
         SIM.get_or_init(|| {
             let cfg = std::env::var("GPUSLICE_SIM_DEVICES").unwrap_or_default();
             let specs = parse_devices(&cfg)?;
-            let path = std::env::var_os("GPUSLICE_SIM_STATE").map(PathBuf::from).unwrap_or_else(default_state_path);
+            let path = std::env::var_os("GPUSLICE_SIM_STATE")
+                .map(PathBuf::from)
+                .unwrap_or_else(default_state_path);
             Sim::open(&path, &specs)
         })
         .as_ref()
@@ -324,14 +336,27 @@ impl Sim {
         })
         .map_err(|e| SimError::State(format!("{}: {e}", path.display())))?;
         let sh = unsafe { map.at::<Shared>(0) };
-        if sh.header.magic != MAGIC || sh.header.slot_count != MAX_SLOTS as u64 || sh.header.ring_len != RING_LEN as u64 {
-            return Err(SimError::State(format!("{}: not a gpuslice simulator state of this version", path.display())));
+        if sh.header.magic != MAGIC
+            || sh.header.slot_count != MAX_SLOTS as u64
+            || sh.header.ring_len != RING_LEN as u64
+        {
+            return Err(SimError::State(format!(
+                "{}: not a gpuslice simulator state of this version",
+                path.display()
+            )));
         }
         let devices = sh.header.device_count as usize;
         if devices == 0 || devices > MAX_DEVICES {
-            return Err(SimError::State(format!("{}: corrupt device count {devices}", path.display())));
+            return Err(SimError::State(format!(
+                "{}: corrupt device count {devices}",
+                path.display()
+            )));
         }
-        Ok(Sim { map, devices, mine: Mutex::new(None) })
+        Ok(Sim {
+            map,
+            devices,
+            mine: Mutex::new(None),
+        })
     }
 
     fn sh(&self) -> &Shared {
@@ -383,41 +408,59 @@ impl Sim {
         gpuslice_shm::total(self.sh().slots.iter().map(|s| &s.mem[dev]))
     }
 
-    /// Live processes holding memory on `dev`.
+    /// Live processes holding memory on `dev`, one entry per pid.
     pub fn processes(&self, dev: usize) -> Vec<ProcessUsage> {
         let _ = self.dev(dev);
         self.reclaim_dead();
-        self.sh()
-            .slots
-            .iter()
-            .filter_map(|s| {
-                let used = s.mem[dev].charged();
-                (used > 0).then(|| ProcessUsage { pid: s.pid.load(Ordering::SeqCst) as u32, used_bytes: used })
-            })
-            .collect()
+        let mut out: Vec<ProcessUsage> = Vec::new();
+        for s in self.sh().slots.iter() {
+            let used = s.mem[dev].charged();
+            if used == 0 {
+                continue;
+            }
+            let pid = s.pid.load(Ordering::SeqCst) as u32;
+            match out.iter_mut().find(|p| p.pid == pid) {
+                Some(p) => p.used_bytes += used,
+                None => out.push(ProcessUsage {
+                    pid,
+                    used_bytes: used,
+                }),
+            }
+        }
+        out
     }
 
     /// This process's slot, claimed on first use (and again in a fork child).
     fn my_slot(&self) -> usize {
         let pid = std::process::id();
         let mut mine = self.mine.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((p, i)) = *mine
-            && p == pid
-        {
+        if let Some((_, i)) = (*mine).filter(|(p, _)| *p == pid) {
             return i;
         }
         let start = (pid as usize).wrapping_mul(2654435761) % MAX_SLOTS;
         for k in 0..MAX_SLOTS {
             let i = (start + k) % MAX_SLOTS;
+            let s = &self.sh().slots[i];
+            // Record locks are per process: a slot that another copy of this library in the same
+            // process (libcuda and libnvidia-ml each link one) holds would "claim" fine. The pid
+            // field tells them apart; the CAS settles two copies racing for one slot.
+            let seen = s.pid.load(Ordering::SeqCst);
+            if seen == pid as u64 {
+                continue;
+            }
             if self.map.claim_slot(i).unwrap_or(false) {
-                let s = &self.sh().slots[i];
+                if s.pid
+                    .compare_exchange(seen, pid as u64, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_err()
+                {
+                    continue;
+                }
                 // Whatever a dead previous owner left is ours to drop.
                 for d in 0..MAX_DEVICES {
                     s.mem[d].reset();
                     s.busy_ns[d].store(0, Ordering::SeqCst);
                     s.last_end[d].store(0, Ordering::SeqCst);
                 }
-                s.pid.store(pid as u64, Ordering::SeqCst);
                 *mine = Some((pid, i));
                 return i;
             }
@@ -470,9 +513,12 @@ impl Sim {
     /// Returns the memory of processes that died; the number of slots reclaimed.
     pub fn reclaim_dead(&self) -> usize {
         let mine = self.current_slot();
+        let me = std::process::id() as u64;
         let mut n = 0;
         for (i, s) in self.sh().slots.iter().enumerate() {
-            if Some(i) == mine {
+            // Our own slot, or one held by another copy of this library in this process: the
+            // kernel reports neither as locked to us.
+            if Some(i) == mine || s.pid.load(Ordering::SeqCst) == me {
                 continue;
             }
             let charged = (0..self.devices).any(|d| s.mem[d].charged() > 0);
@@ -505,7 +551,10 @@ impl Sim {
         let (start, end) = loop {
             let start = now.max(not_before_ns).max(cur);
             let end = start + duration_ns;
-            match d.busy_until.compare_exchange_weak(cur, end, Ordering::SeqCst, Ordering::SeqCst) {
+            match d
+                .busy_until
+                .compare_exchange_weak(cur, end, Ordering::SeqCst, Ordering::SeqCst)
+            {
                 Ok(_) => break (start, end),
                 Err(c) => cur = c,
             }
@@ -553,7 +602,11 @@ impl Sim {
                 if s1 != 2 * idx + 2 {
                     break;
                 }
-                let v = (e.pid.load(Ordering::SeqCst) as u32, e.start.load(Ordering::SeqCst), e.end.load(Ordering::SeqCst));
+                let v = (
+                    e.pid.load(Ordering::SeqCst) as u32,
+                    e.start.load(Ordering::SeqCst),
+                    e.end.load(Ordering::SeqCst),
+                );
                 if e.seq.load(Ordering::SeqCst) == s1 {
                     out.push(v);
                 }
@@ -570,7 +623,11 @@ impl Sim {
         }
         let now = Self::now_ns();
         let from = now.saturating_sub(window_ns);
-        let busy: u64 = self.intervals(dev).iter().map(|&(_, s, e)| overlap(s, e, from, now)).sum();
+        let busy: u64 = self
+            .intervals(dev)
+            .iter()
+            .map(|&(_, s, e)| overlap(s, e, from, now))
+            .sum();
         (busy as f64 / window_ns as f64).min(1.0)
     }
 

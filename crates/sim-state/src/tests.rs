@@ -4,7 +4,11 @@ const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
 fn state_path(tag: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("gpuslice-sim-test-{tag}-{}-{}", std::process::id(), Sim::now_ns()));
+    let p = std::env::temp_dir().join(format!(
+        "gpuslice-sim-test-{tag}-{}-{}",
+        std::process::id(),
+        Sim::now_ns()
+    ));
     let _ = std::fs::remove_file(&p);
     p
 }
@@ -35,8 +39,14 @@ fn child_holding(f: impl FnOnce() -> u64) -> (libc::pid_t, u64) {
         }
     }
     let mut v = 0u64;
-    assert_eq!(unsafe { libc::read(fds[0], (&mut v as *mut u64).cast(), 8) }, 8);
-    unsafe { libc::close(fds[0]); libc::close(fds[1]) };
+    assert_eq!(
+        unsafe { libc::read(fds[0], (&mut v as *mut u64).cast(), 8) },
+        8
+    );
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1])
+    };
     (pid, v)
 }
 
@@ -66,10 +76,19 @@ fn parses_configs() {
     assert_ne!(d[0].pci_bus_id, d[1].pci_bus_id);
 
     let d = parse_devices("memory=1073741824;memory=512MiB,context=16MiB").unwrap();
-    assert_eq!(d.iter().map(|d| d.memory_bytes).collect::<Vec<_>>(), vec![GIB, 512 * MIB]);
+    assert_eq!(
+        d.iter().map(|d| d.memory_bytes).collect::<Vec<_>>(),
+        vec![GIB, 512 * MIB]
+    );
     assert_eq!(d[1].context_bytes, 16 * MIB);
 
-    for (bad, field) in [("memory=lots", "memory"), ("count=0", "count"), ("sms=x", "sms"), ("colour=red", "colour"), ("memory", "memory")] {
+    for (bad, field) in [
+        ("memory=lots", "memory"),
+        ("count=0", "count"),
+        ("sms=x", "sms"),
+        ("colour=red", "colour"),
+        ("memory", "memory"),
+    ] {
         let e = parse_devices(bad).unwrap_err().to_string();
         assert!(e.contains(field), "{bad}: {e}");
     }
@@ -84,7 +103,9 @@ fn second_opener_sees_the_first_devices() {
     assert_eq!(b.device_count(), 2);
     assert_eq!(b.spec(1), a.spec(1));
     assert_eq!(b.memory_total(0), 8 * GIB);
-    let mode = std::fs::metadata(&p).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions())).unwrap();
+    let mode = std::fs::metadata(&p)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+        .unwrap();
     assert_eq!(mode & 0o777, 0o666);
 }
 
@@ -100,7 +121,13 @@ fn allocation_is_capped_at_device_memory() {
     s.free(0, 600 * MIB);
     assert_eq!(s.memory_used(0), 424 * MIB);
     let ps = s.processes(0);
-    assert_eq!(ps, vec![ProcessUsage { pid: std::process::id(), used_bytes: 424 * MIB }]);
+    assert_eq!(
+        ps,
+        vec![ProcessUsage {
+            pid: std::process::id(),
+            used_bytes: 424 * MIB
+        }]
+    );
 }
 
 #[test]
@@ -110,7 +137,10 @@ fn processes_share_the_device_and_a_killed_process_gives_memory_back() {
     // The child inherits our handle but must charge its own slot.
     let (pid, child_slot) = child_holding(|| {
         assert!(s.try_alloc(0, 700 * MIB));
-        assert!(!s.try_alloc(0, 300 * MIB), "parent's 100 MiB + 700 MiB + 300 MiB > 1 GiB");
+        assert!(
+            !s.try_alloc(0, 300 * MIB),
+            "parent's 100 MiB + 700 MiB + 300 MiB > 1 GiB"
+        );
         assert!(s.try_alloc(1, 50 * MIB));
         s.current_slot().unwrap() as u64
     });
@@ -119,11 +149,23 @@ fn processes_share_the_device_and_a_killed_process_gives_memory_back() {
     assert_eq!(s.memory_used(1), 50 * MIB);
     let mut ps = s.processes(0);
     ps.sort_by_key(|p| p.used_bytes);
-    assert_eq!(ps, vec![
-        ProcessUsage { pid: std::process::id(), used_bytes: 100 * MIB },
-        ProcessUsage { pid: pid as u32, used_bytes: 700 * MIB },
-    ]);
-    assert!(!s.try_alloc(0, 300 * MIB), "the child is alive and holds its memory");
+    assert_eq!(
+        ps,
+        vec![
+            ProcessUsage {
+                pid: std::process::id(),
+                used_bytes: 100 * MIB
+            },
+            ProcessUsage {
+                pid: pid as u32,
+                used_bytes: 700 * MIB
+            },
+        ]
+    );
+    assert!(
+        !s.try_alloc(0, 300 * MIB),
+        "the child is alive and holds its memory"
+    );
     kill(pid);
     // Refusing would be wrong now: the allocation path reclaims before it says no.
     assert!(s.try_alloc(0, 300 * MIB));
@@ -138,7 +180,10 @@ fn queries_reclaim_dead_processes() {
     let (pid, _) = child_holding(|| s.try_alloc(0, 512 * MIB) as u64);
     // Another opener of the same file (a separate mapping) sees it too.
     let other = Sim::open(s.path(), &[]).err();
-    assert!(other.is_some(), "an empty spec list is refused before touching the file");
+    assert!(
+        other.is_some(),
+        "an empty spec list is refused before touching the file"
+    );
     assert_eq!(s.memory_used(0), 512 * MIB);
     kill(pid);
     assert_eq!(s.memory_used(0), 0);
@@ -158,7 +203,7 @@ fn timeline_serializes_work() {
     assert_eq!(e3, e2 + 6_000_000);
     assert_eq!(s.busy_until(0), e3);
     // Zero-length work does not touch the device.
-    assert_eq!(s.run_busy(0, 0, 0) < e3, true);
+    assert!(s.run_busy(0, 0, 0) < e3);
     assert_eq!(s.busy_until(0), e3);
 }
 
@@ -167,7 +212,11 @@ fn timeline_is_shared_across_processes() {
     let (s, _t) = sim("timeline-fork", "");
     let (pid, child_end) = child_holding(|| s.run_busy(0, 0, 50_000_000));
     let mine = s.run_busy(0, 0, 50_000_000);
-    assert_eq!(mine, child_end + 50_000_000, "queued behind the other process's work");
+    assert_eq!(
+        mine,
+        child_end + 50_000_000,
+        "queued behind the other process's work"
+    );
     kill(pid);
     while Sim::now_ns() < mine {
         std::thread::sleep(std::time::Duration::from_millis(5));
@@ -201,5 +250,29 @@ fn utilization_over_a_window() {
     std::thread::sleep(std::time::Duration::from_millis(100));
     let u_now = s.utilization(0, 50_000_000);
     assert!(u_now > 0.9, "the device is busy right now: {u_now}");
-    assert!(s.process_busy(0, e).is_empty(), "nothing has run after its end yet");
+    assert!(
+        s.process_busy(0, e).is_empty(),
+        "nothing has run after its end yet"
+    );
+}
+
+#[test]
+fn two_copies_in_one_process_keep_apart() {
+    // As when libcuda and libnvidia-ml, each with its own copy of this crate, share a process.
+    let (a, _t) = sim("twocopies", "memory=1GiB,context=0");
+    let b = Sim::open(a.path(), &parse_devices("").unwrap()).unwrap();
+    assert!(a.try_alloc(0, 100 * MIB));
+    assert!(b.try_alloc(0, 200 * MIB));
+    assert_ne!(a.current_slot(), b.current_slot());
+    assert_eq!(b.reclaim_dead(), 0);
+    assert_eq!(a.reclaim_dead(), 0);
+    assert_eq!(a.memory_used(0), 300 * MIB);
+    assert_eq!(b.memory_used(0), 300 * MIB);
+    assert_eq!(
+        a.processes(0),
+        vec![ProcessUsage {
+            pid: std::process::id(),
+            used_bytes: 300 * MIB
+        }]
+    );
 }

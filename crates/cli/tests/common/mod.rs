@@ -7,12 +7,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn bin_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_gpuslice")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_BIN_EXE_gpuslice"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn artifact(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} is missing: build the whole workspace first (`cargo build --workspace`, as scripts/test.sh does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build the whole workspace first (`cargo build --workspace`, as scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 
@@ -32,7 +39,8 @@ pub struct Machine {
 
 impl Machine {
     pub fn new(name: &str) -> Machine {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{name}-{}", std::process::id()));
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("e2e-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Machine { dir, devices: None }
@@ -57,7 +65,8 @@ impl Machine {
     /// `gpuslice run --sim --gpu-memory CAP --name NAME -- ARGS…`
     pub fn tenant(&self, name: &str, cap: &str, args: &[&str]) -> Command {
         let mut c = Command::new(gpuslice());
-        c.args(["run", "--sim", "--gpu-memory", cap, "--name", name, "--"]).args(args);
+        c.args(["run", "--sim", "--gpu-memory", cap, "--name", name, "--"])
+            .args(args);
         self.env(&mut c);
         c
     }
@@ -65,7 +74,11 @@ impl Machine {
     /// The ledger of the running tenant NAME.
     pub fn ledger(&self, name: &str) -> Option<gpuslice_ledger::Ledger> {
         let dir = self.dir.join("state/tenants");
-        let e = std::fs::read_dir(dir).ok()?.flatten().find(|e| e.file_name().to_string_lossy().starts_with(&format!("{name}-")))?;
+        let e = std::fs::read_dir(dir).ok()?.flatten().find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{name}-"))
+        })?;
         gpuslice_ledger::Ledger::open(&e.path().join("ledger")).ok()
     }
 
@@ -74,7 +87,10 @@ impl Machine {
     pub fn sim_lib_dir(&self) -> PathBuf {
         let d = self.dir.join("simlib");
         std::fs::create_dir_all(&d).unwrap();
-        for (f, names) in [("libcuda.so", ["libcuda.so.1", "libcuda.so"]), ("libnvidia_ml.so", ["libnvidia-ml.so.1", "libnvidia-ml.so"])] {
+        for (f, names) in [
+            ("libcuda.so", ["libcuda.so.1", "libcuda.so"]),
+            ("libnvidia_ml.so", ["libnvidia-ml.so.1", "libnvidia-ml.so"]),
+        ] {
             for n in names {
                 let _ = std::fs::remove_file(d.join(n));
                 std::os::unix::fs::symlink(artifact(f), d.join(n)).unwrap();
@@ -91,13 +107,21 @@ impl Drop for Machine {
 }
 
 pub fn json_lines(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 /// The one JSON report of a probe run, with the run's stderr in the panic message otherwise.
 pub fn report(out: &Output) -> Value {
     json_lines(out).into_iter().next().unwrap_or_else(|| {
-        panic!("no report; status {:?}\nstdout: {}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "no report; status {:?}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     })
 }
 
@@ -112,11 +136,21 @@ pub const CTX: u64 = 256 * MIB;
 
 /// Compiles `tests/c/NAME.c` (once per test binary) with extra flags; returns the executable.
 pub fn compile_c(name: &str, out_name: &str, flags: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c").join(format!("{name}.c"));
-    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cprogs-{}", std::process::id()));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/c")
+        .join(format!("{name}.c"));
+    let out_dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cprogs-{}", std::process::id()));
     std::fs::create_dir_all(&out_dir).unwrap();
     let out = out_dir.join(out_name);
-    let st = Command::new("cc").arg("-O1").arg("-o").arg(&out).arg(&src).args(flags).status().expect("a C compiler (cc)");
+    let st = Command::new("cc")
+        .arg("-O1")
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .args(flags)
+        .status()
+        .expect("a C compiler (cc)");
     assert!(st.success(), "compiling {}", src.display());
     out
 }

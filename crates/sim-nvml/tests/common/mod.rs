@@ -15,10 +15,23 @@ pub struct Lib(*mut c_void);
 
 impl Lib {
     pub fn open() -> Lib {
-        // target/<profile>/deps/<test> -> target/<profile>/libnvidia_ml.so
+        // Cargo builds the library next to the test (target/<profile>/deps) as the test's
+        // dependency, but copies it up to target/<profile> only on a plain build: prefer the
+        // fresh one.
         let exe = std::env::current_exe().unwrap();
-        let path = exe.parent().unwrap().parent().unwrap().join("libnvidia_ml.so");
-        assert!(path.exists(), "{} missing: build gpuslice-sim-nvml first", path.display());
+        let deps = exe.parent().unwrap();
+        let path = [
+            deps.join("libnvidia_ml.so"),
+            deps.parent().unwrap().join("libnvidia_ml.so"),
+        ]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| deps.join("libnvidia_ml.so"));
+        assert!(
+            path.exists(),
+            "{} missing: build gpuslice-sim-nvml first",
+            path.display()
+        );
         let c = CString::new(path.to_str().unwrap()).unwrap();
         let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
         assert!(!h.is_null(), "dlopen {} failed", path.display());
@@ -46,7 +59,13 @@ pub fn isolated(name: &str, devices: &str, body: fn()) {
     let state = dir.join(format!("sim-nvml-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_file(&state);
     let out = Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            name,
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
         .env(CHILD_ENV, "1")
         .env("GPUSLICE_SIM_STATE", &state)
         .env("GPUSLICE_SIM_DEVICES", devices)
@@ -55,8 +74,14 @@ pub fn isolated(name: &str, devices: &str, body: fn()) {
     let _ = std::fs::remove_file(&state);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "scenario {name} failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("1 passed"), "scenario {name} did not run:\n{stdout}");
+    assert!(
+        out.status.success(),
+        "scenario {name} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "scenario {name} did not run:\n{stdout}"
+    );
 }
 
 /// A helper process holding `bytes` on `dev` and having run `busy_ms` of work there; it lives
@@ -81,11 +106,16 @@ impl Holder {
         let ready = lines
             .by_ref()
             .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("ready ").map(str::to_owned))
+            // libtest may print "test holder ... " on the same line first.
+            .find_map(|l| l.split_once("ready ").map(|(_, r)| r.to_owned()))
             .expect("holder did not come up");
         let busy_end_ns = ready.trim().parse().unwrap();
         let pid = child.id();
-        Holder { child, pid, busy_end_ns }
+        Holder {
+            child,
+            pid,
+            busy_end_ns,
+        }
     }
 }
 
@@ -98,7 +128,9 @@ impl Drop for Holder {
 
 /// Body of the helper process; a no-op in an ordinary test run.
 pub fn holder_main() {
-    let Ok(spec) = std::env::var(HOLDER_ENV) else { return };
+    let Ok(spec) = std::env::var(HOLDER_ENV) else {
+        return;
+    };
     let v: Vec<u64> = spec.split(',').map(|s| s.parse().unwrap()).collect();
     let (dev, bytes, busy_ms) = (v[0] as usize, v[1], v[2]);
     let sim = gpuslice_sim_state::Sim::get().unwrap();
@@ -112,7 +144,11 @@ pub fn holder_main() {
     std::io::stdout().flush().unwrap();
     // Hold everything until the parent closes our stdin.
     let mut sink = String::new();
-    while std::io::stdin().read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {}
+    while std::io::stdin()
+        .read_line(&mut sink)
+        .map(|n| n > 0)
+        .unwrap_or(false)
+    {}
 }
 
 /// Sleeps until the state's monotonic clock passes `t_ns`.
