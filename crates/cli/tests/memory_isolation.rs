@@ -72,6 +72,65 @@ fn every_allocation_path_stops_at_the_cap_through_cu_get_proc_address() {
 }
 
 #[test]
+fn the_four_argument_cu_get_proc_address_and_legacy_entry_points_are_governed() {
+    let m = Machine::new("legacy");
+    for path in ["alloc", "pool", "vmm"] {
+        fill_to_cap(&m, path, "procaddr4");
+    }
+    // The pre-3.2 ABI (32-bit pointers and sizes), as old binaries still call it.
+    for path in ["alloc_v1", "pitch_v1"] {
+        for via in ["dlsym", "procaddr", "procaddr4"] {
+            let out = m
+                .tenant(
+                    path,
+                    "1GiB",
+                    &[&probe(), "--via", via, "fill", path, "128MiB"],
+                )
+                .output()
+                .unwrap();
+            let r = report(&out);
+            assert_eq!(u(&r, "error"), 2, "{path}/{via}: {r}");
+            assert_eq!(u(&r, "granted") * 128 * MIB, GIB - CTX, "{path}/{via}: {r}");
+            assert_eq!(u(&r, "free_after_release"), GIB - CTX, "{path}/{via}: {r}");
+        }
+    }
+}
+
+#[test]
+fn a_forked_child_does_not_keep_a_dead_parents_memory() {
+    // Record locks are not inherited across fork: a worker that outlives its parent must not
+    // keep the parent's memory charged.
+    let m = Machine::new("fork");
+    let script = format!("'{}' forkhold 1GiB & sleep 60", probe());
+    let mut run = m
+        .tenant("fork", "2GiB", &["sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let held: serde_json::Value = serde_json::from_str(&read_line(&mut run)).unwrap();
+    let ledger = m.ledger("fork").unwrap();
+    let dev = gpuslice_ledger::Dev(0);
+    assert_eq!(ledger.used(dev), GIB + CTX);
+    unsafe { libc::kill(u(&held, "pid") as i32, libc::SIGKILL) };
+    let t = Instant::now();
+    while ledger.used(dev) != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "the parent's memory is still charged while its child lives"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let child = u(&held, "child") as i32;
+    assert_eq!(
+        unsafe { libc::kill(child, 0) },
+        0,
+        "the child is still alive"
+    );
+    unsafe { libc::kill(child, libc::SIGKILL) };
+    stop(&mut run);
+}
+
+#[test]
 fn paths_that_keep_their_memory_stop_at_the_cap() {
     // Mipmapped arrays, graph allocation nodes and contexts are not freed by the probe.
     let m = Machine::new("paths-kept");

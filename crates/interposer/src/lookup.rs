@@ -32,7 +32,7 @@ hooks! {
     context::cuCtxDestroy, context::cuCtxDestroy_v2,
     context::cuDevicePrimaryCtxRetain, context::cuDevicePrimaryCtxRelease, context::cuDevicePrimaryCtxRelease_v2,
     context::cuDevicePrimaryCtxReset, context::cuDevicePrimaryCtxReset_v2,
-    memory::cuMemAlloc, memory::cuMemAlloc_v2, memory::cuMemAllocManaged, memory::cuMemAllocPitch_v2,
+    memory::cuMemAlloc, memory::cuMemAlloc_v2, memory::cuMemAllocManaged, memory::cuMemAllocPitch, memory::cuMemAllocPitch_v2,
     memory::cuMemFree, memory::cuMemFree_v2,
     memory::cuMemCreate, memory::cuMemRelease,
     memory::cuArrayCreate, memory::cuArrayCreate_v2, memory::cuArray3DCreate, memory::cuArray3DCreate_v2,

@@ -84,6 +84,42 @@ pub unsafe extern "C" fn cuMemAllocManaged(
 /// Real drivers pad each row to the pitch; 512 bytes is the largest alignment they use.
 const PITCH_ALIGN: u64 = 512;
 
+/// Pitched allocations: the pitch is known only afterwards, so the padded bound is reserved and
+/// then settled on the truth.
+unsafe fn alloc_pitch(
+    width: u64,
+    height: u64,
+    call: impl FnOnce() -> CUresult,
+    read: impl Fn() -> (CUdeviceptr, u64),
+    free: impl FnOnce(CUdeviceptr),
+) -> CUresult {
+    let t = tenant_or_return!();
+    let (_, dev) = match t.current_dev() {
+        Ok(d) => d,
+        Err(e) => return e,
+    };
+    let bound = width
+        .div_ceil(PITCH_ALIGN)
+        .saturating_mul(PITCH_ALIGN)
+        .saturating_mul(height);
+    let r = t.charged_call(dev, bound, call);
+    if r != CUDA_SUCCESS {
+        return r;
+    }
+    let (ptr, pitch) = read();
+    let actual = pitch.saturating_mul(height);
+    if actual > bound && t.reserve(dev, actual - bound).is_err() {
+        free(ptr);
+        t.release(dev, bound);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    if actual < bound {
+        t.release(dev, bound - actual);
+    }
+    t.remember(Owner::Ptr(ptr), dev, actual);
+    CUDA_SUCCESS
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemAllocPitch_v2(
     dptr: *mut CUdeviceptr,
@@ -93,36 +129,45 @@ pub unsafe extern "C" fn cuMemAllocPitch_v2(
     elem: c_uint,
 ) -> CUresult {
     guard(|| unsafe {
+        let real = || call_real!(CUDA, cuMemAllocPitch_v2: unsafe extern "C" fn(*mut CUdeviceptr, *mut usize, usize, usize, c_uint) -> CUresult, dptr, pitch, width, height, elem);
         if dptr.is_null() || pitch.is_null() {
-            return call_real!(CUDA, cuMemAllocPitch_v2: unsafe extern "C" fn(*mut CUdeviceptr, *mut usize, usize, usize, c_uint) -> CUresult, dptr, pitch, width, height, elem);
+            return real();
         }
-        let t = tenant_or_return!();
-        let (_, dev) = match t.current_dev() {
-            Ok(d) => d,
-            Err(e) => return e,
-        };
-        // The pitch is known only afterwards: reserve the padded bound, then settle on the truth.
-        let bound = (width as u64)
-            .div_ceil(PITCH_ALIGN)
-            .saturating_mul(PITCH_ALIGN)
-            .saturating_mul(height as u64);
-        let r = t.charged_call(dev, bound, || {
-            call_real!(CUDA, cuMemAllocPitch_v2: unsafe extern "C" fn(*mut CUdeviceptr, *mut usize, usize, usize, c_uint) -> CUresult, dptr, pitch, width, height, elem)
-        });
-        if r != CUDA_SUCCESS {
-            return r;
+        alloc_pitch(
+            width as u64,
+            height as u64,
+            real,
+            || (*dptr, *pitch as u64),
+            |p| {
+                call_real!(CUDA, cuMemFree_v2: unsafe extern "C" fn(CUdeviceptr) -> CUresult, p);
+            },
+        )
+    })
+}
+
+/// The pre-3.2 entry point with 32-bit pointers and sizes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocPitch(
+    dptr: *mut CUdeviceptr_v1,
+    pitch: *mut c_uint,
+    width: c_uint,
+    height: c_uint,
+    elem: c_uint,
+) -> CUresult {
+    guard(|| unsafe {
+        let real = || call_real!(CUDA, cuMemAllocPitch: unsafe extern "C" fn(*mut CUdeviceptr_v1, *mut c_uint, c_uint, c_uint, c_uint) -> CUresult, dptr, pitch, width, height, elem);
+        if dptr.is_null() || pitch.is_null() {
+            return real();
         }
-        let actual = (*pitch as u64).saturating_mul(height as u64);
-        if actual > bound && t.reserve(dev, actual - bound).is_err() {
-            call_real!(CUDA, cuMemFree_v2: unsafe extern "C" fn(CUdeviceptr) -> CUresult, *dptr);
-            t.release(dev, bound);
-            return CUDA_ERROR_OUT_OF_MEMORY;
-        }
-        if actual < bound {
-            t.release(dev, bound - actual);
-        }
-        t.remember(Owner::Ptr(*dptr), dev, actual);
-        CUDA_SUCCESS
+        alloc_pitch(
+            width as u64,
+            height as u64,
+            real,
+            || (*dptr as u64, *pitch as u64),
+            |p| {
+                call_real!(CUDA, cuMemFree: unsafe extern "C" fn(CUdeviceptr_v1) -> CUresult, p as CUdeviceptr_v1);
+            },
+        )
     })
 }
 

@@ -4,13 +4,14 @@
 //! driver refuses, and prints one JSON line of what happened.
 //!
 //! Usage:
-//!   gpuslice-probe [--via dlsym|procaddr] info
+//!   gpuslice-probe [--via dlsym|procaddr|procaddr4] info
 //!   gpuslice-probe [--via …] fill PATH CHUNK [--max N] [--hold]
 //!   gpuslice-probe [--via …] hold BYTES
+//!   gpuslice-probe [--via …] forkhold BYTES
 //!   gpuslice-probe [--via …] race BYTES START_UNIX_NS HOLD_MS
 //!   gpuslice-probe [--via …] launches N
 //!   gpuslice-probe [--via …] allocs N BYTES
-//! PATH: alloc pitch managed async pool vmm array array3d mipmap graph context
+//! PATH: alloc alloc_v1 pitch pitch_v1 managed async pool vmm array array3d mipmap graph context
 #![allow(non_snake_case)]
 
 use gpuslice_cuda_abi::driver::*;
@@ -21,15 +22,18 @@ macro_rules! api {
     ($($field:ident : $name:literal @ $ver:literal => fn($($arg:ty),*);)*) => {
         struct Api { $($field: unsafe extern "C" fn($($arg),*) -> CUresult,)* }
         impl Api {
-            fn load(via_procaddr: bool) -> Result<Api, String> {
+            fn load(via: Via) -> Result<Api, String> {
                 let lib = unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW) };
                 if lib.is_null() {
                     return Err("cannot dlopen libcuda.so.1".into());
                 }
-                let gpa = unsafe { libc::dlsym(lib, c"cuGetProcAddress_v2".as_ptr()) };
+                let gpa = match via {
+                    Via::ProcAddress4 => unsafe { libc::dlsym(lib, c"cuGetProcAddress".as_ptr()) },
+                    _ => unsafe { libc::dlsym(lib, c"cuGetProcAddress_v2".as_ptr()) },
+                };
                 Ok(Api { $($field: {
-                    let p = if via_procaddr {
-                        base_via_procaddr(gpa, $name, $ver)?
+                    let p = if via != Via::Dlsym {
+                        base_via_procaddr(gpa, via, $name, $ver)?
                     } else {
                         let exported = CString::new(exported_name($name, $ver)).unwrap();
                         unsafe { libc::dlsym(lib, exported.as_ptr()) }
@@ -49,16 +53,42 @@ fn exported_name(base: &str, ver: i32) -> String {
         .unwrap_or_else(|_| base.to_string())
 }
 
-fn base_via_procaddr(gpa: *mut c_void, base: &str, ver: i32) -> Result<*mut c_void, String> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Dlsym,
+    /// `cuGetProcAddress_v2`, the 5-argument form of CUDA 12.
+    ProcAddress,
+    /// `cuGetProcAddress`, the 4-argument form of CUDA 11.3.
+    ProcAddress4,
+}
+
+fn base_via_procaddr(
+    gpa: *mut c_void,
+    via: Via,
+    base: &str,
+    ver: i32,
+) -> Result<*mut c_void, String> {
     if gpa.is_null() {
-        return Err("driver has no cuGetProcAddress_v2".into());
+        return Err("driver has no cuGetProcAddress".into());
     }
-    type Gpa =
+    type Gpa5 =
         unsafe extern "C" fn(*const c_char, *mut *mut c_void, c_int, u64, *mut c_int) -> CUresult;
-    let gpa: Gpa = unsafe { std::mem::transmute(gpa) };
+    type Gpa4 = unsafe extern "C" fn(*const c_char, *mut *mut c_void, c_int, u64) -> CUresult;
     let name = CString::new(base).unwrap();
     let (mut p, mut status) = (std::ptr::null_mut(), 0);
-    let r = unsafe { gpa(name.as_ptr(), &mut p, ver, 0, &mut status) };
+    let r = unsafe {
+        if via == Via::ProcAddress4 {
+            std::mem::transmute::<*mut c_void, Gpa4>(gpa)(name.as_ptr(), &mut p, ver, 0)
+        } else {
+            std::mem::transmute::<*mut c_void, Gpa5>(gpa)(
+                name.as_ptr(),
+                &mut p,
+                ver,
+                0,
+                &mut status,
+            )
+        }
+    };
     if r != CUDA_SUCCESS {
         return Err(format!("cuGetProcAddress({base}, {ver}) = {r}"));
     }
@@ -76,6 +106,9 @@ api! {
     device_total_mem: "cuDeviceTotalMem" @ 3020 => fn(*mut usize, CUdevice);
     mem_alloc: "cuMemAlloc" @ 3020 => fn(*mut CUdeviceptr, usize);
     mem_free: "cuMemFree" @ 3020 => fn(CUdeviceptr);
+    mem_alloc_v1: "cuMemAlloc" @ 2000 => fn(*mut CUdeviceptr_v1, c_uint);
+    mem_free_v1: "cuMemFree" @ 2000 => fn(CUdeviceptr_v1);
+    mem_alloc_pitch_v1: "cuMemAllocPitch" @ 2000 => fn(*mut CUdeviceptr_v1, *mut c_uint, c_uint, c_uint, c_uint);
     mem_alloc_pitch: "cuMemAllocPitch" @ 3020 => fn(*mut CUdeviceptr, *mut usize, usize, usize, c_uint);
     mem_alloc_managed: "cuMemAllocManaged" @ 6000 => fn(*mut CUdeviceptr, usize, c_uint);
     stream_create: "cuStreamCreate" @ 2000 => fn(*mut CUstream, c_uint);
@@ -100,6 +133,7 @@ api! {
 
 enum Held {
     Ptr(CUdeviceptr),
+    Ptr32(CUdeviceptr_v1),
     Async(CUdeviceptr),
     Vmm(CUmemGenericAllocationHandle),
     Array(CUarray),
@@ -119,8 +153,8 @@ fn die(msg: String) -> ! {
 }
 
 impl Probe {
-    fn start(via_procaddr: bool) -> Probe {
-        let api = Api::load(via_procaddr).unwrap_or_else(|e| die(e));
+    fn start(via: Via) -> Probe {
+        let api = Api::load(via).unwrap_or_else(|e| die(e));
         let r = unsafe { (api.init)(0) };
         if r != CUDA_SUCCESS {
             die(format!("cuInit failed: {r}"));
@@ -165,6 +199,27 @@ impl Probe {
         let r = unsafe {
             match path {
                 "alloc" => (a.mem_alloc)(&mut p, bytes),
+                "alloc_v1" | "pitch_v1" => {
+                    // The pre-3.2 ABI: 32-bit pointers and sizes.
+                    let mut p32: CUdeviceptr_v1 = 0;
+                    let r = if path == "alloc_v1" {
+                        (a.mem_alloc_v1)(&mut p32, bytes as c_uint)
+                    } else {
+                        let mut pitch: c_uint = 0;
+                        (a.mem_alloc_pitch_v1)(
+                            &mut p32,
+                            &mut pitch,
+                            4096,
+                            (bytes / 4096) as c_uint,
+                            4,
+                        )
+                    };
+                    return if r == CUDA_SUCCESS {
+                        Ok(Held::Ptr32(p32))
+                    } else {
+                        Err(r)
+                    };
+                }
                 "managed" => (a.mem_alloc_managed)(&mut p, bytes, CU_MEM_ATTACH_GLOBAL),
                 "pitch" => {
                     let mut pitch = 0;
@@ -295,6 +350,7 @@ impl Probe {
         unsafe {
             match h {
                 Held::Ptr(p) => check((self.api.mem_free)(p), "cuMemFree"),
+                Held::Ptr32(p) => check((self.api.mem_free_v1)(p), "cuMemFree"),
                 Held::Async(p) => {
                     check((self.api.mem_free_async)(p, self.stream), "cuMemFreeAsync");
                     (self.api.stream_sync)(self.stream);
@@ -342,12 +398,13 @@ fn sleep_forever() -> ! {
 fn main() {
     let started = Instant::now();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let mut via_procaddr = false;
+    let mut via = Via::Dlsym;
     if args.first().map(String::as_str) == Some("--via") {
-        via_procaddr = match args.get(1).map(String::as_str) {
-            Some("procaddr") => true,
-            Some("dlsym") => false,
-            _ => die("--via takes dlsym or procaddr".into()),
+        via = match args.get(1).map(String::as_str) {
+            Some("procaddr") => Via::ProcAddress,
+            Some("procaddr4") => Via::ProcAddress4,
+            Some("dlsym") => Via::Dlsym,
+            _ => die("--via takes dlsym, procaddr or procaddr4".into()),
         };
         args.drain(..2);
     }
@@ -356,7 +413,7 @@ fn main() {
             .cloned()
             .unwrap_or_else(|| die(format!("missing argument {i}")))
     };
-    let mut probe = Probe::start(via_procaddr);
+    let mut probe = Probe::start(via);
     match arg(0).as_str() {
         "info" => {
             let (free, total, dtotal) = probe.info();
@@ -407,6 +464,20 @@ fn main() {
             let r = probe.alloc("alloc", bytes).map(|_| 0).unwrap_or_else(|e| e);
             println!(
                 "{{\"held\":{bytes},\"error\":{r},\"pid\":{}}}",
+                std::process::id()
+            );
+            sleep_forever();
+        }
+        "forkhold" => {
+            // Holds memory, then forks a child that outlives us (as a data-loader worker might).
+            let bytes = parse_bytes(&arg(1));
+            let r = probe.alloc("alloc", bytes).map(|_| 0).unwrap_or_else(|e| e);
+            let child = unsafe { libc::fork() };
+            if child == 0 {
+                sleep_forever();
+            }
+            println!(
+                "{{\"held\":{bytes},\"error\":{r},\"pid\":{},\"child\":{child}}}",
                 std::process::id()
             );
             sleep_forever();
