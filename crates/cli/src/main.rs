@@ -4,7 +4,12 @@
 mod bench;
 mod demo;
 mod install;
+mod mig;
+mod node;
 mod run;
+mod scheduler;
+mod simulate;
+mod top;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +32,16 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Measure what the interposer costs, side by side with calling the driver directly.
     Bench(bench::BenchArgs),
+    /// Watch tenants' shares, memory and throttling per device.
+    Top(top::Args),
+    /// MIG: validate and plan layouts; apply, assert and export them through NVML.
+    Mig(mig::Args),
+    /// The node agent: kubelet device plugin, CDI, health, metrics.
+    Node(node::Args),
+    /// The kube-scheduler extender for GPU slices.
+    Scheduler(scheduler::Args),
+    /// Replay a pod trace through the scheduling policies, offline.
+    Simulate(simulate::Args),
 }
 
 fn main() {
@@ -35,6 +50,11 @@ fn main() {
         Cmd::Run(a) => run::run(a),
         Cmd::Demo(a) => demo::demo(a),
         Cmd::Bench(a) => bench::bench(a),
+        Cmd::Top(a) => top::main(a),
+        Cmd::Mig(a) => mig::main(a),
+        Cmd::Node(a) => node::main(a),
+        Cmd::Scheduler(a) => scheduler::main(a),
+        Cmd::Simulate(a) => simulate::main(a),
     };
     std::process::exit(code);
 }
