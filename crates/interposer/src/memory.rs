@@ -266,12 +266,16 @@ pub fn array_bytes(w: u64, h: u64, d: u64, format: CUarray_format, channels: u32
     .fold(1u64, |a, b| a.saturating_mul(b))
 }
 
-unsafe fn array_common(
+/// Charges an array of `bytes` (None when the descriptor is missing: the driver rejects that).
+unsafe fn array_hook(
     handle_out: *const usize,
-    bytes: u64,
+    bytes: Option<u64>,
     owner: fn(usize) -> Owner,
     call: impl FnOnce() -> CUresult,
 ) -> CUresult {
+    let Some(bytes) = bytes.filter(|_| !handle_out.is_null()) else {
+        return call();
+    };
     let t = tenant_or_return!();
     let (_, dev) = match t.current_dev() {
         Ok(d) => d,
@@ -290,13 +294,15 @@ pub unsafe extern "C" fn cuArrayCreate_v2(
     desc: *const CUDA_ARRAY_DESCRIPTOR,
 ) -> CUresult {
     guard(|| unsafe {
-        let real = || call_real!(CUDA, cuArrayCreate_v2: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY_DESCRIPTOR) -> CUresult, arr, desc);
-        if arr.is_null() || desc.is_null() {
-            return real();
-        }
-        let d = &*desc;
-        let bytes = array_bytes(d.Width as u64, d.Height as u64, 1, d.Format, d.NumChannels);
-        array_common(arr as *const usize, bytes, Owner::Array, real)
+        let bytes = desc
+            .as_ref()
+            .map(|d| array_bytes(d.Width as u64, d.Height as u64, 1, d.Format, d.NumChannels));
+        array_hook(
+            arr.cast(),
+            bytes,
+            Owner::Array,
+            || call_real!(CUDA, cuArrayCreate_v2: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY_DESCRIPTOR) -> CUresult, arr, desc),
+        )
     })
 }
 
@@ -306,13 +312,15 @@ pub unsafe extern "C" fn cuArrayCreate(
     desc: *const CUDA_ARRAY_DESCRIPTOR_v1,
 ) -> CUresult {
     guard(|| unsafe {
-        let real = || call_real!(CUDA, cuArrayCreate: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY_DESCRIPTOR_v1) -> CUresult, arr, desc);
-        if arr.is_null() || desc.is_null() {
-            return real();
-        }
-        let d = &*desc;
-        let bytes = array_bytes(d.Width as u64, d.Height as u64, 1, d.Format, d.NumChannels);
-        array_common(arr as *const usize, bytes, Owner::Array, real)
+        let bytes = desc
+            .as_ref()
+            .map(|d| array_bytes(d.Width as u64, d.Height as u64, 1, d.Format, d.NumChannels));
+        array_hook(
+            arr.cast(),
+            bytes,
+            Owner::Array,
+            || call_real!(CUDA, cuArrayCreate: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY_DESCRIPTOR_v1) -> CUresult, arr, desc),
+        )
     })
 }
 
@@ -322,19 +330,21 @@ pub unsafe extern "C" fn cuArray3DCreate_v2(
     desc: *const CUDA_ARRAY3D_DESCRIPTOR,
 ) -> CUresult {
     guard(|| unsafe {
-        let real = || call_real!(CUDA, cuArray3DCreate_v2: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY3D_DESCRIPTOR) -> CUresult, arr, desc);
-        if arr.is_null() || desc.is_null() {
-            return real();
-        }
-        let d = &*desc;
-        let bytes = array_bytes(
-            d.Width as u64,
-            d.Height as u64,
-            d.Depth as u64,
-            d.Format,
-            d.NumChannels,
-        );
-        array_common(arr as *const usize, bytes, Owner::Array, real)
+        let bytes = desc.as_ref().map(|d| {
+            array_bytes(
+                d.Width as u64,
+                d.Height as u64,
+                d.Depth as u64,
+                d.Format,
+                d.NumChannels,
+            )
+        });
+        array_hook(
+            arr.cast(),
+            bytes,
+            Owner::Array,
+            || call_real!(CUDA, cuArray3DCreate_v2: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY3D_DESCRIPTOR) -> CUresult, arr, desc),
+        )
     })
 }
 
@@ -344,19 +354,21 @@ pub unsafe extern "C" fn cuArray3DCreate(
     desc: *const CUDA_ARRAY3D_DESCRIPTOR_v1,
 ) -> CUresult {
     guard(|| unsafe {
-        let real = || call_real!(CUDA, cuArray3DCreate: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY3D_DESCRIPTOR_v1) -> CUresult, arr, desc);
-        if arr.is_null() || desc.is_null() {
-            return real();
-        }
-        let d = &*desc;
-        let bytes = array_bytes(
-            d.Width as u64,
-            d.Height as u64,
-            d.Depth as u64,
-            d.Format,
-            d.NumChannels,
-        );
-        array_common(arr as *const usize, bytes, Owner::Array, real)
+        let bytes = desc.as_ref().map(|d| {
+            array_bytes(
+                d.Width as u64,
+                d.Height as u64,
+                d.Depth as u64,
+                d.Format,
+                d.NumChannels,
+            )
+        });
+        array_hook(
+            arr.cast(),
+            bytes,
+            Owner::Array,
+            || call_real!(CUDA, cuArray3DCreate: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY3D_DESCRIPTOR_v1) -> CUresult, arr, desc),
+        )
     })
 }
 
@@ -394,12 +406,9 @@ pub unsafe extern "C" fn cuMipmappedArrayCreate(
 ) -> CUresult {
     guard(|| unsafe {
         let real = || call_real!(CUDA, cuMipmappedArrayCreate: unsafe extern "C" fn(*mut CUmipmappedArray, *const CUDA_ARRAY3D_DESCRIPTOR, c_uint) -> CUresult, arr, desc, levels);
-        if arr.is_null() || desc.is_null() {
-            return real();
-        }
-        array_common(
-            arr as *const usize,
-            mipmap_bytes(&*desc, levels),
+        array_hook(
+            arr.cast(),
+            desc.as_ref().map(|d| mipmap_bytes(d, levels)),
             Owner::Mipmap,
             real,
         )
