@@ -11,6 +11,16 @@ use crate::install::Install;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
+    /// overhead: what the interposer costs per call; isolation: compute shares, modes and
+    /// priority with tenants saturating the simulated GPU.
+    #[arg(default_value = "overhead", value_parser = ["overhead", "isolation"])]
+    which: String,
+    /// isolation: seconds of warm-up before the measured windows.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// isolation: measured one-second windows per scenario.
+    #[arg(long, default_value_t = 3)]
+    windows: usize,
     /// Kernel launches per measurement.
     #[arg(long, default_value_t = 2_000_000)]
     launches: u64,
@@ -89,6 +99,19 @@ pub fn bench(args: BenchArgs) -> i32 {
 
 fn run(a: BenchArgs) -> Result<(), String> {
     let install = Install::locate()?;
+    if a.which == "isolation" {
+        let root = std::env::temp_dir().join(format!("gpuslice-bench-iso-{}", std::process::id()));
+        let o = crate::bench_isolation::Opts {
+            warmup: a.warmup,
+            windows: a.windows,
+            launches: a.launches.min(500_000),
+            rounds: a.rounds,
+        };
+        let r = crate::bench_isolation::run(&install, &root, &o)
+            .and_then(|_| crate::bench_isolation::overhead(&install, &root, &o));
+        let _ = std::fs::remove_dir_all(&root);
+        return r;
+    }
     let dir = std::env::temp_dir().join(format!("gpuslice-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let simlib = dir.join("lib");

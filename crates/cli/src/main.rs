@@ -2,6 +2,7 @@
 //! the core, ledger and edge modules.
 
 mod bench;
+mod bench_isolation;
 mod demo;
 mod install;
 mod mig;

@@ -2,8 +2,9 @@
 //! the interposer loaded, returns dead processes' memory to the tenant while it runs, and exits
 //! with the command's status.
 
+use gpuslice_core::compute::{ComputeLimits, ComputeQuota, Priority, ShareMode};
 use gpuslice_core::{ByteSize, DeviceList, TenantLimits};
-use gpuslice_ledger::{Ledger, TenantSpec};
+use gpuslice_ledger::{ComputeSpec, Ledger, TenantSpec};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
@@ -24,6 +25,16 @@ pub struct RunArgs {
     /// GPUs the tenant may use, by index (sets CUDA_VISIBLE_DEVICES), e.g. 0 or 0,2.
     #[arg(long, value_name = "LIST", value_parser = parse_devices)]
     pub devices: Option<DeviceList>,
+    /// Share of each GPU's time, 1-100 percent (without it: a full share, weight 100).
+    #[arg(long, value_name = "PCT", value_parser = parse_quota)]
+    pub gpu_compute: Option<ComputeQuota>,
+    /// How the GPU's time is split: best-effort (idle time lent out), fixed (never above the
+    /// quota), equal (quotas ignored). One mode per GPU: the first tenant's wins.
+    #[arg(long, value_name = "MODE", default_value = "best-effort", value_parser = parse_mode)]
+    pub share_mode: ShareMode,
+    /// high, normal or low: higher priorities' kernels wait for lower ones as little as possible.
+    #[arg(long, value_name = "PRIORITY", default_value = "normal", value_parser = parse_priority)]
+    pub priority: Priority,
     /// Name shown for the tenant in `gpuslice top` and metrics.
     #[arg(long)]
     pub name: Option<String>,
@@ -39,6 +50,55 @@ pub struct RunArgs {
 
 fn parse_size(s: &str) -> Result<ByteSize, String> {
     s.parse::<ByteSize>().map_err(|e| e.to_string())
+}
+
+fn parse_quota(s: &str) -> Result<ComputeQuota, String> {
+    s.parse().map_err(|e: gpuslice_core::compute::ComputeError| e.to_string())
+}
+
+fn parse_mode(s: &str) -> Result<ShareMode, String> {
+    s.parse().map_err(|e: gpuslice_core::compute::ComputeError| e.to_string())
+}
+
+fn parse_priority(s: &str) -> Result<Priority, String> {
+    s.parse().map_err(|e: gpuslice_core::compute::ComputeError| e.to_string())
+}
+
+/// The ledger's codes for the tenant's compute limits.
+pub fn compute_spec(c: &ComputeLimits) -> ComputeSpec {
+    ComputeSpec {
+        quota: c.quota.map_or(0, |q| q.percent()),
+        mode: match c.mode {
+            ShareMode::BestEffort => 0,
+            ShareMode::Fixed => 1,
+            ShareMode::Equal => 2,
+        },
+        priority: match c.priority {
+            Priority::High => 0,
+            Priority::Normal => 1,
+            Priority::Low => 2,
+        },
+    }
+}
+
+/// Refuses at start a share mode other than the one live tenants already use on this node's
+/// GPUs (the interposer checks again, per GPU, when the first kernel is launched).
+fn check_mode(dir: &std::path::Path, mode: u8) -> Result<(), String> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Ok(()) };
+    for e in rd.flatten() {
+        let Ok(r) = gpuslice_compute::Region::open(&e.path()) else { continue };
+        if let Some(m) = r.mode()
+            && m != mode
+            && !r.entries().is_empty()
+        {
+            return Err(format!(
+                "a GPU on this node is shared in {} mode by its running tenants; --share-mode {} is refused (one mode per GPU)",
+                gpuslice_compute::policy::mode_name(m),
+                gpuslice_compute::policy::mode_name(mode)
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn parse_devices(s: &str) -> Result<DeviceList, String> {
@@ -83,6 +143,17 @@ fn exit_code(status: ExitStatus) -> i32 {
 fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
     let install = Install::locate()?;
     let limits = TenantLimits::new(args.gpu_memory);
+    let compute = ComputeLimits {
+        quota: args.gpu_compute,
+        mode: args.share_mode,
+        priority: args.priority,
+    };
+    if let Err(e) = compute.validate() {
+        eprintln!("gpuslice run: {e}");
+        std::process::exit(2);
+    }
+    let compute_dir = state_dir().join("compute");
+    check_mode(&compute_dir, compute_spec(&compute).mode)?;
     let name = args.name.clone().unwrap_or_else(|| "run".to_string());
     if name.is_empty()
         || !name
@@ -107,12 +178,16 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
     };
     let ledger = Ledger::create(&ledger_path, &spec)
         .map_err(|e| format!("cannot create the tenant ledger: {e}"))?;
+    ledger
+        .set_compute(compute_spec(&compute))
+        .map_err(|e| format!("cannot record the compute limits: {e}"))?;
 
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..])
         .env("LD_PRELOAD", prepend("LD_PRELOAD", &install.interposer()))
         .env("GPUSLICE_LEDGER", &ledger_path)
-        .env("GPUSLICE_TENANT", &name);
+        .env("GPUSLICE_TENANT", &name)
+        .env("GPUSLICE_COMPUTE_DIR", &compute_dir);
     if args.sim {
         let lib = dir.0.join("lib");
         install.link_simulator(&lib)?;

@@ -1,9 +1,157 @@
-//! `gpuslice top`.
+//! `gpuslice top`: per GPU and per tenant, the compute quota, the share achieved over the last
+//! interval, priority, memory used against the cap, and time held back by the compute gate.
+//! Reads the per-GPU compute regions and the tenants' ledgers; changes nothing.
+
+use gpuslice_compute::{Region, policy};
+use gpuslice_ledger::{Ledger, format_uuid};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::install::state_dir;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Print one frame (measured over one interval) and exit.
+    #[arg(long)]
+    once: bool,
+    /// Seconds between frames; shares are measured over this interval.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+    interval: f64,
+}
 
-pub fn main(_args: Args) -> i32 {
-    eprintln!("gpuslice top: not available in this build");
-    2
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=60.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is not an interval; accepted: seconds from 0.1 to 60, such as 1 or 0.5")),
+    }
+}
+
+#[derive(Default, Clone)]
+struct TenantRow {
+    name: String,
+    pids: Vec<u32>,
+    quota: u8,
+    priority: u8,
+    used_ns: u64,
+    throttled_ns: u64,
+    waiting: bool,
+    holder: bool,
+}
+
+type Sample = BTreeMap<String, (Option<u8>, BTreeMap<u64, TenantRow>)>;
+
+fn sample(dir: &Path) -> Sample {
+    let mut out = Sample::new();
+    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(hex) = name.strip_prefix("gpu-") else { continue };
+        let Ok(r) = Region::open(&e.path()) else { continue };
+        let mut tenants: BTreeMap<u64, TenantRow> = BTreeMap::new();
+        for v in r.entries() {
+            let t = tenants.entry(v.tenant_id).or_default();
+            t.name = v.name.clone();
+            t.pids.push(v.pid);
+            t.quota = v.quota;
+            t.priority = v.priority;
+            t.used_ns += v.used_ns;
+            t.throttled_ns += v.throttled_ns;
+            t.waiting |= v.waiting;
+            t.holder |= v.holder;
+        }
+        out.insert(hex.to_string(), (r.mode(), tenants));
+    }
+    out
+}
+
+/// Memory used and cap per (tenant id, GPU UUID hex), from the tenants' ledgers.
+fn memory(state: &Path) -> BTreeMap<(u64, String), (u64, u64)> {
+    let mut out = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(state.join("tenants")) else { return out };
+    for e in rd.flatten() {
+        let Ok(l) = Ledger::open(&e.path().join("ledger")) else { continue };
+        for d in l.devices() {
+            let hex: String = d.uuid.iter().map(|b| format!("{b:02x}")).collect();
+            out.insert((l.tenant_id(), hex), (d.used, d.cap));
+        }
+    }
+    out
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.2}", b as f64 / (1u64 << 30) as f64)
+}
+
+fn frame(state: &Path, before: &Sample, after: &Sample, secs: f64) -> String {
+    let mem = memory(state);
+    let mut s = String::new();
+    if after.is_empty() {
+        s.push_str("no tenant has launched work on any GPU\n");
+    }
+    for (hex, (mode, tenants)) in after {
+        let uuid = gpuslice_ledger::parse_uuid(hex).map(|u| format_uuid(&u)).unwrap_or(hex.clone());
+        let busy: u64 = tenants
+            .iter()
+            .map(|(id, t)| t.used_ns.saturating_sub(before.get(hex).and_then(|b| b.1.get(id)).map_or(0, |b| b.used_ns)))
+            .sum();
+        s.push_str(&format!(
+            "{uuid}  mode {}  busy {:.1}%\n",
+            mode.map_or("-", policy::mode_name),
+            busy as f64 / (secs * 1e7)
+        ));
+        s.push_str(&format!(
+            "  {:<20} {:>8} {:>7} {:>6} {:>7} {:>17} {:>10}  {}\n",
+            "TENANT", "PIDS", "PRIO", "QUOTA", "SHARE", "MEM USED/CAP GiB", "THROTTLED", "STATE"
+        ));
+        for (id, t) in tenants {
+            let prev = before.get(hex).and_then(|b| b.1.get(id));
+            let used = t.used_ns.saturating_sub(prev.map_or(0, |p| p.used_ns));
+            let thr = t.throttled_ns.saturating_sub(prev.map_or(0, |p| p.throttled_ns));
+            let (mu, mc) = mem.get(&(*id, hex.clone())).copied().unwrap_or((0, 0));
+            let quota = if *mode == Some(policy::MODE_EQUAL) {
+                "equal".to_string()
+            } else if t.quota == 0 {
+                "-".to_string()
+            } else {
+                format!("{}%", t.quota)
+            };
+            s.push_str(&format!(
+                "  {:<20} {:>8} {:>7} {:>6} {:>6.1}% {:>17} {:>9.2}s  {}\n",
+                t.name,
+                t.pids.len(),
+                policy::priority_name(t.priority),
+                quota,
+                used as f64 / (secs * 1e7),
+                format!("{}/{}", gib(mu), gib(mc)),
+                thr as f64 / 1e9,
+                if t.holder { "running" } else if t.waiting { "waiting" } else { "idle" }
+            ));
+        }
+    }
+    s
+}
+
+pub fn main(args: Args) -> i32 {
+    let state = state_dir();
+    let dir = state.join("compute");
+    let interval = Duration::from_secs_f64(args.interval);
+    let mut before = sample(&dir);
+    let mut t0 = Instant::now();
+    loop {
+        std::thread::sleep(interval);
+        let after = sample(&dir);
+        let secs = t0.elapsed().as_secs_f64();
+        t0 = Instant::now();
+        let f = frame(&state, &before, &after, secs);
+        if args.once {
+            print!("{f}");
+            return 0;
+        }
+        // Clear the screen and draw the frame from the top.
+        print!("\x1b[H\x1b[2J{f}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        before = after;
+    }
 }

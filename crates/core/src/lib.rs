@@ -3,8 +3,11 @@
 //! Invariant: nothing in this crate does IO or reads a clock. Every edge (the CLI, the node
 //! agent, the scheduler) uses it; it uses no edge.
 
+pub mod compute;
 pub mod mig;
+pub mod protocol;
 pub mod quantity;
+pub mod sched;
 pub mod tenant;
 
 pub use quantity::{ByteSize, QuantityError};

@@ -355,6 +355,119 @@ pub struct nvmlComputeInstancePlacement_t {
     pub size: c_uint,
 }
 
+/// `nvmlDeviceGetComputeInstanceProfileInfo` (unversioned).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct nvmlComputeInstanceProfileInfo_t {
+    pub id: c_uint,
+    pub sliceCount: c_uint,
+    pub instanceCount: c_uint,
+    pub multiprocessorCount: c_uint,
+    pub sharedCopyEngineCount: c_uint,
+    pub sharedDecoderCount: c_uint,
+    pub sharedEncoderCount: c_uint,
+    pub sharedJpegCount: c_uint,
+    pub sharedOfaCount: c_uint,
+}
+
+/// v2 adds `version` in front and `name` at the end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct nvmlComputeInstanceProfileInfo_v2_t {
+    pub version: c_uint,
+    pub id: c_uint,
+    pub sliceCount: c_uint,
+    pub instanceCount: c_uint,
+    pub multiprocessorCount: c_uint,
+    pub sharedCopyEngineCount: c_uint,
+    pub sharedDecoderCount: c_uint,
+    pub sharedEncoderCount: c_uint,
+    pub sharedJpegCount: c_uint,
+    pub sharedOfaCount: c_uint,
+    pub name: [c_char; NVML_DEVICE_NAME_V2_BUFFER_SIZE],
+}
+
+pub const nvmlComputeInstanceProfileInfo_v2: c_uint = nvml_struct_version(
+    core::mem::size_of::<nvmlComputeInstanceProfileInfo_v2_t>(),
+    2,
+);
+
+/// v3 adds a `capabilities` word at the end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct nvmlComputeInstanceProfileInfo_v3_t {
+    pub version: c_uint,
+    pub id: c_uint,
+    pub sliceCount: c_uint,
+    pub instanceCount: c_uint,
+    pub multiprocessorCount: c_uint,
+    pub sharedCopyEngineCount: c_uint,
+    pub sharedDecoderCount: c_uint,
+    pub sharedEncoderCount: c_uint,
+    pub sharedJpegCount: c_uint,
+    pub sharedOfaCount: c_uint,
+    pub name: [c_char; NVML_DEVICE_NAME_V2_BUFFER_SIZE],
+    pub capabilities: c_uint,
+}
+
+pub const nvmlComputeInstanceProfileInfo_v3: c_uint = nvml_struct_version(
+    core::mem::size_of::<nvmlComputeInstanceProfileInfo_v3_t>(),
+    3,
+);
+
+/// Value `nvmlDeviceGetGpuInstanceId`/`ComputeInstanceId` report for a non-MIG process.
+pub const NVML_INVALID_INSTANCE_ID: c_uint = c_uint::MAX;
+
+// ---- MIG entry points (signatures as in nvml.h) ----
+
+pub type nvmlDeviceSetMigMode_t =
+    unsafe extern "C" fn(nvmlDevice_t, c_uint, *mut nvmlReturn_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetGpuInstanceProfileInfo_t =
+    unsafe extern "C" fn(nvmlDevice_t, c_uint, *mut nvmlGpuInstanceProfileInfo_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetGpuInstancePossiblePlacements_v2_t = unsafe extern "C" fn(
+    nvmlDevice_t,
+    c_uint,
+    *mut nvmlGpuInstancePlacement_t,
+    *mut c_uint,
+) -> nvmlReturn_t;
+pub type nvmlDeviceCreateGpuInstance_t =
+    unsafe extern "C" fn(nvmlDevice_t, c_uint, *mut nvmlGpuInstance_t) -> nvmlReturn_t;
+pub type nvmlDeviceCreateGpuInstanceWithPlacement_t = unsafe extern "C" fn(
+    nvmlDevice_t,
+    c_uint,
+    *const nvmlGpuInstancePlacement_t,
+    *mut nvmlGpuInstance_t,
+) -> nvmlReturn_t;
+pub type nvmlGpuInstanceDestroy_t = unsafe extern "C" fn(nvmlGpuInstance_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetGpuInstances_t =
+    unsafe extern "C" fn(nvmlDevice_t, c_uint, *mut nvmlGpuInstance_t, *mut c_uint) -> nvmlReturn_t;
+pub type nvmlGpuInstanceGetInfo_t =
+    unsafe extern "C" fn(nvmlGpuInstance_t, *mut nvmlGpuInstanceInfo_t) -> nvmlReturn_t;
+pub type nvmlGpuInstanceGetComputeInstanceProfileInfo_t = unsafe extern "C" fn(
+    nvmlGpuInstance_t,
+    c_uint,
+    c_uint,
+    *mut nvmlComputeInstanceProfileInfo_t,
+) -> nvmlReturn_t;
+pub type nvmlGpuInstanceCreateComputeInstance_t =
+    unsafe extern "C" fn(nvmlGpuInstance_t, c_uint, *mut nvmlComputeInstance_t) -> nvmlReturn_t;
+pub type nvmlGpuInstanceCreateComputeInstanceWithPlacement_t = unsafe extern "C" fn(
+    nvmlGpuInstance_t,
+    c_uint,
+    *const nvmlComputeInstancePlacement_t,
+    *mut nvmlComputeInstance_t,
+)
+    -> nvmlReturn_t;
+pub type nvmlComputeInstanceDestroy_t = unsafe extern "C" fn(nvmlComputeInstance_t) -> nvmlReturn_t;
+pub type nvmlGpuInstanceGetComputeInstances_t = unsafe extern "C" fn(
+    nvmlGpuInstance_t,
+    c_uint,
+    *mut nvmlComputeInstance_t,
+    *mut c_uint,
+) -> nvmlReturn_t;
+pub type nvmlComputeInstanceGetInfo_v2_t =
+    unsafe extern "C" fn(nvmlComputeInstance_t, *mut nvmlComputeInstanceInfo_t) -> nvmlReturn_t;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,5 +505,11 @@ mod tests {
             144
         );
         assert_eq!(size_of::<nvmlGpuInstanceInfo_t>(), 24);
+        assert_eq!(size_of::<nvmlComputeInstanceInfo_t>(), 32);
+        assert_eq!(offset_of!(nvmlComputeInstanceInfo_t, placement), 24);
+        assert_eq!(size_of::<nvmlComputeInstanceProfileInfo_t>(), 36);
+        assert_eq!(size_of::<nvmlComputeInstanceProfileInfo_v2_t>(), 136);
+        assert_eq!(offset_of!(nvmlComputeInstanceProfileInfo_v2_t, name), 40);
+        assert_eq!(size_of::<nvmlComputeInstanceProfileInfo_v3_t>(), 140);
     }
 }

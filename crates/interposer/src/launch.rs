@@ -1,55 +1,92 @@
-//! Kernel launches. Memory isolation needs nothing here; the hooks exist so every launch path
-//! already runs through the interposer, where compute shares are enforced.
+//! Kernel launches. Every path that puts work on a GPU (plain, extended, cooperative and
+//! multi-device cooperative launches, graph launches, and the per-thread-stream variants) goes
+//! through the compute gate, which decides when it may be submitted.
 
 use gpuslice_cuda_abi::driver::*;
 use std::ffi::{c_uint, c_void};
 
+use crate::compute::governed;
 use crate::real::call_real;
+use crate::tenant::guard;
 
 type LaunchFn = unsafe extern "C" fn(
-    CUfunction,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    CUstream,
-    *mut *mut c_void,
-    *mut *mut c_void,
+    CUfunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CUstream,
+    *mut *mut c_void, *mut *mut c_void,
 ) -> CUresult;
+type LaunchExFn =
+    unsafe extern "C" fn(*const CUlaunchConfig, CUfunction, *mut *mut c_void, *mut *mut c_void) -> CUresult;
+type CoopFn = unsafe extern "C" fn(
+    CUfunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CUstream, *mut *mut c_void,
+) -> CUresult;
+type CoopMultiFn = unsafe extern "C" fn(*mut CUDA_LAUNCH_PARAMS, c_uint, c_uint) -> CUresult;
+type GraphLaunchFn = unsafe extern "C" fn(CUgraphExec, CUstream) -> CUresult;
 
+macro_rules! plain_launch {
+    ($name:ident) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(
+            f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint,
+            shared: c_uint, stream: CUstream, params: *mut *mut c_void, extra: *mut *mut c_void,
+        ) -> CUresult {
+            guard(|| governed(&[stream], || {
+                call_real!(CUDA, $name: LaunchFn, f, gx, gy, gz, bx, by, bz, shared, stream, params, extra)
+            }))
+        }
+    };
+}
+plain_launch!(cuLaunchKernel);
+plain_launch!(cuLaunchKernel_ptsz);
+
+macro_rules! ex_launch {
+    ($name:ident) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(
+            config: *const CUlaunchConfig, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void,
+        ) -> CUresult {
+            let stream = if config.is_null() { std::ptr::null_mut() } else { unsafe { (*config).hStream } };
+            guard(|| governed(&[stream], || call_real!(CUDA, $name: LaunchExFn, config, f, params, extra)))
+        }
+    };
+}
+ex_launch!(cuLaunchKernelEx);
+ex_launch!(cuLaunchKernelEx_ptsz);
+
+macro_rules! coop_launch {
+    ($name:ident) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(
+            f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint,
+            shared: c_uint, stream: CUstream, params: *mut *mut c_void,
+        ) -> CUresult {
+            guard(|| governed(&[stream], || {
+                call_real!(CUDA, $name: CoopFn, f, gx, gy, gz, bx, by, bz, shared, stream, params)
+            }))
+        }
+    };
+}
+coop_launch!(cuLaunchCooperativeKernel);
+coop_launch!(cuLaunchCooperativeKernel_ptsz);
+
+/// Gated as one launch in the current context, and fenced on the first launch's stream: the
+/// devices of a multi-device launch run in lockstep, so one device's completion times them all.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLaunchKernel(
-    f: CUfunction,
-    gx: c_uint,
-    gy: c_uint,
-    gz: c_uint,
-    bx: c_uint,
-    by: c_uint,
-    bz: c_uint,
-    shared: c_uint,
-    stream: CUstream,
-    params: *mut *mut c_void,
-    extra: *mut *mut c_void,
+pub unsafe extern "C" fn cuLaunchCooperativeKernelMultiDevice(
+    list: *mut CUDA_LAUNCH_PARAMS,
+    n: c_uint,
+    flags: c_uint,
 ) -> CUresult {
-    call_real!(CUDA, cuLaunchKernel: LaunchFn, f, gx, gy, gz, bx, by, bz, shared, stream, params, extra)
+    let stream = if list.is_null() || n == 0 { std::ptr::null_mut() } else { unsafe { (*list).hStream } };
+    guard(|| governed(&[stream], || call_real!(CUDA, cuLaunchCooperativeKernelMultiDevice: CoopMultiFn, list, n, flags)))
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLaunchKernel_ptsz(
-    f: CUfunction,
-    gx: c_uint,
-    gy: c_uint,
-    gz: c_uint,
-    bx: c_uint,
-    by: c_uint,
-    bz: c_uint,
-    shared: c_uint,
-    stream: CUstream,
-    params: *mut *mut c_void,
-    extra: *mut *mut c_void,
-) -> CUresult {
-    call_real!(CUDA, cuLaunchKernel_ptsz: LaunchFn, f, gx, gy, gz, bx, by, bz, shared, stream, params, extra)
+/// A graph is gated like one launch and charged, like any launch, the GPU time it really took.
+macro_rules! graph_launch {
+    ($name:ident) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(exec: CUgraphExec, stream: CUstream) -> CUresult {
+            guard(|| governed(&[stream], || call_real!(CUDA, $name: GraphLaunchFn, exec, stream)))
+        }
+    };
 }
+graph_launch!(cuGraphLaunch);
+graph_launch!(cuGraphLaunch_ptsz);

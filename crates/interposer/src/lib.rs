@@ -6,6 +6,7 @@
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod compute;
 mod context;
 mod launch;
 mod lookup;

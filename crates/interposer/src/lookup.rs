@@ -42,7 +42,9 @@ hooks! {
     memory::cuGraphInstantiate, memory::cuGraphInstantiate_v2, memory::cuGraphInstantiateWithFlags,
     memory::cuGraphInstantiateWithParams, memory::cuGraphInstantiateWithParams_ptsz, memory::cuGraphExecDestroy,
     memory::cuMemGetInfo, memory::cuMemGetInfo_v2, memory::cuDeviceTotalMem, memory::cuDeviceTotalMem_v2,
-    launch::cuLaunchKernel, launch::cuLaunchKernel_ptsz,
+    launch::cuLaunchKernel, launch::cuLaunchKernel_ptsz, launch::cuLaunchKernelEx, launch::cuLaunchKernelEx_ptsz,
+    launch::cuLaunchCooperativeKernel, launch::cuLaunchCooperativeKernel_ptsz, launch::cuLaunchCooperativeKernelMultiDevice,
+    launch::cuGraphLaunch, launch::cuGraphLaunch_ptsz,
     nvml::nvmlDeviceGetMemoryInfo, nvml::nvmlDeviceGetMemoryInfo_v2,
 }
 

@@ -56,6 +56,7 @@ pub extern "C" fn after_fork_in_child() {
     // The parent's state (and any lock another thread held in it) is abandoned, not freed.
     CURRENT.store(std::ptr::null_mut(), Ordering::SeqCst);
     INITIALIZING.store(false, Ordering::SeqCst);
+    crate::compute::after_fork();
 }
 
 fn load() -> Result<Tenant, String> {
@@ -111,7 +112,7 @@ pub fn tenant() -> Result<&'static Tenant, c_int> {
     }
 }
 
-fn device_uuid(ordinal: CUdevice) -> Result<[u8; 16], c_int> {
+pub(crate) fn device_uuid(ordinal: CUdevice) -> Result<[u8; 16], c_int> {
     type GetUuid = unsafe extern "C" fn(*mut CUuuid, CUdevice) -> CUresult;
     let mut u = CUuuid::default();
     let mut r = call_real!(CUDA, cuDeviceGetUuid_v2: GetUuid, &mut u, ordinal);

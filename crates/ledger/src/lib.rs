@@ -45,8 +45,12 @@ struct Header {
     _pad: AtomicU32,
     name: [AtomicU64; NAME_LEN / 8],
     allowed: [[AtomicU64; 2]; MAX_ALLOWED],
-    /// Space kept for later limits (compute quota, priority) without a format change.
-    _reserved: [AtomicU64; 32],
+    /// The tenant's compute limits, packed (see [`ComputeSpec::pack`]); 0 = none configured.
+    compute: AtomicU64,
+    /// A random non-zero id naming the tenant in per-device compute regions.
+    tenant_id: AtomicU64,
+    /// Space kept for later limits without a format change.
+    _reserved: [AtomicU64; 30],
 }
 
 #[repr(C)]
@@ -109,6 +113,39 @@ impl std::error::Error for LedgerError {}
 impl From<io::Error> for LedgerError {
     fn from(e: io::Error) -> Self {
         LedgerError::Io(e)
+    }
+}
+
+/// A tenant's compute limits as the ledger stores them: plain codes, so that the interposer
+/// needs no domain crate. Codes: mode 0 best-effort, 1 fixed, 2 equal; priority 0 high,
+/// 1 normal, 2 low; quota 1-100 percent, or 0 for none given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComputeSpec {
+    pub quota: u8,
+    pub mode: u8,
+    pub priority: u8,
+}
+
+impl ComputeSpec {
+    const PRESENT: u64 = 1 << 63;
+
+    fn pack(self) -> u64 {
+        Self::PRESENT | self.quota as u64 | (self.mode as u64) << 8 | (self.priority as u64) << 16
+    }
+
+    fn unpack(w: u64) -> Result<Option<ComputeSpec>, String> {
+        if w == 0 {
+            return Ok(None);
+        }
+        let c = ComputeSpec {
+            quota: w as u8,
+            mode: (w >> 8) as u8,
+            priority: (w >> 16) as u8,
+        };
+        if w & Self::PRESENT == 0 || c.quota > 100 || c.mode > 2 || c.priority > 2 {
+            return Err("corrupt compute limits".into());
+        }
+        Ok(Some(c))
     }
 }
 
@@ -301,6 +338,32 @@ impl Ledger {
                 .map(|w| words_uuid([w[0].load(SeqCst), w[1].load(SeqCst)]))
                 .collect(),
         }
+    }
+
+    /// Records the tenant's compute limits and gives it an id; done by the ledger's creator
+    /// before any tenant process starts.
+    pub fn set_compute(&self, c: ComputeSpec) -> Result<(), LedgerError> {
+        if c.quota > 100 || c.mode > 2 || c.priority > 2 {
+            return Err(LedgerError::Invalid(format!("invalid compute limits {c:?}")));
+        }
+        let h = self.header();
+        let mut id = 0;
+        while id == 0 {
+            id = gpuslice_shm::random_u64();
+        }
+        h.tenant_id.store(id, SeqCst);
+        h.compute.store(c.pack(), SeqCst);
+        Ok(())
+    }
+
+    /// The tenant's compute limits; `Ok(None)` if none were recorded.
+    pub fn compute(&self) -> Result<Option<ComputeSpec>, LedgerError> {
+        ComputeSpec::unpack(self.header().compute.load(SeqCst))
+            .map_err(|e| LedgerError::Invalid(format!("{}: {e}", self.path().display())))
+    }
+
+    pub fn tenant_id(&self) -> u64 {
+        self.header().tenant_id.load(SeqCst)
     }
 
     pub fn context_overhead(&self) -> u64 {
@@ -682,6 +745,20 @@ mod tests {
         l.reserve(me, d, 400).unwrap();
         assert_eq!(l.used(d), 400);
         assert!(l.processes().iter().all(|p| p.pid != pid as u32));
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn compute_limits_round_trip() {
+        let p = tmp("compute");
+        let l = Ledger::create(&p, &spec(1000)).unwrap();
+        assert_eq!(l.compute().unwrap(), None);
+        let c = ComputeSpec { quota: 30, mode: 1, priority: 2 };
+        l.set_compute(c).unwrap();
+        let o = Ledger::open(&p).unwrap();
+        assert_eq!(o.compute().unwrap(), Some(c));
+        assert_ne!(o.tenant_id(), 0);
+        assert!(l.set_compute(ComputeSpec { quota: 101, ..c }).is_err());
         std::fs::remove_file(&p).unwrap();
     }
 

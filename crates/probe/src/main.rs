@@ -11,6 +11,12 @@
 //!   gpuslice-probe [--via …] race BYTES START_UNIX_NS HOLD_MS
 //!   gpuslice-probe [--via …] launches N
 //!   gpuslice-probe [--via …] allocs N BYTES
+//!   gpuslice-probe [--via …] saturate SECONDS [launch|ex|coop|graph]
+//!   gpuslice-probe [--via …] periodic PERIOD_MS KERNEL_US SECONDS
+//!
+//! `saturate` keeps the GPU busy with `busy` kernels of mixed lengths (0.05 to 5 ms) along one
+//! launch path; `periodic` is an inference-like loop (one kernel per period, waited for) that
+//! reports completion latencies.
 //! PATH: alloc alloc_v1 pitch pitch_v1 managed async pool vmm array array3d mipmap graph context
 #![allow(non_snake_case)]
 
@@ -129,6 +135,11 @@ api! {
     module_load: "cuModuleLoadData" @ 2000 => fn(*mut CUmodule, *const c_void);
     module_function: "cuModuleGetFunction" @ 2000 => fn(*mut CUfunction, CUmodule, *const c_char);
     launch: "cuLaunchKernel" @ 4000 => fn(CUfunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CUstream, *mut *mut c_void, *mut *mut c_void);
+    launch_ex: "cuLaunchKernelEx" @ 11060 => fn(*const CUlaunchConfig, CUfunction, *mut *mut c_void, *mut *mut c_void);
+    launch_coop: "cuLaunchCooperativeKernel" @ 9000 => fn(CUfunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CUstream, *mut *mut c_void);
+    begin_capture: "cuStreamBeginCapture" @ 10010 => fn(CUstream, c_int);
+    end_capture: "cuStreamEndCapture" @ 10000 => fn(CUstream, *mut CUgraph);
+    graph_launch: "cuGraphLaunch" @ 10000 => fn(CUgraphExec, CUstream);
 }
 
 enum Held {
@@ -175,6 +186,56 @@ impl Probe {
             stream: std::ptr::null_mut(),
             pool: std::ptr::null_mut(),
         }
+    }
+
+    fn busy_function(&self) -> CUfunction {
+        let (mut m, mut f) = (std::ptr::null_mut(), std::ptr::null_mut());
+        unsafe {
+            check((self.api.module_load)(&mut m, c"image".as_ptr().cast()), "cuModuleLoadData");
+            check((self.api.module_function)(&mut f, m, c"busy".as_ptr()), "cuModuleGetFunction");
+        }
+        f
+    }
+
+    fn own_stream(&self) -> CUstream {
+        let mut s = std::ptr::null_mut();
+        unsafe { check((self.api.stream_create)(&mut s, 0), "cuStreamCreate") };
+        s
+    }
+
+    /// One `busy` kernel of `us` microseconds along `path` (launch, ex or coop).
+    fn launch_busy(&self, path: &str, f: CUfunction, stream: CUstream, us: u64) -> CUresult {
+        let mut arg = us;
+        let mut params = [&mut arg as *mut u64 as *mut c_void];
+        let pp = params.as_mut_ptr();
+        unsafe {
+            match path {
+                "ex" => {
+                    let cfg = CUlaunchConfig {
+                        gridDimX: 1, gridDimY: 1, gridDimZ: 1, blockDimX: 1, blockDimY: 1, blockDimZ: 1,
+                        sharedMemBytes: 0, hStream: stream, attrs: std::ptr::null_mut(), numAttrs: 0,
+                    };
+                    (self.api.launch_ex)(&cfg, f, pp, std::ptr::null_mut())
+                }
+                "coop" => (self.api.launch_coop)(f, 1, 1, 1, 1, 1, 1, 0, stream, pp),
+                _ => (self.api.launch)(f, 1, 1, 1, 1, 1, 1, 0, stream, pp, std::ptr::null_mut()),
+            }
+        }
+    }
+
+    /// An executable graph of `busy` kernels, made by capturing launches on `stream`.
+    fn busy_graph(&self, f: CUfunction, stream: CUstream, us: &[u64]) -> CUgraphExec {
+        let mut g = std::ptr::null_mut();
+        let mut e = std::ptr::null_mut();
+        unsafe {
+            check((self.api.begin_capture)(stream, 0), "cuStreamBeginCapture");
+            for &u in us {
+                check(self.launch_busy("launch", f, stream, u), "captured cuLaunchKernel");
+            }
+            check((self.api.end_capture)(stream, &mut g), "cuStreamEndCapture");
+            check((self.api.graph_instantiate)(&mut e, g, 0), "cuGraphInstantiate");
+        }
+        e
     }
 
     fn info(&self) -> (usize, usize, usize) {
@@ -543,6 +604,66 @@ fn main() {
             println!(
                 "{{\"ns_per_call\":{:.1}}}",
                 t.elapsed().as_nanos() as f64 / (2 * n) as f64
+            );
+        }
+        "saturate" => {
+            let secs: f64 = arg(1).parse().unwrap_or_else(|_| die("bad SECONDS".into()));
+            let path = args.get(2).cloned().unwrap_or_else(|| "launch".into());
+            let f = probe.busy_function();
+            let stream = probe.own_stream();
+            // Lengths cycle through a fixed mix; a per-process offset desynchronises tenants.
+            const MIX_US: [u64; 8] = [50, 1000, 200, 5000, 2000, 50, 500, 3000];
+            let mut i = std::process::id() as usize;
+            let mut launched_us = 0u64;
+            let mut n = 0u64;
+            let graph = (path == "graph").then(|| probe.busy_graph(f, stream, &[1000, 2000, 500, 1500]));
+            let end = Instant::now() + Duration::from_secs_f64(secs);
+            while Instant::now() < end {
+                let us = MIX_US[i % MIX_US.len()];
+                i += 1;
+                let r = match (path.as_str(), graph) {
+                    (_, Some(g)) => unsafe { (probe.api.graph_launch)(g, stream) },
+                    _ => probe.launch_busy(&path, f, stream, us),
+                };
+                if r != CUDA_SUCCESS {
+                    die(format!("launch failed: {r}"));
+                }
+                launched_us += if graph.is_some() { 5000 } else { us };
+                n += 1;
+            }
+            unsafe { (probe.api.stream_sync)(stream) };
+            println!("{{\"path\":\"{path}\",\"launches\":{n},\"launched_us\":{launched_us},\"pid\":{}}}", std::process::id());
+        }
+        "periodic" => {
+            let period = Duration::from_millis(arg(1).parse().unwrap());
+            let kernel_us: u64 = arg(2).parse().unwrap();
+            let secs: f64 = arg(3).parse().unwrap();
+            let f = probe.busy_function();
+            let stream = probe.own_stream();
+            let mut lat: Vec<u64> = Vec::new();
+            let start = Instant::now();
+            let mut next = start;
+            while start.elapsed().as_secs_f64() < secs {
+                let t = Instant::now();
+                let r = probe.launch_busy("launch", f, stream, kernel_us);
+                if r != CUDA_SUCCESS {
+                    die(format!("launch failed: {r}"));
+                }
+                unsafe { check((probe.api.stream_sync)(stream), "cuStreamSynchronize") };
+                lat.push(t.elapsed().as_micros() as u64);
+                next += period;
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                } else {
+                    next = now;
+                }
+            }
+            lat.sort_unstable();
+            let q = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).saturating_sub(1).min(lat.len() - 1)];
+            println!(
+                "{{\"count\":{},\"p50_us\":{},\"p99_us\":{},\"max_us\":{}}}",
+                lat.len(), q(0.5), q(0.99), lat[lat.len() - 1]
             );
         }
         other => die(format!("unknown command {other}")),

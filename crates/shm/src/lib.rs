@@ -256,6 +256,16 @@ fn unique_nonce() -> u64 {
         ^ ((&ts as *const _ as u64) << 20)
 }
 
+/// A random 64-bit value for ids (not for secrets): clock, pid and ASLR mixed.
+pub fn random_u64() -> u64 {
+    let mut x = unique_nonce() ^ (std::process::id() as u64).rotate_left(40);
+    // splitmix64 finaliser
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 /// One process's charge against a shared capacity: what it holds, and what it is in the middle
 /// of claiming. Only the owning process (or a reclaimer, once the owner is dead) writes it.
 #[repr(C)]

@@ -396,9 +396,9 @@ pub unsafe extern "C" fn nvmlDeviceGetName(
     name: *mut c_char,
     length: c_uint,
 ) -> nvmlReturn_t {
-    entry(|| {
-        let (sim, dev) = device_of(device)?;
-        write_str(name, length, &sim.spec(dev).name)
+    entry(|| match target(device)? {
+        (sim, Target::Gpu(dev)) => write_str(name, length, &sim.spec(dev).name),
+        (_, Target::Mig(_, d)) => write_str(name, length, &d.name),
     })
 }
 
@@ -408,9 +408,9 @@ pub unsafe extern "C" fn nvmlDeviceGetUUID(
     uuid: *mut c_char,
     length: c_uint,
 ) -> nvmlReturn_t {
-    entry(|| {
-        let (sim, dev) = device_of(device)?;
-        write_str(uuid, length, &sim.spec(dev).uuid)
+    entry(|| match target(device)? {
+        (sim, Target::Gpu(dev)) => write_str(uuid, length, &sim.spec(dev).uuid),
+        (_, Target::Mig(_, d)) => write_str(uuid, length, &d.uuid),
     })
 }
 
@@ -577,10 +577,17 @@ pub unsafe extern "C" fn nvmlDeviceGetPersistenceMode(
 
 // ---- Memory ----
 
-/// (total, used) of a device; used counts every process's allocations and contexts.
-fn memory(sim: &Sim, dev: usize) -> (u64, u64) {
-    let total = sim.memory_total(dev);
-    (total, sim.memory_used(dev).min(total))
+/// (total, used) of a device; used counts every process's allocations and contexts. A MIG
+/// device has its profile's memory; processes are not placed in MIG devices here, so none of
+/// it is used.
+fn memory(sim: &Sim, t: &Target) -> (u64, u64) {
+    match t {
+        Target::Gpu(dev) => {
+            let total = sim.memory_total(*dev);
+            (total, sim.memory_used(*dev).min(total))
+        }
+        Target::Mig(_, d) => (d.memory_bytes, 0),
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -589,9 +596,9 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
     memory_out: *mut nvmlMemory_t,
 ) -> nvmlReturn_t {
     entry(|| {
-        let (sim, dev) = device_of(device)?;
+        let (sim, t) = target(device)?;
         let m = out(memory_out)?;
-        let (total, used) = memory(sim, dev);
+        let (total, used) = memory(sim, &t);
         *m = nvmlMemory_t {
             total,
             free: total - used,
@@ -607,13 +614,13 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
     memory_out: *mut nvmlMemory_v2_t,
 ) -> nvmlReturn_t {
     entry(|| {
-        let (sim, dev) = device_of(device)?;
+        let (sim, t) = target(device)?;
         let m = out(memory_out)?;
         if m.version != nvmlMemory_v2 {
             return Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
         }
         // Nothing is held back for the driver, so v1 and v2 agree on used and free.
-        let (total, used) = memory(sim, dev);
+        let (total, used) = memory(sim, &t);
         *m = nvmlMemory_v2_t {
             version: nvmlMemory_v2,
             total,
@@ -839,6 +846,90 @@ pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(
 
 // ---- MIG ----
 
+const GIS_PER_DEVICE: usize = 16;
+const CIS_PER_GI: usize = 8;
+const GI_TABLE: usize = MAX_DEVICES * GIS_PER_DEVICE;
+const CI_TABLE: usize = GI_TABLE * CIS_PER_GI;
+
+// GPU-instance, compute-instance and MIG-device handles are addresses in these tables, indexed
+// by (device, GI id[, CI id]); like device handles they stay valid for the process's life and
+// are checked against the live state on every use.
+static GI_HANDLES: [u8; GI_TABLE] = [0; GI_TABLE];
+static CI_HANDLES: [u8; CI_TABLE] = [0; CI_TABLE];
+static MIG_HANDLES: [u8; CI_TABLE] = [0; CI_TABLE];
+
+fn table_handle<T>(table: &'static [u8], i: usize) -> *mut T {
+    (&table[i] as *const u8).cast_mut().cast()
+}
+
+fn table_index<T>(table: &'static [u8], h: *mut T) -> Option<usize> {
+    (h as usize)
+        .checked_sub(table.as_ptr() as usize)
+        .filter(|&i| i < table.len())
+}
+
+fn gi_handle(dev: usize, gi: u32) -> nvmlGpuInstance_t {
+    table_handle(&GI_HANDLES, dev * GIS_PER_DEVICE + gi as usize)
+}
+
+fn ci_index(dev: usize, gi: u32, ci: u32) -> usize {
+    (dev * GIS_PER_DEVICE + gi as usize) * CIS_PER_GI + ci as usize
+}
+
+/// The (device, GI id) of a live GPU instance handle.
+fn gi_of(h: nvmlGpuInstance_t) -> Result<(&'static Sim, usize, u32), nvmlReturn_t> {
+    let sim = sim()?;
+    let i = table_index(&GI_HANDLES, h).ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
+    let (dev, gi) = (i / GIS_PER_DEVICE, (i % GIS_PER_DEVICE) as u32);
+    if dev >= device_count(sim) || mig::gpu_instance(sim, dev, gi).is_err() {
+        return Err(NVML_ERROR_INVALID_ARGUMENT);
+    }
+    Ok((sim, dev, gi))
+}
+
+/// The (device, GI id, CI id) of a live compute instance handle.
+fn ci_of(h: nvmlComputeInstance_t) -> Result<(&'static Sim, usize, u32, u32), nvmlReturn_t> {
+    let sim = sim()?;
+    let i = table_index(&CI_HANDLES, h).ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
+    let (dev, gi, ci) = (
+        i / (GIS_PER_DEVICE * CIS_PER_GI),
+        ((i / CIS_PER_GI) % GIS_PER_DEVICE) as u32,
+        (i % CIS_PER_GI) as u32,
+    );
+    let live = dev < device_count(sim)
+        && mig::gpu_instance(sim, dev, gi)
+            .is_ok_and(|g| g.cis.iter().any(|c| u32::from(c.id) == ci));
+    if !live {
+        return Err(NVML_ERROR_INVALID_ARGUMENT);
+    }
+    Ok((sim, dev, gi, ci))
+}
+
+/// What a device handle names: a whole GPU or one of its MIG devices.
+enum Target {
+    Gpu(usize),
+    Mig(usize, mig::MigDevice),
+}
+
+fn target(h: nvmlDevice_t) -> Result<(&'static Sim, Target), nvmlReturn_t> {
+    if slot_index(h).is_some() {
+        let (sim, dev) = device_of(h)?;
+        return Ok((sim, Target::Gpu(dev)));
+    }
+    let sim = sim()?;
+    let i = table_index(&MIG_HANDLES, h).ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
+    let (dev, gi, ci) = (
+        i / (GIS_PER_DEVICE * CIS_PER_GI),
+        ((i / CIS_PER_GI) % GIS_PER_DEVICE) as u32,
+        (i % CIS_PER_GI) as u32,
+    );
+    if dev >= device_count(sim) {
+        return Err(NVML_ERROR_INVALID_ARGUMENT);
+    }
+    let d = mig::find_mig_device(sim, dev, gi, ci).ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
+    Ok((sim, Target::Mig(dev, d)))
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetMigMode(
     device: nvmlDevice_t,
@@ -849,8 +940,28 @@ pub unsafe extern "C" fn nvmlDeviceGetMigMode(
         let (sim, dev) = device_of(device)?;
         let current_mode = out(current_mode)?;
         let pending_mode = out(pending_mode)?;
-        (*current_mode, *pending_mode) = mig::mode(sim, dev);
+        (*current_mode, *pending_mode) = mig::mode(sim, dev)?;
         Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceSetMigMode(
+    device: nvmlDevice_t,
+    mode: c_uint,
+    activation_status: *mut nvmlReturn_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        let status = out(activation_status)?;
+        let r = mig::set_mode(sim, dev, mode);
+        // The change takes effect at once here; real GPUs may need a reset first, which
+        // `activationStatus` would report.
+        *status = match r {
+            Ok(()) => NVML_SUCCESS,
+            Err(e) => e,
+        };
+        r
     })
 }
 
@@ -874,10 +985,13 @@ pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
 ) -> nvmlReturn_t {
     entry(|| {
         let (sim, dev) = device_of(device)?;
-        out(mig_device)?;
-        // MIG device handles arrive with compute instances in the state; none exist yet.
-        let _ = mig::mig_device_index(sim, dev, index);
-        Err(NVML_ERROR_NOT_FOUND)
+        let mig_device = out(mig_device)?;
+        let d = mig::mig_devices(sim, dev)
+            .into_iter()
+            .nth(index as usize)
+            .ok_or(NVML_ERROR_NOT_FOUND)?;
+        *mig_device = table_handle(&MIG_HANDLES, ci_index(dev, d.gi, d.ci));
+        Ok(())
     })
 }
 
@@ -887,8 +1001,50 @@ pub unsafe extern "C" fn nvmlDeviceIsMigDeviceHandle(
     is_mig: *mut c_uint,
 ) -> nvmlReturn_t {
     entry(|| {
-        device_of(device)?;
-        *out(is_mig)? = 0;
+        let (_, t) = target(device)?;
+        *out(is_mig)? = c_uint::from(matches!(t, Target::Mig(..)));
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetDeviceHandleFromMigDeviceHandle(
+    mig_device: nvmlDevice_t,
+    device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let Target::Mig(dev, _) = target(mig_device)?.1 else {
+            return Err(NVML_ERROR_INVALID_ARGUMENT);
+        };
+        *out(device)? = handle_of(dev);
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceId(
+    device: nvmlDevice_t,
+    id: *mut c_uint,
+) -> nvmlReturn_t {
+    entry(|| {
+        let Target::Mig(_, d) = target(device)?.1 else {
+            return Err(NVML_ERROR_NOT_SUPPORTED);
+        };
+        *out(id)? = d.gi;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetComputeInstanceId(
+    device: nvmlDevice_t,
+    id: *mut c_uint,
+) -> nvmlReturn_t {
+    entry(|| {
+        let Target::Mig(_, d) = target(device)?.1 else {
+            return Err(NVML_ERROR_NOT_SUPPORTED);
+        };
+        *out(id)? = d.ci;
         Ok(())
     })
 }
@@ -896,15 +1052,9 @@ pub unsafe extern "C" fn nvmlDeviceIsMigDeviceHandle(
 fn gpu_instance_profile(
     device: nvmlDevice_t,
     profile: c_uint,
-) -> Result<nvmlGpuInstanceProfileInfo_t, nvmlReturn_t> {
+) -> Result<(nvmlGpuInstanceProfileInfo_t, &'static str), nvmlReturn_t> {
     let (sim, dev) = device_of(device)?;
-    if profile >= NVML_GPU_INSTANCE_PROFILE_COUNT {
-        return Err(NVML_ERROR_INVALID_ARGUMENT);
-    }
-    if !mig::enabled(sim, dev) {
-        return Err(NVML_ERROR_NOT_SUPPORTED);
-    }
-    mig::gpu_instance_profile(sim, dev, profile).ok_or(NVML_ERROR_NOT_SUPPORTED)
+    mig::gpu_instance_profile(sim, dev, profile)
 }
 
 #[unsafe(no_mangle)]
@@ -914,7 +1064,7 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceProfileInfo(
     info: *mut nvmlGpuInstanceProfileInfo_t,
 ) -> nvmlReturn_t {
     entry(|| {
-        let p = gpu_instance_profile(device, profile)?;
+        let (p, _) = gpu_instance_profile(device, profile)?;
         *out(info)? = p;
         Ok(())
     })
@@ -935,8 +1085,8 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceProfileInfoV(
         if version != nvmlGpuInstanceProfileInfo_v2 && version != nvmlGpuInstanceProfileInfo_v3 {
             return Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
         }
-        let p = gpu_instance_profile(device, profile)?;
-        let name = format!("MIG {}g", p.sliceCount);
+        let (p, pname) = gpu_instance_profile(device, profile)?;
+        let name = format!("MIG {pname}");
         if version == nvmlGpuInstanceProfileInfo_v2 {
             let v2 = out(info)?;
             v2.id = p.id;
@@ -974,6 +1124,112 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceProfileInfoV(
     })
 }
 
+fn placements(
+    device: nvmlDevice_t,
+    profile_id: c_uint,
+    placements: *mut nvmlGpuInstancePlacement_t,
+    count: *mut c_uint,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        let count = out(count)?;
+        let all: Vec<nvmlGpuInstancePlacement_t> = mig::possible_placements(sim, dev, profile_id)?
+            .into_iter()
+            .map(|(start, size)| nvmlGpuInstancePlacement_t { start, size })
+            .collect();
+        // A null array asks for the count only.
+        if placements.is_null() {
+            *count = all.len() as c_uint;
+            return Ok(());
+        }
+        write_list(count, placements, &all)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstancePossiblePlacements_v2(
+    device: nvmlDevice_t,
+    profile_id: c_uint,
+    placements_out: *mut nvmlGpuInstancePlacement_t,
+    count: *mut c_uint,
+) -> nvmlReturn_t {
+    placements(device, profile_id, placements_out, count)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstancePossiblePlacements(
+    device: nvmlDevice_t,
+    profile_id: c_uint,
+    placements_out: *mut nvmlGpuInstancePlacement_t,
+    count: *mut c_uint,
+) -> nvmlReturn_t {
+    placements(device, profile_id, placements_out, count)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceRemainingCapacity(
+    device: nvmlDevice_t,
+    profile_id: c_uint,
+    count: *mut c_uint,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        let count = out(count)?;
+        *count = mig::remaining_capacity(sim, dev, profile_id)?;
+        Ok(())
+    })
+}
+
+fn create_gi(
+    device: nvmlDevice_t,
+    profile_id: c_uint,
+    placement: *const nvmlGpuInstancePlacement_t,
+    with_placement: bool,
+    gpu_instance: *mut nvmlGpuInstance_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        let gpu_instance = out(gpu_instance)?;
+        let placement = if with_placement {
+            // SAFETY: the caller passes a readable placement or null.
+            let p = unsafe { placement.as_ref() }.ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
+            Some((p.start, p.size))
+        } else {
+            None
+        };
+        let gi = mig::create_gpu_instance(sim, dev, profile_id, placement)?;
+        *gpu_instance = gi_handle(dev, gi);
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceCreateGpuInstance(
+    device: nvmlDevice_t,
+    profile_id: c_uint,
+    gpu_instance: *mut nvmlGpuInstance_t,
+) -> nvmlReturn_t {
+    create_gi(device, profile_id, core::ptr::null(), false, gpu_instance)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceCreateGpuInstanceWithPlacement(
+    device: nvmlDevice_t,
+    profile_id: c_uint,
+    placement: *const nvmlGpuInstancePlacement_t,
+    gpu_instance: *mut nvmlGpuInstance_t,
+) -> nvmlReturn_t {
+    create_gi(device, profile_id, placement, true, gpu_instance)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlGpuInstanceDestroy(gpu_instance: nvmlGpuInstance_t) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev, gi) = gi_of(gpu_instance)?;
+        mig::destroy_gpu_instance(sim, dev, gi)
+    })
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetGpuInstances(
     device: nvmlDevice_t,
@@ -987,15 +1243,250 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstances(
         if !mig::enabled(sim, dev) {
             return Err(NVML_ERROR_NOT_SUPPORTED);
         }
-        let ids = mig::gpu_instances(sim, dev, profile_id);
-        if ids.is_empty() {
-            *count = 0;
-            return Ok(());
+        let ids = mig::gpu_instances(sim, dev, profile_id)?;
+        // The caller's array holds the profile's instanceCount entries; `count` is output only.
+        if instances.is_null() {
+            return Err(NVML_ERROR_INVALID_ARGUMENT);
         }
-        // GPU instance handles arrive with MIG state; until then no instance can be listed.
-        let _ = instances;
-        Err(NVML_ERROR_NOT_SUPPORTED)
+        for (k, &gi) in ids.iter().enumerate() {
+            // SAFETY: the array has room for every instance of the profile.
+            unsafe { *instances.add(k) = gi_handle(dev, gi) };
+        }
+        *count = ids.len() as c_uint;
+        Ok(())
     })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceById(
+    device: nvmlDevice_t,
+    id: c_uint,
+    gpu_instance: *mut nvmlGpuInstance_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        let gpu_instance = out(gpu_instance)?;
+        mig::gpu_instance(sim, dev, id)?;
+        *gpu_instance = gi_handle(dev, id);
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlGpuInstanceGetInfo(
+    gpu_instance: nvmlGpuInstance_t,
+    info: *mut nvmlGpuInstanceInfo_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev, gi) = gi_of(gpu_instance)?;
+        let info = out(info)?;
+        let g = mig::gpu_instance(sim, dev, gi)?;
+        *info = nvmlGpuInstanceInfo_t {
+            device: handle_of(dev),
+            id: gi,
+            profileId: u32::from(g.profile_id),
+            placement: nvmlGpuInstancePlacement_t {
+                start: u32::from(g.start),
+                size: u32::from(g.size),
+            },
+        };
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlGpuInstanceGetComputeInstanceProfileInfo(
+    gpu_instance: nvmlGpuInstance_t,
+    profile: c_uint,
+    eng_profile: c_uint,
+    info: *mut nvmlComputeInstanceProfileInfo_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev, gi) = gi_of(gpu_instance)?;
+        let info = out(info)?;
+        *info = mig::compute_instance_profile(sim, dev, gi, profile, eng_profile)?.0;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlGpuInstanceGetComputeInstanceProfileInfoV(
+    gpu_instance: nvmlGpuInstance_t,
+    profile: c_uint,
+    eng_profile: c_uint,
+    info: *mut nvmlComputeInstanceProfileInfo_v2_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev, gi) = gi_of(gpu_instance)?;
+        if info.is_null() {
+            return Err(NVML_ERROR_INVALID_ARGUMENT);
+        }
+        // SAFETY: both versions begin with the version word.
+        let version = unsafe { info.cast::<c_uint>().read() };
+        if version != nvmlComputeInstanceProfileInfo_v2
+            && version != nvmlComputeInstanceProfileInfo_v3
+        {
+            return Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+        }
+        let (p, name) = mig::compute_instance_profile(sim, dev, gi, profile, eng_profile)?;
+        let v2 = out(info)?;
+        v2.id = p.id;
+        v2.sliceCount = p.sliceCount;
+        v2.instanceCount = p.instanceCount;
+        v2.multiprocessorCount = p.multiprocessorCount;
+        v2.sharedCopyEngineCount = p.sharedCopyEngineCount;
+        v2.sharedDecoderCount = p.sharedDecoderCount;
+        v2.sharedEncoderCount = p.sharedEncoderCount;
+        v2.sharedJpegCount = p.sharedJpegCount;
+        v2.sharedOfaCount = p.sharedOfaCount;
+        fill_chars(&mut v2.name, &format!("MIG {name}"));
+        if version == nvmlComputeInstanceProfileInfo_v3 {
+            out(info.cast::<nvmlComputeInstanceProfileInfo_v3_t>())?.capabilities = 0;
+        }
+        Ok(())
+    })
+}
+
+fn create_ci(
+    gpu_instance: nvmlGpuInstance_t,
+    profile_id: c_uint,
+    placement: *const nvmlComputeInstancePlacement_t,
+    with_placement: bool,
+    compute_instance: *mut nvmlComputeInstance_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev, gi) = gi_of(gpu_instance)?;
+        let compute_instance = out(compute_instance)?;
+        let placement = if with_placement {
+            // SAFETY: the caller passes a readable placement or null.
+            let p = unsafe { placement.as_ref() }.ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
+            Some((p.start, p.size))
+        } else {
+            None
+        };
+        let ci = mig::create_compute_instance(sim, dev, gi, profile_id, placement)?;
+        *compute_instance = table_handle(&CI_HANDLES, ci_index(dev, gi, ci));
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlGpuInstanceCreateComputeInstance(
+    gpu_instance: nvmlGpuInstance_t,
+    profile_id: c_uint,
+    compute_instance: *mut nvmlComputeInstance_t,
+) -> nvmlReturn_t {
+    create_ci(
+        gpu_instance,
+        profile_id,
+        core::ptr::null(),
+        false,
+        compute_instance,
+    )
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlGpuInstanceCreateComputeInstanceWithPlacement(
+    gpu_instance: nvmlGpuInstance_t,
+    profile_id: c_uint,
+    placement: *const nvmlComputeInstancePlacement_t,
+    compute_instance: *mut nvmlComputeInstance_t,
+) -> nvmlReturn_t {
+    create_ci(gpu_instance, profile_id, placement, true, compute_instance)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlComputeInstanceDestroy(
+    compute_instance: nvmlComputeInstance_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev, gi, ci) = ci_of(compute_instance)?;
+        mig::destroy_compute_instance(sim, dev, gi, ci)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlGpuInstanceGetComputeInstances(
+    gpu_instance: nvmlGpuInstance_t,
+    profile_id: c_uint,
+    instances: *mut nvmlComputeInstance_t,
+    count: *mut c_uint,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev, gi) = gi_of(gpu_instance)?;
+        let count = out(count)?;
+        if profile_id >= NVML_COMPUTE_INSTANCE_PROFILE_COUNT || instances.is_null() {
+            return Err(NVML_ERROR_INVALID_ARGUMENT);
+        }
+        let g = mig::gpu_instance(sim, dev, gi)?;
+        let mut ids: Vec<u32> = g
+            .cis
+            .iter()
+            .filter(|c| u32::from(c.profile_id) == profile_id)
+            .map(|c| u32::from(c.id))
+            .collect();
+        ids.sort_unstable();
+        for (k, &ci) in ids.iter().enumerate() {
+            // SAFETY: the array has room for every instance of the profile.
+            unsafe { *instances.add(k) = table_handle(&CI_HANDLES, ci_index(dev, gi, ci)) };
+        }
+        *count = ids.len() as c_uint;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlGpuInstanceGetComputeInstanceById(
+    gpu_instance: nvmlGpuInstance_t,
+    id: c_uint,
+    compute_instance: *mut nvmlComputeInstance_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev, gi) = gi_of(gpu_instance)?;
+        let compute_instance = out(compute_instance)?;
+        let g = mig::gpu_instance(sim, dev, gi)?;
+        if !g.cis.iter().any(|c| u32::from(c.id) == id) {
+            return Err(NVML_ERROR_NOT_FOUND);
+        }
+        *compute_instance = table_handle(&CI_HANDLES, ci_index(dev, gi, id));
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlComputeInstanceGetInfo_v2(
+    compute_instance: nvmlComputeInstance_t,
+    info: *mut nvmlComputeInstanceInfo_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev, gi, ci) = ci_of(compute_instance)?;
+        let info = out(info)?;
+        let g = mig::gpu_instance(sim, dev, gi)?;
+        let c = g
+            .cis
+            .iter()
+            .find(|c| u32::from(c.id) == ci)
+            .ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
+        *info = nvmlComputeInstanceInfo_t {
+            device: handle_of(dev),
+            gpuInstance: gi_handle(dev, gi),
+            id: ci,
+            profileId: u32::from(c.profile_id),
+            placement: nvmlComputeInstancePlacement_t {
+                start: u32::from(c.start),
+                size: u32::from(c.size),
+            },
+        };
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlComputeInstanceGetInfo(
+    compute_instance: nvmlComputeInstance_t,
+    info: *mut nvmlComputeInstanceInfo_t,
+) -> nvmlReturn_t {
+    unsafe { nvmlComputeInstanceGetInfo_v2(compute_instance, info) }
 }
 
 // ---- Events ----

@@ -674,3 +674,288 @@ fn same_process_memory_survives_nvml() {
         assert_eq!(sim.my_usage(0), 1 << 30);
     });
 }
+
+type SetMig = unsafe extern "C" fn(nvmlDevice_t, c_uint, *mut nvmlReturn_t) -> nvmlReturn_t;
+type GiProfileInfo =
+    unsafe extern "C" fn(nvmlDevice_t, c_uint, *mut nvmlGpuInstanceProfileInfo_t) -> nvmlReturn_t;
+
+fn set_mig(lib: &Lib, h: nvmlDevice_t, mode: c_uint) -> nvmlReturn_t {
+    let mut status = -1;
+    let r = unsafe { lib.sym::<SetMig>("nvmlDeviceSetMigMode")(h, mode, &mut status) };
+    assert_eq!(r, status, "activation status mirrors the result");
+    r
+}
+
+fn gi_info(lib: &Lib, h: nvmlDevice_t, nvml_profile: c_uint) -> nvmlGpuInstanceProfileInfo_t {
+    let mut info = nvmlGpuInstanceProfileInfo_t::default();
+    assert_eq!(
+        unsafe {
+            lib.sym::<GiProfileInfo>("nvmlDeviceGetGpuInstanceProfileInfo")(
+                h,
+                nvml_profile,
+                &mut info,
+            )
+        },
+        NVML_SUCCESS
+    );
+    info
+}
+
+fn create_gi(
+    lib: &Lib,
+    h: nvmlDevice_t,
+    id: c_uint,
+    start: c_uint,
+    size: c_uint,
+) -> Result<nvmlGpuInstance_t, nvmlReturn_t> {
+    let mut gi = null_mut();
+    let p = nvmlGpuInstancePlacement_t { start, size };
+    match unsafe {
+        lib.sym::<nvmlDeviceCreateGpuInstanceWithPlacement_t>(
+            "nvmlDeviceCreateGpuInstanceWithPlacement",
+        )(h, id, &p, &mut gi)
+    } {
+        NVML_SUCCESS => Ok(gi),
+        e => Err(e),
+    }
+}
+
+#[test]
+fn mig_instances_follow_the_hardware_rules() {
+    isolated("mig_instances_follow_the_hardware_rules", "count=2", || {
+        let lib = nvml();
+        let h = handle(&lib, 0);
+        unsafe {
+            // A process holding memory on the GPU blocks the mode change.
+            let sim = Sim::get().unwrap();
+            assert!(sim.try_alloc(0, 1 << 30));
+            assert_eq!(set_mig(&lib, h, NVML_DEVICE_MIG_ENABLE), NVML_ERROR_IN_USE);
+            sim.free(0, 1 << 30);
+            assert_eq!(set_mig(&lib, h, 7), NVML_ERROR_INVALID_ARGUMENT);
+            assert_eq!(set_mig(&lib, h, NVML_DEVICE_MIG_ENABLE), NVML_SUCCESS);
+            let (mut cur, mut pend) = (9, 9);
+            lib.sym::<DevU32x2>("nvmlDeviceGetMigMode")(h, &mut cur, &mut pend);
+            assert_eq!(
+                (cur, pend),
+                (NVML_DEVICE_MIG_ENABLE, NVML_DEVICE_MIG_ENABLE)
+            );
+
+            // H100-80GB geometry: 3g.40gb is profile id 9, 60 SMs, 40448 MiB, two at {0,4}:4.
+            let p3 = gi_info(&lib, h, NVML_GPU_INSTANCE_PROFILE_3_SLICE);
+            assert_eq!(
+                (
+                    p3.id,
+                    p3.multiprocessorCount,
+                    p3.memorySizeMB,
+                    p3.instanceCount
+                ),
+                (9, 60, 40448, 2)
+            );
+            let p1 = gi_info(&lib, h, NVML_GPU_INSTANCE_PROFILE_1_SLICE);
+            assert_eq!((p1.id, p1.memorySizeMB, p1.instanceCount), (19, 9984, 7));
+            let mut pl = [nvmlGpuInstancePlacement_t::default(); 8];
+            let mut n = pl.len() as c_uint;
+            assert_eq!(
+                lib.sym::<nvmlDeviceGetGpuInstancePossiblePlacements_v2_t>(
+                    "nvmlDeviceGetGpuInstancePossiblePlacements_v2"
+                )(h, 9, pl.as_mut_ptr(), &mut n),
+                NVML_SUCCESS
+            );
+            assert_eq!(
+                &pl[..n as usize],
+                &[
+                    nvmlGpuInstancePlacement_t { start: 0, size: 4 },
+                    nvmlGpuInstancePlacement_t { start: 4, size: 4 }
+                ]
+            );
+
+            // Bad profile id and bad placement are INVALID_ARGUMENT; a taken one INSUFFICIENT_RESOURCES.
+            assert_eq!(
+                create_gi(&lib, h, 77, 0, 4),
+                Err(NVML_ERROR_INVALID_ARGUMENT)
+            );
+            assert_eq!(
+                create_gi(&lib, h, 9, 2, 4),
+                Err(NVML_ERROR_INVALID_ARGUMENT)
+            );
+            let gi = create_gi(&lib, h, 9, 4, 4).unwrap();
+            assert_eq!(
+                create_gi(&lib, h, 9, 4, 4),
+                Err(NVML_ERROR_INSUFFICIENT_RESOURCES)
+            );
+            assert_eq!(
+                create_gi(&lib, h, 19, 5, 1),
+                Err(NVML_ERROR_INSUFFICIENT_RESOURCES)
+            );
+            // 7g.80gb (id 0) needs the whole GPU.
+            assert_eq!(
+                create_gi(&lib, h, 0, 0, 8),
+                Err(NVML_ERROR_INSUFFICIENT_RESOURCES)
+            );
+            // Without a placement: the first free one.
+            let mut g2 = null_mut();
+            assert_eq!(
+                lib.sym::<nvmlDeviceCreateGpuInstance_t>("nvmlDeviceCreateGpuInstance")(
+                    h, 19, &mut g2
+                ),
+                NVML_SUCCESS
+            );
+            let mut info: nvmlGpuInstanceInfo_t = std::mem::zeroed();
+            assert_eq!(
+                lib.sym::<nvmlGpuInstanceGetInfo_t>("nvmlGpuInstanceGetInfo")(g2, &mut info),
+                NVML_SUCCESS
+            );
+            assert_eq!(
+                (
+                    info.profileId,
+                    info.placement.start,
+                    info.placement.size,
+                    info.id
+                ),
+                (19, 0, 1, 7)
+            );
+            assert_eq!(
+                lib.sym::<nvmlGpuInstanceGetInfo_t>("nvmlGpuInstanceGetInfo")(gi, &mut info),
+                NVML_SUCCESS
+            );
+            assert_eq!((info.profileId, info.placement.start, info.id), (9, 4, 2));
+            let mut list = [null_mut(); 7];
+            let mut n = 0;
+            assert_eq!(
+                lib.sym::<nvmlDeviceGetGpuInstances_t>("nvmlDeviceGetGpuInstances")(
+                    h,
+                    19,
+                    list.as_mut_ptr(),
+                    &mut n
+                ),
+                NVML_SUCCESS
+            );
+            assert_eq!((n, list[0]), (1, g2));
+
+            // Compute instances: the whole 3g (CI profile 2), then no room for a 1c.
+            let mut cp = nvmlComputeInstanceProfileInfo_t::default();
+            assert_eq!(
+                lib.sym::<nvmlGpuInstanceGetComputeInstanceProfileInfo_t>(
+                    "nvmlGpuInstanceGetComputeInstanceProfileInfo"
+                )(gi, NVML_COMPUTE_INSTANCE_PROFILE_3_SLICE, 0, &mut cp),
+                NVML_SUCCESS
+            );
+            assert_eq!((cp.id, cp.sliceCount, cp.multiprocessorCount), (2, 3, 60));
+            let create_ci = lib.sym::<nvmlGpuInstanceCreateComputeInstance_t>(
+                "nvmlGpuInstanceCreateComputeInstance",
+            );
+            let mut ci = null_mut();
+            assert_eq!(create_ci(gi, 2, &mut ci), NVML_SUCCESS);
+            let mut other = null_mut();
+            assert_eq!(
+                create_ci(gi, 0, &mut other),
+                NVML_ERROR_INSUFFICIENT_RESOURCES
+            );
+            assert_eq!(
+                create_ci(gi, 4, &mut other),
+                NVML_ERROR_NOT_SUPPORTED,
+                "7c does not fit a 3g"
+            );
+            let mut cinfo: nvmlComputeInstanceInfo_t = std::mem::zeroed();
+            assert_eq!(
+                lib.sym::<nvmlComputeInstanceGetInfo_v2_t>("nvmlComputeInstanceGetInfo_v2")(
+                    ci, &mut cinfo
+                ),
+                NVML_SUCCESS
+            );
+            assert_eq!(
+                (
+                    cinfo.gpuInstance,
+                    cinfo.profileId,
+                    cinfo.placement.size,
+                    cinfo.device
+                ),
+                (gi, 2, 3, h)
+            );
+
+            // The MIG device: its own UUID and the profile's memory, and back to its parent.
+            let mut max = 0;
+            lib.sym::<DevU32>("nvmlDeviceGetMaxMigDeviceCount")(h, &mut max);
+            assert_eq!(max, 7);
+            let by = lib.sym::<unsafe extern "C" fn(
+                nvmlDevice_t,
+                c_uint,
+                *mut nvmlDevice_t,
+            ) -> nvmlReturn_t>("nvmlDeviceGetMigDeviceHandleByIndex");
+            let mut md = null_mut();
+            assert_eq!(by(h, 0, &mut md), NVML_SUCCESS);
+            assert_eq!(by(h, 1, &mut md.clone()), NVML_ERROR_NOT_FOUND);
+            let mut is_mig = 0;
+            lib.sym::<DevU32>("nvmlDeviceIsMigDeviceHandle")(md, &mut is_mig);
+            assert_eq!(is_mig, 1);
+            let uuid = dev_string(&lib, "nvmlDeviceGetUUID", md);
+            assert!(uuid.starts_with("MIG-"), "{uuid}");
+            assert_ne!(uuid, dev_string(&lib, "nvmlDeviceGetUUID", h));
+            let mut mem = nvmlMemory_t::default();
+            assert_eq!(
+                lib.sym::<DevPtr<nvmlMemory_t>>("nvmlDeviceGetMemoryInfo")(md, &mut mem),
+                NVML_SUCCESS
+            );
+            assert_eq!(mem.total, 40448 << 20);
+            let mut parent = null_mut();
+            assert_eq!(
+                lib.sym::<DevPtr<nvmlDevice_t>>("nvmlDeviceGetDeviceHandleFromMigDeviceHandle")(
+                    md,
+                    &mut parent
+                ),
+                NVML_SUCCESS
+            );
+            assert_eq!(parent, h);
+            let (mut gid, mut cid) = (0, 9);
+            lib.sym::<DevU32>("nvmlDeviceGetGpuInstanceId")(md, &mut gid);
+            lib.sym::<DevU32>("nvmlDeviceGetComputeInstanceId")(md, &mut cid);
+            assert_eq!((gid, cid), (2, 0));
+
+            // A GI with a CI cannot go; neither can MIG mode while instances exist.
+            let destroy_gi = lib.sym::<nvmlGpuInstanceDestroy_t>("nvmlGpuInstanceDestroy");
+            assert_eq!(destroy_gi(gi), NVML_ERROR_IN_USE);
+            assert_eq!(set_mig(&lib, h, NVML_DEVICE_MIG_DISABLE), NVML_ERROR_IN_USE);
+            assert_eq!(
+                lib.sym::<nvmlComputeInstanceDestroy_t>("nvmlComputeInstanceDestroy")(ci),
+                NVML_SUCCESS
+            );
+            assert_eq!(
+                lib.sym::<DevPtr<nvmlMemory_t>>("nvmlDeviceGetMemoryInfo")(md, &mut mem),
+                NVML_ERROR_INVALID_ARGUMENT,
+                "a stale MIG handle"
+            );
+            assert_eq!(destroy_gi(gi), NVML_SUCCESS);
+            assert_eq!(destroy_gi(gi), NVML_ERROR_INVALID_ARGUMENT);
+            assert_eq!(destroy_gi(g2), NVML_SUCCESS);
+            assert_eq!(set_mig(&lib, h, NVML_DEVICE_MIG_DISABLE), NVML_SUCCESS);
+
+            // Device 1 never changed; another process sees the same state through the file.
+            let h1 = handle(&lib, 1);
+            lib.sym::<DevU32x2>("nvmlDeviceGetMigMode")(h1, &mut cur, &mut pend);
+            assert_eq!(cur, NVML_DEVICE_MIG_DISABLE);
+        }
+    });
+}
+
+#[test]
+fn a_gpu_without_mig_says_so() {
+    isolated(
+        "a_gpu_without_mig_says_so",
+        "name=Tesla T4,memory=16GiB",
+        || {
+            let lib = nvml();
+            let h = handle(&lib, 0);
+            let (mut cur, mut pend) = (9, 9);
+            unsafe {
+                assert_eq!(
+                    lib.sym::<DevU32x2>("nvmlDeviceGetMigMode")(h, &mut cur, &mut pend),
+                    NVML_ERROR_NOT_SUPPORTED
+                );
+            }
+            assert_eq!(
+                set_mig(&lib, h, NVML_DEVICE_MIG_ENABLE),
+                NVML_ERROR_NOT_SUPPORTED
+            );
+        },
+    );
+}

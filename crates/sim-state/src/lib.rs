@@ -18,7 +18,7 @@ pub const MAX_SLOTS: usize = 1024;
 /// Busy intervals remembered per device; enough for a second of 1 ms kernels several times over.
 pub const RING_LEN: usize = 8192;
 
-const MAGIC: u64 = 0x6770_7573_696d_0001; // "gpusim" + layout version
+const MAGIC: u64 = 0x6770_7573_696d_0002; // "gpusim" + layout version
 const NAME_LEN: usize = 96;
 const UUID_LEN: usize = 48;
 const BUS_LEN: usize = 32;
@@ -265,6 +265,7 @@ struct Shared {
     header: Header,
     devices: [DeviceState; MAX_DEVICES],
     slots: [Slot; MAX_SLOTS],
+    mig: [MigRegion; MAX_DEVICES],
 }
 
 /// Process-wide handle on the mapped state.
@@ -652,6 +653,188 @@ impl Sim {
         }
         acc.sort_by_key(|a| a.0);
         acc
+    }
+}
+
+// ---- MIG ----------------------------------------------------------------------------------
+
+/// GPU instances and compute instances per GPU instance the state can hold (a GPU has at
+/// most 7 of either).
+pub const MIG_MAX_GIS: usize = 8;
+pub const MIG_MAX_CIS: usize = 8;
+const MIG_WORDS: usize = 1 + MIG_MAX_GIS * (1 + MIG_MAX_CIS);
+
+/// A compute instance: ids and placement (in compute slices of its GPU instance) as NVML
+/// reports them; `serial` makes the MIG device's UUID differ from any earlier one's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MigCi {
+    pub id: u8,
+    pub profile_id: u8,
+    pub start: u8,
+    pub size: u8,
+    pub serial: u32,
+}
+
+/// A GPU instance: NVML profile id and placement in memory slices.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MigGi {
+    pub id: u8,
+    pub profile_id: u8,
+    pub start: u8,
+    pub size: u8,
+    pub cis: Vec<MigCi>,
+}
+
+/// A device's MIG state. The simulator's rules (geometry, errors) live with its NVML; this is
+/// storage only.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MigState {
+    pub enabled: bool,
+    pub gis: Vec<MigGi>,
+    /// Last serial handed to a compute instance.
+    pub serial: u32,
+}
+
+impl MigState {
+    fn encode(&self) -> [u64; MIG_WORDS] {
+        assert!(self.gis.len() <= MIG_MAX_GIS, "too many GPU instances");
+        let mut w = [0u64; MIG_WORDS];
+        w[0] =
+            u64::from(self.enabled) | (self.gis.len() as u64) << 8 | u64::from(self.serial) << 32;
+        for (g, gi) in self.gis.iter().enumerate() {
+            assert!(gi.cis.len() <= MIG_MAX_CIS, "too many compute instances");
+            let base = 1 + g * (1 + MIG_MAX_CIS);
+            w[base] = pack(gi.id, gi.profile_id, gi.start, gi.size, gi.cis.len() as u32);
+            for (c, ci) in gi.cis.iter().enumerate() {
+                w[base + 1 + c] = pack(ci.id, ci.profile_id, ci.start, ci.size, ci.serial);
+            }
+        }
+        w
+    }
+
+    fn decode(w: &[u64; MIG_WORDS]) -> MigState {
+        let gis = ((w[0] >> 8) & 0xff) as usize;
+        MigState {
+            enabled: w[0] & 1 != 0,
+            serial: (w[0] >> 32) as u32,
+            gis: (0..gis.min(MIG_MAX_GIS))
+                .map(|g| {
+                    let base = 1 + g * (1 + MIG_MAX_CIS);
+                    let (id, profile_id, start, size, cis) = unpack(w[base]);
+                    MigGi {
+                        id,
+                        profile_id,
+                        start,
+                        size,
+                        cis: (0..(cis as usize).min(MIG_MAX_CIS))
+                            .map(|c| {
+                                let (id, profile_id, start, size, serial) = unpack(w[base + 1 + c]);
+                                MigCi {
+                                    id,
+                                    profile_id,
+                                    start,
+                                    size,
+                                    serial,
+                                }
+                            })
+                            .collect(),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+fn pack(a: u8, b: u8, c: u8, d: u8, rest: u32) -> u64 {
+    u64::from(a)
+        | u64::from(b) << 8
+        | u64::from(c) << 16
+        | u64::from(d) << 24
+        | u64::from(rest) << 32
+}
+
+fn unpack(w: u64) -> (u8, u8, u8, u8, u32) {
+    (
+        w as u8,
+        (w >> 8) as u8,
+        (w >> 16) as u8,
+        (w >> 24) as u8,
+        (w >> 32) as u32,
+    )
+}
+
+/// Two copies of a device's MIG state; `gen % 2` names the current one. A writer (only ever
+/// one, see `mig_update`) fills the other copy and then bumps `gen`. A reader copies the
+/// current one and keeps it only if `gen` has not moved meanwhile: a writer can only touch
+/// that copy after bumping `gen` past it. A writer that dies mid-way leaves `gen` unbumped,
+/// so nobody ever sees its half-written copy.
+#[repr(C)]
+struct MigRegion {
+    generation: AtomicU64,
+    copies: [[AtomicU64; MIG_WORDS]; 2],
+}
+
+/// Another process is changing the device's MIG state right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigBusy;
+
+/// Serialises writers inside this process; the record lock does it across processes.
+static MIG_WRITER: Mutex<()> = Mutex::new(());
+
+impl Sim {
+    fn mig_region(&self, dev: usize) -> &MigRegion {
+        let _ = self.dev(dev);
+        &self.sh().mig[dev]
+    }
+
+    /// The MIG state of `dev` as last committed.
+    pub fn mig(&self, dev: usize) -> MigState {
+        let r = self.mig_region(dev);
+        loop {
+            let g = r.generation.load(Ordering::SeqCst);
+            let copy = &r.copies[(g % 2) as usize];
+            let mut w = [0u64; MIG_WORDS];
+            for (d, s) in w.iter_mut().zip(copy.iter()) {
+                *d = s.load(Ordering::SeqCst);
+            }
+            if r.generation.load(Ordering::SeqCst) == g {
+                return MigState::decode(&w);
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Changes `dev`'s MIG state: `f` sees the current state and either edits it (`Ok`,
+    /// committed at once) or refuses (`Err`, nothing changes). Writers exclude each other with
+    /// a non-blocking record lock, which the kernel drops if the holder dies; one that finds
+    /// the lock held retries for up to a second, then gives up with [`MigBusy`].
+    pub fn mig_update<T, E>(
+        &self,
+        dev: usize,
+        f: impl FnOnce(&mut MigState) -> Result<T, E>,
+    ) -> Result<Result<T, E>, MigBusy> {
+        let r = self.mig_region(dev);
+        let _inproc = MIG_WRITER.lock().unwrap_or_else(|e| e.into_inner());
+        let lock = MAX_SLOTS + dev;
+        let deadline = Self::now_ns() + 1_000_000_000;
+        while !self.map.claim_slot(lock).unwrap_or(false) {
+            if Self::now_ns() > deadline {
+                return Err(MigBusy);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut state = self.mig(dev);
+        let out = f(&mut state);
+        if out.is_ok() {
+            let g = r.generation.load(Ordering::SeqCst);
+            let next = &r.copies[((g + 1) % 2) as usize];
+            for (d, s) in next.iter().zip(state.encode()) {
+                d.store(s, Ordering::SeqCst);
+            }
+            r.generation.store(g + 1, Ordering::SeqCst);
+        }
+        let _ = self.map.release_slot(lock);
+        Ok(out)
     }
 }
 

@@ -276,3 +276,96 @@ fn two_copies_in_one_process_keep_apart() {
         }]
     );
 }
+
+#[test]
+fn mig_state_round_trips_and_is_shared() {
+    let (a, tmp) = sim("mig", "count=2");
+    let b = Sim::open(&tmp.0, &parse_devices("").unwrap()).unwrap();
+    assert_eq!(a.mig(0), MigState::default());
+    let want = MigState {
+        enabled: true,
+        serial: 7,
+        gis: vec![
+            MigGi {
+                id: 1,
+                profile_id: 9,
+                start: 0,
+                size: 4,
+                cis: vec![MigCi {
+                    id: 0,
+                    profile_id: 2,
+                    start: 0,
+                    size: 3,
+                    serial: 7,
+                }],
+            },
+            MigGi {
+                id: 13,
+                profile_id: 19,
+                start: 6,
+                size: 1,
+                cis: vec![],
+            },
+        ],
+    };
+    let w = want.clone();
+    assert_eq!(
+        a.mig_update(1, move |s| {
+            *s = w;
+            Ok::<_, ()>(())
+        }),
+        Ok(Ok(()))
+    );
+    assert_eq!(b.mig(1), want, "another attachment sees the commit");
+    assert_eq!(b.mig(0), MigState::default(), "devices are separate");
+    // A refused change commits nothing.
+    assert_eq!(
+        b.mig_update(1, |s| {
+            s.gis.clear();
+            Err::<(), _>("no")
+        }),
+        Ok(Err("no"))
+    );
+    assert_eq!(a.mig(1), want);
+}
+
+#[test]
+fn a_writer_killed_mid_update_strands_nothing() {
+    let (s, tmp) = sim("mig-kill", "");
+    let path = tmp.0.clone();
+    // The child takes the writer lock and stays inside the update until it is killed.
+    let (pid, _) = child_holding(move || {
+        let c: &'static Sim = Box::leak(Box::new(
+            Sim::open(&path, &parse_devices("").unwrap()).unwrap(),
+        ));
+        std::thread::spawn(move || {
+            c.mig_update(0, |st| {
+                st.enabled = true;
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+                #[allow(unreachable_code)]
+                Ok::<_, ()>(())
+            })
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        0
+    });
+    // Writers here give up with MigBusy; readers go on.
+    assert_eq!(s.mig(0), MigState::default());
+    assert_eq!(s.mig_update(0, |_| Ok::<_, ()>(())), Err(MigBusy));
+    kill(pid);
+    assert_eq!(
+        s.mig(0),
+        MigState::default(),
+        "the dead writer committed nothing"
+    );
+    assert_eq!(
+        s.mig_update(0, |st| {
+            st.enabled = true;
+            Ok::<_, ()>(())
+        }),
+        Ok(Ok(()))
+    );
+    assert!(s.mig(0).enabled);
+}

@@ -9,6 +9,7 @@ mod layout;
 mod models;
 mod parted;
 mod plan;
+mod reconcile;
 
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ pub use parted::{
     DeviceDesired, DeviceFilter, DeviceSelector, MigConfigEntry, MigPartedConfig, desired_state,
 };
 pub use plan::{Plan, Unplaced, plan};
+pub use reconcile::{FoundGpu, FoundInstance, export, mismatch, plan_exact};
 
 /// A demand: how many instances of each profile are wanted.
 pub type Demand = Vec<(String, u32)>;

@@ -76,6 +76,43 @@ impl GiProfile {
         self.placements.iter().map(|p| p.start).collect()
     }
 
+    /// The `NVML_GPU_INSTANCE_PROFILE_*` value NVML takes to describe this profile
+    /// (`nvmlDeviceGetGpuInstanceProfileInfo`), as opposed to [`GiProfile::id`], which NVML
+    /// returns in that info and takes when creating an instance. `nvml.h`: 1 slice = 0,
+    /// 2 = 1, 3 = 2, 4 = 3, 7 = 4, 8 = 5, 6 = 6, 1-slice media variant (REV1) = 7, 2-slice
+    /// media variant = 8, 1-slice with two memory slices (REV2) = 9.
+    pub fn nvml_profile(&self) -> u32 {
+        match (
+            self.compute_slices,
+            self.memory_slices,
+            self.media_extension(),
+        ) {
+            (1, _, true) => 7,
+            (2, _, true) => 8,
+            (1, 2, false) => 9,
+            (1, _, _) => 0,
+            (2, _, _) => 1,
+            (3, _, _) => 2,
+            (4, _, _) => 3,
+            (7, _, _) => 4,
+            (8, _, _) => 5,
+            (6, _, _) => 6,
+            (c, _, _) => unreachable!("no NVML profile has {c} compute slices"),
+        }
+    }
+
+    /// The compute-instance profile that takes the whole GPU instance.
+    pub fn full_compute_profile(&self) -> &'static CiProfile {
+        self.compute_profiles
+            .iter()
+            .find(|c| c.compute_slices == self.compute_slices)
+            .expect("every GI profile has a whole-instance CI profile")
+    }
+
+    pub fn compute_profile_by_id(&self, id: u32) -> Option<&'static CiProfile> {
+        self.compute_profiles.iter().find(|c| c.id == id)
+    }
+
     pub fn compute_profile(&self, name: &str) -> Option<&'static CiProfile> {
         let want = super::normalize(name);
         self.compute_profiles
@@ -109,6 +146,13 @@ impl GpuModel {
 
     pub fn profile_by_id(&self, id: u32) -> Option<&'static GiProfile> {
         self.profiles.iter().find(|p| p.id == id)
+    }
+
+    /// The profile NVML describes under `NVML_GPU_INSTANCE_PROFILE_*` value `nvml_profile`.
+    pub fn profile_by_nvml(&self, nvml_profile: u32) -> Option<&'static GiProfile> {
+        self.profiles
+            .iter()
+            .find(|p| p.nvml_profile() == nvml_profile)
     }
 
     pub fn profile_names(&self) -> Vec<&'static str> {

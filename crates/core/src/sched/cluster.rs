@@ -1,0 +1,387 @@
+//! The scheduler's picture of the cluster: nodes with their GPUs (from inventories) and the
+//! usage that the assignments of placed pods add up to.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::protocol::{AssignedGpu, Assignment, ContainerAssignment, GpuInfo, GpuMode, Inventory};
+
+use super::fit::{Fit, PodSpec};
+use super::quota::{Demand, Quota};
+
+/// What is taken of one GPU. `Copy` so fitting works on scratch copies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuUsage {
+    pub memory_mib: u64,
+    pub compute: u32,
+    pub slices: u32,
+    pub exclusive: bool,
+    /// Bit i set: the GPU's MIG device i is taken.
+    pub mig_taken: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Gpu {
+    pub info: GpuInfo,
+    /// Interned model id (index into [`Cluster::models`]).
+    pub model: u32,
+    /// Bit j set: GPU j of the same node is an NVLink peer.
+    pub nvlink: u64,
+    /// Interned PCIe switch id, unique within the node.
+    pub switch: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: String,
+    pub gpus: Vec<Gpu>,
+    pub usage: Vec<GpuUsage>,
+    /// Memory of shared and whole-mode GPUs, for utilization scores.
+    pub total_memory_mib: u64,
+    pub max_gpu_memory_mib: u64,
+}
+
+impl Node {
+    pub fn used_memory_mib(&self) -> u64 {
+        self.usage.iter().map(|u| u.memory_mib).sum()
+    }
+
+    fn locate(&self, uuid: &str) -> Option<(usize, Option<usize>)> {
+        for (i, g) in self.gpus.iter().enumerate() {
+            if g.info.uuid == uuid {
+                return Some((i, None));
+            }
+            if let Some(j) = g.info.mig.iter().position(|m| m.uuid == uuid) {
+                return Some((i, Some(j)));
+            }
+        }
+        None
+    }
+}
+
+/// A pod the cluster already holds resources for (bound, or reserved for a gang).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRecord {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub priority: i32,
+    pub assignment: Assignment,
+    /// `namespace/gang` when the pod belongs to a gang.
+    pub gang: Option<String>,
+    pub demand: Demand,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    #[error("node '{0}' is not known")]
+    UnknownNode(String),
+    #[error("pod {pod}: device '{uuid}' is not on node '{node}'")]
+    UnknownDevice {
+        pod: String,
+        node: String,
+        uuid: String,
+    },
+    #[error("pod {pod}: GPU '{uuid}' would be over-committed ({what})")]
+    Overcommit {
+        pod: String,
+        uuid: String,
+        what: String,
+    },
+    #[error("pod uid '{0}' is already placed")]
+    Duplicate(String),
+}
+
+/// The whole picture. Nodes are addressed by index on hot paths and by name at the edges.
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    index: HashMap<String, usize>,
+    pub models: Vec<String>,
+    pub pods: HashMap<String, PodRecord>,
+    pub quotas: BTreeMap<String, Quota>,
+    pub ns_usage: BTreeMap<String, Demand>,
+    /// Bumped by every change, so callers can tell whether cached decisions still hold.
+    pub generation: u64,
+    /// Pod uids by the node their assignment names, so a node update re-applies only its own.
+    by_node: HashMap<String, std::collections::BTreeSet<String>>,
+}
+
+impl Cluster {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.node_index(name).map(|i| &self.nodes[i])
+    }
+
+    fn intern_model(&mut self, m: &str) -> u32 {
+        match self.models.iter().position(|x| x == m) {
+            Some(i) => i as u32,
+            None => {
+                self.models.push(m.to_string());
+                (self.models.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Adds or replaces a node's inventory; the usage of pods already on it is re-applied.
+    /// Pods whose devices vanished keep their record but no longer count on the node.
+    pub fn upsert_node(&mut self, name: &str, inv: &Inventory) {
+        self.generation += 1;
+        let mut gpus = Vec::with_capacity(inv.gpus.len());
+        let mut switches: Vec<&str> = Vec::new();
+        for g in &inv.gpus {
+            let model = self.intern_model(&g.model);
+            let switch =
+                g.pcie_switch
+                    .as_deref()
+                    .map(|s| match switches.iter().position(|x| *x == s) {
+                        Some(i) => i as u32,
+                        None => {
+                            switches.push(s);
+                            (switches.len() - 1) as u32
+                        }
+                    });
+            gpus.push(Gpu {
+                info: g.clone(),
+                model,
+                nvlink: 0,
+                switch,
+            });
+        }
+        for i in 0..gpus.len() {
+            let mut mask = 0u64;
+            for (j, other) in inv.gpus.iter().enumerate() {
+                let linked = inv.gpus[i].nvlink_peers.iter().any(|p| p == &other.uuid)
+                    || other.nvlink_peers.iter().any(|p| p == &inv.gpus[i].uuid);
+                if j != i && j < 64 && linked {
+                    mask |= 1 << j;
+                }
+            }
+            gpus[i].nvlink = mask;
+        }
+        let total = inv
+            .gpus
+            .iter()
+            .filter(|g| g.mode != GpuMode::Mig)
+            .map(|g| g.memory_mib)
+            .sum();
+        let max = inv.gpus.iter().map(|g| g.memory_mib).max().unwrap_or(0);
+        let node = Node {
+            name: name.to_string(),
+            usage: vec![GpuUsage::default(); gpus.len()],
+            gpus,
+            total_memory_mib: total,
+            max_gpu_memory_mib: max,
+        };
+        let idx = match self.index.get(name) {
+            Some(&i) => {
+                self.nodes[i] = node;
+                i
+            }
+            None => {
+                self.nodes.push(node);
+                self.index.insert(name.to_string(), self.nodes.len() - 1);
+                self.nodes.len() - 1
+            }
+        };
+        if let Some(uids) = self.by_node.get(name) {
+            for uid in uids {
+                if let Some(p) = self.pods.get(uid) {
+                    let _ = apply(&mut self.nodes[idx], &p.uid, &p.assignment, 1);
+                }
+            }
+        }
+    }
+
+    pub fn remove_node(&mut self, name: &str) {
+        self.generation += 1;
+        if let Some(i) = self.index.remove(name) {
+            self.nodes.swap_remove(i);
+            if i < self.nodes.len() {
+                let moved = self.nodes[i].name.clone();
+                self.index.insert(moved, i);
+            }
+        }
+    }
+
+    /// Records a placed pod and charges its assignment. Refuses an assignment that names a
+    /// device the node lacks or that would over-commit a GPU; the cluster is then unchanged.
+    pub fn add_pod(&mut self, rec: PodRecord) -> Result<(), ClusterError> {
+        if self.pods.contains_key(&rec.uid) {
+            return Err(ClusterError::Duplicate(rec.uid));
+        }
+        let i = self
+            .node_index(&rec.assignment.node)
+            .ok_or_else(|| ClusterError::UnknownNode(rec.assignment.node.clone()))?;
+        apply(&mut self.nodes[i], &rec.uid, &rec.assignment, 1)?;
+        self.generation += 1;
+        let u = self.ns_usage.entry(rec.namespace.clone()).or_default();
+        u.add(rec.demand);
+        self.by_node.entry(rec.assignment.node.clone()).or_default().insert(rec.uid.clone());
+        self.pods.insert(rec.uid.clone(), rec);
+        Ok(())
+    }
+
+    /// Forgets a pod and gives its devices back. Unknown uids are ignored (idempotent).
+    pub fn remove_pod(&mut self, uid: &str) -> Option<PodRecord> {
+        let rec = self.pods.remove(uid)?;
+        self.generation += 1;
+        if let Some(set) = self.by_node.get_mut(&rec.assignment.node) {
+            set.remove(uid);
+            if set.is_empty() {
+                self.by_node.remove(&rec.assignment.node);
+            }
+        }
+        if let Some(i) = self.node_index(&rec.assignment.node) {
+            let _ = apply(&mut self.nodes[i], uid, &rec.assignment, -1);
+        }
+        if let Some(u) = self.ns_usage.get_mut(&rec.namespace) {
+            u.sub(rec.demand);
+        }
+        Some(rec)
+    }
+
+    /// Turns a fit on node `node` into the protocol's assignment.
+    pub fn assignment(&self, node: usize, pod: &PodSpec, fit: &Fit) -> Assignment {
+        let n = &self.nodes[node];
+        let mut containers: Vec<ContainerAssignment> = Vec::new();
+        for (ci, c) in pod.containers.iter().enumerate() {
+            let gpus: Vec<AssignedGpu> = fit
+                .takes
+                .iter()
+                .filter(|(i, _)| *i as usize == ci)
+                .map(|(_, t)| {
+                    let g = &n.gpus[t.gpu as usize].info;
+                    match t.mig {
+                        Some(m) => AssignedGpu {
+                            uuid: g.mig[m as usize].uuid.clone(),
+                            memory_mib: t.memory_mib,
+                            compute_percent: t.compute,
+                            exclusive: true,
+                            mig: Some(g.mig[m as usize].profile.clone()),
+                        },
+                        None => AssignedGpu {
+                            uuid: g.uuid.clone(),
+                            memory_mib: t.memory_mib,
+                            compute_percent: t.compute,
+                            exclusive: t.exclusive,
+                            mig: None,
+                        },
+                    }
+                })
+                .collect();
+            if !gpus.is_empty() {
+                containers.push(ContainerAssignment {
+                    name: c.name.clone(),
+                    gpus,
+                });
+            }
+        }
+        Assignment::new(n.name.clone(), containers)
+    }
+
+    /// Places `pod` on `node` with `fit`: the record the cluster keeps.
+    pub fn record(&self, node: usize, pod: &PodSpec, fit: &Fit) -> PodRecord {
+        PodRecord {
+            uid: pod.uid.clone(),
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            priority: pod.priority,
+            assignment: self.assignment(node, pod, fit),
+            gang: pod.gang_key(),
+            demand: fit.demand,
+        }
+    }
+
+    /// Total memory (MiB) and compute (percent units) of the cluster's non-MIG GPUs plus MIG
+    /// devices, for fair-share denominators.
+    pub fn capacity(&self) -> Demand {
+        let mut d = Demand::default();
+        for n in &self.nodes {
+            for g in &n.gpus {
+                d.memory_mib += g.info.memory_mib;
+                d.compute_percent += 100;
+            }
+        }
+        d
+    }
+}
+
+/// Charges (`sign` = 1) or gives back (`sign` = -1) an assignment on a node. Charging checks
+/// every device first, so a refused assignment changes nothing.
+pub(crate) fn apply(
+    node: &mut Node,
+    pod: &str,
+    a: &Assignment,
+    sign: i64,
+) -> Result<(), ClusterError> {
+    let mut scratch = node.usage.clone();
+    for c in &a.containers {
+        for g in &c.gpus {
+            let (i, mig) = node
+                .locate(&g.uuid)
+                .ok_or_else(|| ClusterError::UnknownDevice {
+                    pod: pod.to_string(),
+                    node: node.name.clone(),
+                    uuid: g.uuid.clone(),
+                })?;
+            let u = &mut scratch[i];
+            let info = &node.gpus[i].info;
+            let over = |what: String| ClusterError::Overcommit {
+                pod: pod.to_string(),
+                uuid: info.uuid.clone(),
+                what,
+            };
+            if sign > 0 {
+                if let Some(j) = mig {
+                    if u.mig_taken & (1 << j) != 0 {
+                        return Err(over(format!("MIG device {} taken twice", g.uuid)));
+                    }
+                    u.mig_taken |= 1 << j;
+                    continue;
+                }
+                if u.exclusive || (g.exclusive && u.slices > 0) {
+                    return Err(over("exclusive use".into()));
+                }
+                if u.memory_mib + g.memory_mib > info.memory_mib {
+                    return Err(over(format!(
+                        "memory {} + {} > {} MiB",
+                        u.memory_mib, g.memory_mib, info.memory_mib
+                    )));
+                }
+                if u.compute + g.compute_percent > 100 {
+                    return Err(over(format!(
+                        "compute {} + {} > 100 %",
+                        u.compute, g.compute_percent
+                    )));
+                }
+                if u.slices + 1 > info.slices {
+                    return Err(over(format!("slices {} + 1 > {}", u.slices, info.slices)));
+                }
+                u.memory_mib += g.memory_mib;
+                u.compute += g.compute_percent;
+                u.slices += 1;
+                u.exclusive |= g.exclusive;
+            } else {
+                if let Some(j) = mig {
+                    u.mig_taken &= !(1 << j);
+                    continue;
+                }
+                u.memory_mib = u.memory_mib.saturating_sub(g.memory_mib);
+                u.compute = u.compute.saturating_sub(g.compute_percent);
+                u.slices = u.slices.saturating_sub(1);
+                if g.exclusive {
+                    u.exclusive = false;
+                }
+            }
+        }
+    }
+    node.usage = scratch;
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! Starting the agent from the command line's choices: configuration, discovery, the cluster
+//! connection, then the runtime. Exit status 2 for bad input, 1 for failures.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::agent::{self, Options};
+use crate::assign::Source;
+use crate::config::NodeConfig;
+use crate::gpu::{GpuSource, SimGpus};
+
+pub enum Cluster {
+    None { assignments: PathBuf },
+    Kubeconfig(PathBuf),
+    InCluster,
+}
+
+pub struct Launch {
+    pub sim: bool,
+    pub config: Option<PathBuf>,
+    pub cluster: Cluster,
+    pub options: Options,
+}
+
+pub fn launch(l: Launch) -> i32 {
+    let cfg = match &l.config {
+        Some(p) => match NodeConfig::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("gpuslice node: --config {}: {e}", p.display());
+                return 2;
+            }
+        },
+        None => NodeConfig::default(),
+    };
+    let gpus: Arc<dyn GpuSource> = if l.sim {
+        match SimGpus::open() {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("gpuslice node: the simulated GPU: {e}");
+                return 2;
+            }
+        }
+    } else {
+        eprintln!("gpuslice node: NVML discovery of real GPUs is not in this build; use --sim");
+        return 2;
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gpuslice node: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(async move {
+        let source = match l.cluster {
+            Cluster::None { assignments } => Source::File(assignments),
+            c => match client(c).await {
+                Ok(client) => Source::Kube {
+                    client,
+                    node: l.options.node_name.clone(),
+                },
+                Err(e) => {
+                    eprintln!("gpuslice node: {e}");
+                    return 2;
+                }
+            },
+        };
+        let shared = match agent::start(&l.options, cfg, gpus, source) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("gpuslice node: {e}");
+                return 1;
+            }
+        };
+        agent::spawn_health(shared.clone(), Box::new(crate::health::Quiet));
+        tokio::select! {
+            r = agent::run(l.options, shared) => match r {
+                Ok(()) => 0,
+                Err(e) => { eprintln!("gpuslice node: {e}"); 1 }
+            },
+            _ = tokio::signal::ctrl_c() => 0,
+        }
+    })
+}
+
+async fn client(c: Cluster) -> Result<kube::Client, String> {
+    let config = match c {
+        Cluster::Kubeconfig(p) => {
+            let kc = kube::config::Kubeconfig::read_from(&p)
+                .map_err(|e| format!("--kubeconfig {}: {e}", p.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| format!("--kubeconfig {}: {e}", p.display()))?
+        }
+        Cluster::InCluster => {
+            kube::Config::incluster().map_err(|e| format!("--in-cluster: {e}"))?
+        }
+        Cluster::None { .. } => unreachable!(),
+    };
+    kube::Client::try_from(config).map_err(|e| format!("the Kubernetes client: {e}"))
+}
+
+/// The host name, the default node name.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if r != 0 {
+        return "localhost".into();
+    }
+    let n = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+pub const DEFAULT_SOCKET_DIR: &str = "/var/lib/kubelet/device-plugins";
+pub const DEFAULT_CDI_DIR: &str = "/var/run/cdi";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/gpuslice";
+pub const HEALTH_QUIET: Duration = Duration::from_secs(300);

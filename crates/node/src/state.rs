@@ -1,0 +1,153 @@
+//! Allocations the agent made, persisted so that a restart or crash loses nothing: one JSON file
+//! written atomically (temporary file, fsync, rename).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const STATE_VERSION: u32 = 1;
+
+/// One container's grant: what its ledger says and where its files are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Allocation {
+    /// Directory name under `<state>/tenants`, also the CDI device name.
+    pub tenant: String,
+    pub resource: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub pod: String,
+    #[serde(default)]
+    pub pod_uid: String,
+    #[serde(default)]
+    pub container: String,
+    pub gpus: Vec<String>,
+    pub memory_bytes: u64,
+    pub compute_percent: u32,
+    pub device_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StateFile {
+    pub version: u32,
+    pub allocations: Vec<Allocation>,
+}
+
+pub struct Store {
+    path: PathBuf,
+    pub state: StateFile,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join("allocations.json");
+        let state = match std::fs::read(&path) {
+            Ok(b) => {
+                let s: StateFile =
+                    serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display()))?;
+                if s.version != STATE_VERSION {
+                    return Err(format!(
+                        "{}: version {} is not supported (this build: {STATE_VERSION})",
+                        path.display(),
+                        s.version
+                    ));
+                }
+                s
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile {
+                version: STATE_VERSION,
+                allocations: Vec::new(),
+            },
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        Ok(Store { path, state })
+    }
+
+    pub fn find(&self, tenant: &str) -> Option<&Allocation> {
+        self.state.allocations.iter().find(|a| a.tenant == tenant)
+    }
+
+    pub fn upsert(&mut self, a: Allocation) -> Result<(), String> {
+        self.state.allocations.retain(|x| x.tenant != a.tenant);
+        self.state.allocations.push(a);
+        self.save()
+    }
+
+    pub fn remove(&mut self, tenant: &str) -> Result<(), String> {
+        self.state.allocations.retain(|x| x.tenant != tenant);
+        self.save()
+    }
+
+    pub fn save(&self) -> Result<(), String> {
+        let bytes = serde_json::to_vec_pretty(&self.state).expect("state serializes");
+        write_atomic(&self.path, &bytes)
+    }
+}
+
+/// Replaces `path` with `bytes` so that readers see the old or the new file, never a torn one,
+/// and the new one survives a crash once this returns.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    write_replace(path, bytes, true)
+}
+
+/// As [`write_atomic`]; `durable: false` skips the fsyncs for files rebuilt from the state at
+/// start (CDI specs, the inventory), which keeps them off Allocate's latency.
+pub fn write_replace(path: &Path, bytes: &[u8], durable: bool) -> Result<(), String> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("f"),
+        std::process::id()
+    ));
+    let res = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        if durable {
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if durable {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    res.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("writing {}: {e}", path.display())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::open(d.path()).unwrap();
+        let a = Allocation {
+            tenant: "t".into(),
+            resource: "gpuslice.io/gpu".into(),
+            namespace: "ns".into(),
+            pod: "p".into(),
+            pod_uid: "u".into(),
+            container: "c".into(),
+            gpus: vec!["GPU-a".into()],
+            memory_bytes: 1 << 30,
+            compute_percent: 25,
+            device_ids: vec!["GPU-a::0".into()],
+        };
+        s.upsert(a.clone()).unwrap();
+        let s2 = Store::open(d.path()).unwrap();
+        assert_eq!(s2.find("t"), Some(&a));
+        std::fs::write(
+            d.path().join("allocations.json"),
+            b"{\"version\":7,\"allocations\":[]}",
+        )
+        .unwrap();
+        assert!(Store::open(d.path()).err().unwrap().contains("version 7"));
+    }
+}

@@ -1,0 +1,405 @@
+//! The extender's decisions over shared cluster state: filter, prioritize, bind, preempt.
+//! HTTP lives in `server`; this module knows nothing of sockets.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use gpuslice_core::protocol::Assignment;
+use gpuslice_core::sched::{
+    Candidate, Cluster, Config, GangDecision, GangTracker, PodSpec, Reservation, dominant_share,
+    fit_node, quota::fair_share_blocker, select_victims,
+};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a bind writes: the assignment annotation, then the Binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindTarget {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub node: String,
+    pub assignment: Assignment,
+}
+
+/// Makes a bind real. The cluster-file mode binds in memory only; the Kubernetes mode patches
+/// the pod and creates the Binding.
+pub trait Binder: Send + Sync {
+    fn bind<'a>(&'a self, t: &'a BindTarget) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// Binds nothing outside the process.
+pub struct MemoryBinder;
+
+impl Binder for MemoryBinder {
+    fn bind<'a>(&'a self, _t: &'a BindTarget) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Milliseconds on some monotonic or wall clock; injected so gang expiry can be tested.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    let start = std::time::Instant::now();
+    Arc::new(move || start.elapsed().as_millis() as u64)
+}
+
+/// How long a namespace counts as waiting after its last pod found no node.
+const WAITING_MS: u64 = 60_000;
+
+pub struct State {
+    pub cluster: Cluster,
+    pub gangs: GangTracker,
+    pub cfg: Config,
+    /// Pods seen by /filter, by uid: /bind and /preempt only carry names.
+    pub seen: HashMap<String, PodSpec>,
+    /// Namespaces whose pods recently found no node, for fair share.
+    pub waiting_ns: HashMap<String, u64>,
+    /// Scores from the last /filter (pod uid, cluster generation, 0–10 per node index, -1 =
+    /// not fitted): /prioritize for the same pod on an unchanged cluster reuses them.
+    scores: Option<(String, u64, Vec<i8>)>,
+}
+
+pub struct Extender {
+    pub state: Mutex<State>,
+    pub binder: Arc<dyn Binder>,
+    pub clock: Clock,
+}
+
+pub struct FilterOutcome {
+    /// Indices into the node names asked about.
+    pub passed: Vec<usize>,
+    pub failed: BTreeMap<String, String>,
+    pub unresolvable: BTreeMap<String, String>,
+}
+
+impl Extender {
+    pub fn new(cluster: Cluster, cfg: Config, binder: Arc<dyn Binder>, clock: Clock) -> Self {
+        Self {
+            state: Mutex::new(State {
+                cluster,
+                gangs: GangTracker::new(),
+                cfg,
+                seen: HashMap::new(),
+                waiting_ns: HashMap::new(),
+                scores: None,
+            }),
+            binder,
+            clock,
+        }
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic elsewhere must not take scheduling down with it: the state is still
+        // consistent (every mutation completes under the lock).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives back the reservations of gangs whose deadline passed.
+    fn expire(&self, st: &mut State) {
+        for r in st.gangs.expire((self.clock)()) {
+            st.cluster.remove_pod(&r.uid);
+        }
+    }
+
+    /// A pod with malformed gpuslice fields fails every node with the reason.
+    pub fn refuse_all(names: &[String], reason: &str) -> FilterOutcome {
+        FilterOutcome {
+            passed: Vec::new(),
+            failed: BTreeMap::new(),
+            unresolvable: names
+                .iter()
+                .map(|n| (n.clone(), reason.to_string()))
+                .collect(),
+        }
+    }
+
+    pub fn filter(&self, pod: PodSpec, names: &[String]) -> FilterOutcome {
+        let mut st = self.lock();
+        self.expire(&mut st);
+        let mut out = FilterOutcome {
+            passed: Vec::new(),
+            failed: BTreeMap::new(),
+            unresolvable: BTreeMap::new(),
+        };
+        if !pod.wants_gpus() {
+            out.passed = (0..names.len()).collect();
+            return out;
+        }
+        let st = &mut *st;
+        // A gang member that already holds a reservation may only go where it holds it.
+        let reserved = st.gangs.reservation(&pod.uid).map(|r| r.node.clone());
+        let bound = st
+            .cluster
+            .pods
+            .get(&pod.uid)
+            .map(|p| p.assignment.node.clone());
+        let cand = Candidate::new(&st.cluster, &pod, &st.cfg);
+        let quota = st.cluster.quotas.get(&pod.namespace).cloned();
+        let used = st
+            .cluster
+            .ns_usage
+            .get(&pod.namespace)
+            .copied()
+            .unwrap_or_default();
+        let mut first_demand = None;
+        let mut scores = vec![-1i8; st.cluster.nodes.len()];
+        for (k, name) in names.iter().enumerate() {
+            if let Some(r) = reserved.as_ref().or(bound.as_ref()) {
+                if r == name {
+                    out.passed.push(k);
+                } else {
+                    out.failed
+                        .insert(name.clone(), format!("pod holds a reservation on {r}"));
+                }
+                continue;
+            }
+            let Some(i) = st.cluster.node_index(name) else {
+                out.unresolvable
+                    .insert(name.clone(), "node publishes no gpuslice inventory".into());
+                continue;
+            };
+            match fit_node(&st.cluster.nodes[i], &cand) {
+                Ok(f) => {
+                    if let Some(q) = &quota
+                        && let Err(e) = q.check(used, f.demand)
+                    {
+                        out.failed.insert(name.clone(), e.to_string());
+                        continue;
+                    }
+                    first_demand.get_or_insert(f.demand);
+                    scores[i] = f.score10() as i8;
+                    out.passed.push(k);
+                }
+                Err(e) => {
+                    out.failed.insert(name.clone(), e);
+                }
+            }
+        }
+        let now = (self.clock)();
+        st.waiting_ns
+            .retain(|_, t| now.saturating_sub(*t) < WAITING_MS);
+        if let (true, Some(d), None) = (st.cfg.fair_share, first_demand, &reserved) {
+            let cap = st.cluster.capacity();
+            let weight = |ns: &str| st.cluster.quotas.get(ns).map_or(1, |q| q.weight);
+            let mut after = used;
+            after.add(d);
+            let share = dominant_share(after, cap, weight(&pod.namespace));
+            let mut active: BTreeSet<&str> = st
+                .cluster
+                .ns_usage
+                .iter()
+                .filter(|(_, u)| u.memory_mib > 0)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            active.extend(st.waiting_ns.keys().map(String::as_str));
+            active.insert(&pod.namespace);
+            let waiting = st
+                .waiting_ns
+                .keys()
+                .filter(|n| **n != pod.namespace)
+                .map(|n| {
+                    (
+                        n.as_str(),
+                        dominant_share(
+                            st.cluster.ns_usage.get(n).copied().unwrap_or_default(),
+                            cap,
+                            weight(n),
+                        ),
+                    )
+                });
+            if let Some(b) = fair_share_blocker(share, active.len(), waiting) {
+                let reason = format!(
+                    "fair share: namespace {} would hold a dominant share of {:.2} (fair {:.2}) while namespace {b} waits",
+                    pod.namespace,
+                    share,
+                    1.0 / active.len() as f64
+                );
+                for k in out.passed.drain(..) {
+                    out.failed.insert(names[k].clone(), reason.clone());
+                }
+            }
+        }
+        if out.passed.is_empty() {
+            st.waiting_ns.insert(pod.namespace.clone(), now);
+        } else if st.waiting_ns.contains_key(&pod.namespace) && out.passed.len() == names.len() {
+            st.waiting_ns.remove(&pod.namespace);
+        }
+        st.scores = Some((pod.uid.clone(), st.cluster.generation, scores));
+        st.seen.insert(pod.uid.clone(), pod);
+        out
+    }
+
+    /// Scores 0–10 per node, in the order asked; nodes where the pod does not fit get 0.
+    pub fn prioritize(&self, pod: &PodSpec, names: &[String]) -> Vec<i64> {
+        let st = self.lock();
+        let cached = st
+            .scores
+            .as_ref()
+            .filter(|(u, g, _)| *u == pod.uid && *g == st.cluster.generation)
+            .map(|(_, _, s)| s);
+        let cand = Candidate::new(&st.cluster, pod, &st.cfg);
+        names
+            .iter()
+            .map(|n| {
+                let Some(i) = st.cluster.node_index(n) else {
+                    return 0;
+                };
+                match cached.map(|s| s[i]) {
+                    Some(s) if s >= 0 => s as i64,
+                    _ => fit_node(&st.cluster.nodes[i], &cand).map_or(0, |f| f.score10()),
+                }
+            })
+            .collect()
+    }
+
+    /// Charges the pod on `node` (or completes its gang) under the lock, then makes the
+    /// binds real outside it. A failed bind gives the devices back.
+    pub async fn bind(&self, ns: &str, name: &str, uid: &str, node: &str) -> Result<(), String> {
+        let targets: Vec<BindTarget> = {
+            let mut st = self.lock();
+            self.expire(&mut st);
+            let st = &mut *st;
+            let pod = st.seen.get(uid).cloned().ok_or_else(|| {
+                format!("pod {ns}/{name} ({uid}) was not seen by /filter; retry scheduling")
+            })?;
+            let ni = st
+                .cluster
+                .node_index(node)
+                .ok_or_else(|| format!("node {node} publishes no gpuslice inventory"))?;
+            let reserved = st.gangs.reservation(uid).cloned();
+            match (&reserved, st.cluster.pods.get(uid)) {
+                (Some(r), _) if r.node != node => {
+                    return Err(format!(
+                        "pod {ns}/{name} holds a gang reservation on {}, not {node}",
+                        r.node
+                    ));
+                }
+                (Some(_), _) => {}
+                (None, Some(p)) => {
+                    return Err(format!(
+                        "pod {ns}/{name} is already placed on {}",
+                        p.assignment.node
+                    ));
+                }
+                (None, None) => {
+                    let cand = Candidate::new(&st.cluster, &pod, &st.cfg);
+                    let fit = fit_node(&st.cluster.nodes[ni], &cand)
+                        .map_err(|e| format!("{node}: {e}"))?;
+                    if let Some(q) = st.cluster.quotas.get(&pod.namespace) {
+                        let used = st
+                            .cluster
+                            .ns_usage
+                            .get(&pod.namespace)
+                            .copied()
+                            .unwrap_or_default();
+                        q.check(used, fit.demand).map_err(|e| e.to_string())?;
+                    }
+                    let rec = st.cluster.record(ni, &pod, &fit);
+                    st.cluster.add_pod(rec).map_err(|e| e.to_string())?;
+                }
+            }
+            let target = |st: &State, uid: &str| -> Option<BindTarget> {
+                let p = st.cluster.pods.get(uid)?;
+                Some(BindTarget {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    uid: p.uid.clone(),
+                    node: p.assignment.node.clone(),
+                    assignment: p.assignment.clone(),
+                })
+            };
+            match (pod.gang(), pod.gang_key()) {
+                (Some(g), Some(key)) => {
+                    let timeout = g.timeout_seconds.unwrap_or(st.cfg.gang_timeout_seconds) * 1000;
+                    let r = Reservation {
+                        uid: uid.into(),
+                        namespace: ns.into(),
+                        name: name.into(),
+                        node: node.into(),
+                    };
+                    match st.gangs.reserve(&key, g.size, timeout, (self.clock)(), r) {
+                        GangDecision::Waiting {
+                            have,
+                            need,
+                            deadline_ms,
+                        } => {
+                            let left = deadline_ms.saturating_sub((self.clock)()) / 1000;
+                            return Err(format!(
+                                "gang {key}: {have} of {need} members reserved; waiting for the rest (reservations released in {left} s)"
+                            ));
+                        }
+                        GangDecision::Complete(members) => {
+                            members.iter().filter_map(|m| target(st, &m.uid)).collect()
+                        }
+                    }
+                }
+                _ => target(st, uid).into_iter().collect(),
+            }
+        };
+        let mut errors = Vec::new();
+        for t in &targets {
+            if let Err(e) = self.binder.bind(t).await {
+                self.lock().cluster.remove_pod(&t.uid);
+                errors.push(format!("{}/{}: {e}", t.namespace, t.name));
+            }
+        }
+        if errors.is_empty() {
+            let mut st = self.lock();
+            for t in &targets {
+                st.seen.remove(&t.uid);
+            }
+            Ok(())
+        } else {
+            Err(format!("bind failed: {}", errors.join("; ")))
+        }
+    }
+
+    /// For each node kube-scheduler proposes, the victims that make room for the pod's GPUs
+    /// as well: kube's own victims plus the fewest lowest-priority GPU holders. A node where
+    /// that would evict part of a gang, or where nothing makes room, is left out.
+    pub fn preempt(
+        &self,
+        pod: &PodSpec,
+        proposed: &BTreeMap<String, (Vec<String>, i64)>,
+    ) -> BTreeMap<String, (Vec<String>, i64)> {
+        let st = self.lock();
+        let mut scratch = st.cluster.clone();
+        for (uids, _) in proposed.values() {
+            for u in uids {
+                scratch.remove_pod(u);
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (node, (uids, pdb)) in proposed {
+            let Some(i) = scratch.node_index(node) else {
+                continue;
+            };
+            let cand = Candidate::new(&scratch, pod, &st.cfg);
+            let Some(extra) = select_victims(&scratch, i, &cand) else {
+                continue;
+            };
+            let mut all: BTreeSet<String> = uids.iter().cloned().collect();
+            all.extend(extra.into_iter().map(|v| v.uid));
+            // Every gang touched must be evicted whole, on this node.
+            let gangs: BTreeSet<&String> = all
+                .iter()
+                .filter_map(|u| st.cluster.pods.get(u)?.gang.as_ref())
+                .collect();
+            let whole = gangs.iter().all(|g| {
+                st.cluster
+                    .pods
+                    .values()
+                    .filter(|p| p.gang.as_ref() == Some(*g))
+                    .all(|p| all.contains(&p.uid))
+            });
+            if whole {
+                out.insert(node.clone(), (all.into_iter().collect(), *pdb));
+            }
+        }
+        out
+    }
+}
