@@ -26,8 +26,20 @@ struct Tenant {
     work: Vec<String>,
 }
 
-fn t(name: &str, quota: Option<u8>, mode: &'static str, priority: &'static str, work: &[&str]) -> Tenant {
-    Tenant { name: name.into(), quota, mode, priority, work: work.iter().map(|s| s.to_string()).collect() }
+fn t(
+    name: &str,
+    quota: Option<u8>,
+    mode: &'static str,
+    priority: &'static str,
+    work: &[&str],
+) -> Tenant {
+    Tenant {
+        name: name.into(),
+        quota,
+        mode,
+        priority,
+        work: work.iter().map(|s| s.to_string()).collect(),
+    }
 }
 
 struct Scenario {
@@ -45,7 +57,18 @@ impl Scenario {
     fn spawn(&self, install: &Install, tn: &Tenant) -> Result<Child, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut c = Command::new(exe);
-        c.args(["run", "--sim", "--gpu-memory", "4GiB", "--name", &tn.name, "--share-mode", tn.mode, "--priority", tn.priority]);
+        c.args([
+            "run",
+            "--sim",
+            "--gpu-memory",
+            "4GiB",
+            "--name",
+            &tn.name,
+            "--share-mode",
+            tn.mode,
+            "--priority",
+            tn.priority,
+        ]);
         if let Some(q) = tn.quota {
             c.args(["--gpu-compute", &q.to_string()]);
         }
@@ -93,7 +116,10 @@ impl Scenario {
             let mut w = BTreeMap::new();
             for (pid, busy, _) in sim.process_busy(0, since) {
                 // Work queued beyond now is not yet done; count only what ran in the window.
-                let name = names.get(&pid).cloned().unwrap_or_else(|| format!("pid{pid}"));
+                let name = names
+                    .get(&pid)
+                    .cloned()
+                    .unwrap_or_else(|| format!("pid{pid}"));
                 *w.entry(name).or_insert(0.0) += busy as f64 * 100.0 / (now - since) as f64;
             }
             out.push(w);
@@ -108,7 +134,9 @@ fn finish(children: Vec<Child>) -> Vec<serde_json::Value> {
         .map(|c| {
             let out = c.wait_with_output().ok();
             out.and_then(|o| {
-                String::from_utf8_lossy(&o.stdout).lines().find_map(|l| serde_json::from_str(l).ok())
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .find_map(|l| serde_json::from_str(l).ok())
             })
             .unwrap_or(serde_json::Value::Null)
         })
@@ -127,8 +155,24 @@ pub fn run(install: &Install, root: &Path, o: &Opts) -> Result<(), String> {
         o.warmup
     );
     let shares: Vec<(&str, Vec<Tenant>, Vec<f64>, f64)> = vec![
-        ("30/70 best-effort", vec![t("a30", Some(30), "best-effort", "normal", &sat), t("b70", Some(70), "best-effort", "normal", &sat)], vec![30.0, 70.0], 3.0),
-        ("10/90 best-effort", vec![t("a10", Some(10), "best-effort", "normal", &sat), t("b90", Some(90), "best-effort", "normal", &sat)], vec![10.0, 90.0], 3.0),
+        (
+            "30/70 best-effort",
+            vec![
+                t("a30", Some(30), "best-effort", "normal", &sat),
+                t("b70", Some(70), "best-effort", "normal", &sat),
+            ],
+            vec![30.0, 70.0],
+            3.0,
+        ),
+        (
+            "10/90 best-effort",
+            vec![
+                t("a10", Some(10), "best-effort", "normal", &sat),
+                t("b90", Some(90), "best-effort", "normal", &sat),
+            ],
+            vec![10.0, 90.0],
+            3.0,
+        ),
         (
             "10/20/30/40 best-effort",
             vec![
@@ -140,11 +184,25 @@ pub fn run(install: &Install, root: &Path, o: &Opts) -> Result<(), String> {
             vec![10.0, 20.0, 30.0, 40.0],
             3.0,
         ),
-        ("fixed 30% alone", vec![t("a30", Some(30), "fixed", "normal", &sat)], vec![30.0], 3.0),
-        ("best-effort 30% alone (>= 95)", vec![t("a30", Some(30), "best-effort", "normal", &sat)], vec![100.0], 5.0),
+        (
+            "fixed 30% alone",
+            vec![t("a30", Some(30), "fixed", "normal", &sat)],
+            vec![30.0],
+            3.0,
+        ),
+        (
+            "best-effort 30% alone (>= 95)",
+            vec![t("a30", Some(30), "best-effort", "normal", &sat)],
+            vec![100.0],
+            5.0,
+        ),
         (
             "equal, 3 tenants (quotas 10/30/60 ignored)",
-            vec![t("a", Some(10), "equal", "normal", &sat), t("b", Some(30), "equal", "normal", &sat), t("c", Some(60), "equal", "normal", &sat)],
+            vec![
+                t("a", Some(10), "equal", "normal", &sat),
+                t("b", Some(30), "equal", "normal", &sat),
+                t("c", Some(60), "equal", "normal", &sat),
+            ],
             vec![100.0 / 3.0, 100.0 / 3.0, 100.0 / 3.0],
             3.0,
         ),
@@ -152,7 +210,13 @@ pub fn run(install: &Install, root: &Path, o: &Opts) -> Result<(), String> {
             "30/70 best-effort, 70 replays CUDA graphs",
             vec![
                 t("a30", Some(30), "best-effort", "normal", &sat),
-                t("b70", Some(70), "best-effort", "normal", &["saturate", secs.as_str(), "graph"]),
+                t(
+                    "b70",
+                    Some(70),
+                    "best-effort",
+                    "normal",
+                    &["saturate", secs.as_str(), "graph"],
+                ),
             ],
             vec![30.0, 70.0],
             3.0,
@@ -160,8 +224,20 @@ pub fn run(install: &Install, root: &Path, o: &Opts) -> Result<(), String> {
         (
             "30/70 best-effort, 30 launches cooperatively",
             vec![
-                t("a30", Some(30), "best-effort", "normal", &["saturate", secs.as_str(), "coop"]),
-                t("b70", Some(70), "best-effort", "normal", &["saturate", secs.as_str(), "ex"]),
+                t(
+                    "a30",
+                    Some(30),
+                    "best-effort",
+                    "normal",
+                    &["saturate", secs.as_str(), "coop"],
+                ),
+                t(
+                    "b70",
+                    Some(70),
+                    "best-effort",
+                    "normal",
+                    &["saturate", secs.as_str(), "ex"],
+                ),
             ],
             vec![30.0, 70.0],
             3.0,
@@ -169,21 +245,31 @@ pub fn run(install: &Install, root: &Path, o: &Opts) -> Result<(), String> {
     ];
     for (i, (label, tenants, target, tol)) in shares.into_iter().enumerate() {
         let sc = Scenario::new(root, &format!("s{i}"));
-        let children = tenants.iter().map(|tn| sc.spawn(install, tn)).collect::<Result<Vec<_>, _>>()?;
+        let children = tenants
+            .iter()
+            .map(|tn| sc.spawn(install, tn))
+            .collect::<Result<Vec<_>, _>>()?;
         let ws = sc.windows(o.warmup, o.windows);
         finish(children);
         let ws = ws?;
         let mut worst: f64 = 0.0;
         let mut cells = Vec::new();
         for (k, tn) in tenants.iter().enumerate() {
-            let got: Vec<f64> = ws.iter().map(|w| w.get(&tn.name).copied().unwrap_or(0.0)).collect();
+            let got: Vec<f64> = ws
+                .iter()
+                .map(|w| w.get(&tn.name).copied().unwrap_or(0.0))
+                .collect();
             for g in &got {
                 worst = worst.max((g - target[k]).abs());
             }
             let list: Vec<String> = got.iter().map(|g| format!("{g:.1}")).collect();
             cells.push(format!("{} [{:.0}] {}", tn.name, target[k], list.join(" ")));
         }
-        println!("{label:<44} {}   worst |Δ| {worst:.1} pp {}", cells.join("  |  "), verdict(worst <= tol));
+        println!(
+            "{label:<44} {}   worst |Δ| {worst:.1} pp {}",
+            cells.join("  |  "),
+            verdict(worst <= tol)
+        );
     }
 
     // Priority: an inference-like loop (2 ms kernel every 20 ms), alone and next to a saturating
@@ -191,15 +277,32 @@ pub fn run(install: &Install, root: &Path, o: &Opts) -> Result<(), String> {
     let run_secs = (o.warmup + o.windows as f64).to_string();
     let periodic = ["periodic", "20", "2000", run_secs.as_str()];
     let sc = Scenario::new(root, "p-alone");
-    let alone = finish(vec![sc.spawn(install, &t("infer", None, "best-effort", "high", &periodic))?]);
-    let p99_alone = alone[0]["p99_us"].as_f64().ok_or("periodic probe gave no report")?;
+    let alone =
+        finish(vec![sc.spawn(
+            install,
+            &t("infer", None, "best-effort", "high", &periodic),
+        )?]);
+    let p99_alone = alone[0]["p99_us"]
+        .as_f64()
+        .ok_or("periodic probe gave no report")?;
     let sc = Scenario::new(root, "p-shared");
-    let low = sc.spawn(install, &t("train", None, "best-effort", "low", &["saturate", secs.as_str()]))?;
+    let low = sc.spawn(
+        install,
+        &t(
+            "train",
+            None,
+            "best-effort",
+            "low",
+            &["saturate", secs.as_str()],
+        ),
+    )?;
     let high = sc.spawn(install, &t("infer", None, "best-effort", "high", &periodic))?;
     let ws = sc.windows(o.warmup, o.windows);
     let rep = finish(vec![high, low]);
     let ws = ws?;
-    let p99 = rep[0]["p99_us"].as_f64().ok_or("periodic probe gave no report")?;
+    let p99 = rep[0]["p99_us"]
+        .as_f64()
+        .ok_or("periodic probe gave no report")?;
     let longest_low = 5000.0;
     let bound = p99_alone * 1.05 + longest_low;
     let mut low_of_rest = f64::MAX;
@@ -236,11 +339,21 @@ pub fn overhead(install: &Install, root: &Path, o: &Opts) -> Result<(), String> 
         let p = sc.dir.join(format!("ledger{k}"));
         let l = gpuslice_ledger::Ledger::create(
             &p,
-            &gpuslice_ledger::TenantSpec { name: format!("bench{k}"), memory_cap: 64 << 30, context_overhead: 0, allowed: vec![] },
+            &gpuslice_ledger::TenantSpec {
+                name: format!("bench{k}"),
+                memory_cap: 64 << 30,
+                context_overhead: 0,
+                allowed: vec![],
+            },
         )
         .map_err(|e| e.to_string())?;
         if compute {
-            l.set_compute(gpuslice_ledger::ComputeSpec { quota: 100, mode: 0, priority: 1 }).map_err(|e| e.to_string())?;
+            l.set_compute(gpuslice_ledger::ComputeSpec {
+                quota: 100,
+                mode: 0,
+                priority: 1,
+            })
+            .map_err(|e| e.to_string())?;
         }
         ledgers.push(p);
     }
@@ -253,12 +366,19 @@ pub fn overhead(install: &Install, root: &Path, o: &Opts) -> Result<(), String> 
             .env("GPUSLICE_COMPUTE_DIR", sc.dir.join("compute"))
             .env_remove("LD_PRELOAD");
         if let Some(l) = ledger {
-            c.env("LD_PRELOAD", install.interposer()).env("GPUSLICE_LEDGER", l);
+            c.env("LD_PRELOAD", install.interposer())
+                .env("GPUSLICE_LEDGER", l);
         }
         let out = c.output().map_err(|e| e.to_string())?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("launch probe: {e}: {}", String::from_utf8_lossy(&out.stdout)))?;
-        v["ns_per_call"].as_f64().ok_or_else(|| format!("launch probe: {v}"))
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "launch probe: {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })?;
+        v["ns_per_call"]
+            .as_f64()
+            .ok_or_else(|| format!("launch probe: {v}"))
     };
     let (mut d, mut m, mut g) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..o.rounds {

@@ -90,7 +90,9 @@ pub fn main(a: Args) -> i32 {
         .or_else(|| std::env::var("NODE_NAME").ok().filter(|s| !s.is_empty()))
         .unwrap_or_else(launch::hostname);
     launch::launch(Launch {
-        sim: a.sim,
+        sim_nvml: a
+            .sim
+            .then(|| install.lib_dir.join(crate::install::SIM_NVML)),
         config: a.config.clone(),
         cluster,
         options: Options {

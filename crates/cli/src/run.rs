@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
-use crate::install::{Install, prepend, state_dir};
+use crate::install::{Install, compute_dir, prepend, state_dir};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -53,15 +53,18 @@ fn parse_size(s: &str) -> Result<ByteSize, String> {
 }
 
 fn parse_quota(s: &str) -> Result<ComputeQuota, String> {
-    s.parse().map_err(|e: gpuslice_core::compute::ComputeError| e.to_string())
+    s.parse()
+        .map_err(|e: gpuslice_core::compute::ComputeError| e.to_string())
 }
 
 fn parse_mode(s: &str) -> Result<ShareMode, String> {
-    s.parse().map_err(|e: gpuslice_core::compute::ComputeError| e.to_string())
+    s.parse()
+        .map_err(|e: gpuslice_core::compute::ComputeError| e.to_string())
 }
 
 fn parse_priority(s: &str) -> Result<Priority, String> {
-    s.parse().map_err(|e: gpuslice_core::compute::ComputeError| e.to_string())
+    s.parse()
+        .map_err(|e: gpuslice_core::compute::ComputeError| e.to_string())
 }
 
 /// The ledger's codes for the tenant's compute limits.
@@ -84,9 +87,13 @@ pub fn compute_spec(c: &ComputeLimits) -> ComputeSpec {
 /// Refuses at start a share mode other than the one live tenants already use on this node's
 /// GPUs (the interposer checks again, per GPU, when the first kernel is launched).
 fn check_mode(dir: &std::path::Path, mode: u8) -> Result<(), String> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Ok(()) };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
     for e in rd.flatten() {
-        let Ok(r) = gpuslice_compute::Region::open(&e.path()) else { continue };
+        let Ok(r) = gpuslice_compute::Region::open(&e.path()) else {
+            continue;
+        };
         if let Some(m) = r.mode()
             && m != mode
             && !r.entries().is_empty()
@@ -152,7 +159,7 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
         eprintln!("gpuslice run: {e}");
         std::process::exit(2);
     }
-    let compute_dir = state_dir().join("compute");
+    let compute_dir = compute_dir();
     check_mode(&compute_dir, compute_spec(&compute).mode)?;
     let name = args.name.clone().unwrap_or_else(|| "run".to_string());
     if name.is_empty()

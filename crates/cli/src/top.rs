@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::install::state_dir;
+use crate::install::{compute_dir, state_dir};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -23,7 +23,9 @@ pub struct Args {
 fn parse_interval(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.1..=60.0).contains(&v) => Ok(v),
-        _ => Err(format!("'{s}' is not an interval; accepted: seconds from 0.1 to 60, such as 1 or 0.5")),
+        _ => Err(format!(
+            "'{s}' is not an interval; accepted: seconds from 0.1 to 60, such as 1 or 0.5"
+        )),
     }
 }
 
@@ -43,11 +45,17 @@ type Sample = BTreeMap<String, (Option<u8>, BTreeMap<u64, TenantRow>)>;
 
 fn sample(dir: &Path) -> Sample {
     let mut out = Sample::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(hex) = name.strip_prefix("gpu-") else { continue };
-        let Ok(r) = Region::open(&e.path()) else { continue };
+        let Some(hex) = name.strip_prefix("gpu-") else {
+            continue;
+        };
+        let Ok(r) = Region::open(&e.path()) else {
+            continue;
+        };
         let mut tenants: BTreeMap<u64, TenantRow> = BTreeMap::new();
         for v in r.entries() {
             let t = tenants.entry(v.tenant_id).or_default();
@@ -68,9 +76,13 @@ fn sample(dir: &Path) -> Sample {
 /// Memory used and cap per (tenant id, GPU UUID hex), from the tenants' ledgers.
 fn memory(state: &Path) -> BTreeMap<(u64, String), (u64, u64)> {
     let mut out = BTreeMap::new();
-    let Ok(rd) = std::fs::read_dir(state.join("tenants")) else { return out };
+    let Ok(rd) = std::fs::read_dir(state.join("tenants")) else {
+        return out;
+    };
     for e in rd.flatten() {
-        let Ok(l) = Ledger::open(&e.path().join("ledger")) else { continue };
+        let Ok(l) = Ledger::open(&e.path().join("ledger")) else {
+            continue;
+        };
         for d in l.devices() {
             let hex: String = d.uuid.iter().map(|b| format!("{b:02x}")).collect();
             out.insert((l.tenant_id(), hex), (d.used, d.cap));
@@ -90,10 +102,19 @@ fn frame(state: &Path, before: &Sample, after: &Sample, secs: f64) -> String {
         s.push_str("no tenant has launched work on any GPU\n");
     }
     for (hex, (mode, tenants)) in after {
-        let uuid = gpuslice_ledger::parse_uuid(hex).map(|u| format_uuid(&u)).unwrap_or(hex.clone());
+        let uuid = gpuslice_ledger::parse_uuid(hex)
+            .map(|u| format_uuid(&u))
+            .unwrap_or(hex.clone());
         let busy: u64 = tenants
             .iter()
-            .map(|(id, t)| t.used_ns.saturating_sub(before.get(hex).and_then(|b| b.1.get(id)).map_or(0, |b| b.used_ns)))
+            .map(|(id, t)| {
+                t.used_ns.saturating_sub(
+                    before
+                        .get(hex)
+                        .and_then(|b| b.1.get(id))
+                        .map_or(0, |b| b.used_ns),
+                )
+            })
             .sum();
         s.push_str(&format!(
             "{uuid}  mode {}  busy {:.1}%\n",
@@ -107,7 +128,9 @@ fn frame(state: &Path, before: &Sample, after: &Sample, secs: f64) -> String {
         for (id, t) in tenants {
             let prev = before.get(hex).and_then(|b| b.1.get(id));
             let used = t.used_ns.saturating_sub(prev.map_or(0, |p| p.used_ns));
-            let thr = t.throttled_ns.saturating_sub(prev.map_or(0, |p| p.throttled_ns));
+            let thr = t
+                .throttled_ns
+                .saturating_sub(prev.map_or(0, |p| p.throttled_ns));
             let (mu, mc) = mem.get(&(*id, hex.clone())).copied().unwrap_or((0, 0));
             let quota = if *mode == Some(policy::MODE_EQUAL) {
                 "equal".to_string()
@@ -125,7 +148,13 @@ fn frame(state: &Path, before: &Sample, after: &Sample, secs: f64) -> String {
                 used as f64 / (secs * 1e7),
                 format!("{}/{}", gib(mu), gib(mc)),
                 thr as f64 / 1e9,
-                if t.holder { "running" } else if t.waiting { "waiting" } else { "idle" }
+                if t.holder {
+                    "running"
+                } else if t.waiting {
+                    "waiting"
+                } else {
+                    "idle"
+                }
             ));
         }
     }
@@ -134,7 +163,7 @@ fn frame(state: &Path, before: &Sample, after: &Sample, secs: f64) -> String {
 
 pub fn main(args: Args) -> i32 {
     let state = state_dir();
-    let dir = state.join("compute");
+    let dir = compute_dir();
     let interval = Duration::from_secs_f64(args.interval);
     let mut before = sample(&dir);
     let mut t0 = Instant::now();

@@ -25,19 +25,31 @@ fn tenant(m: &Machine, name: &str, compute: &[&str], args: &[&str]) -> Command {
 
 fn regions(m: &Machine) -> Vec<Region> {
     std::fs::read_dir(m.dir.join("state/compute"))
-        .map(|rd| rd.flatten().filter_map(|e| Region::open(&e.path()).ok()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| Region::open(&e.path()).ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn names(m: &Machine) -> BTreeMap<u32, String> {
-    regions(m).iter().flat_map(|r| r.entries()).map(|v| (v.pid, v.name)).collect()
+    regions(m)
+        .iter()
+        .flat_map(|r| r.entries())
+        .map(|v| (v.pid, v.name))
+        .collect()
 }
 
 /// Waits until `n` processes have attached to the GPU's compute region.
 fn wait_attached(m: &Machine, n: usize) {
     let t = Instant::now();
     while names(m).len() < n {
-        assert!(t.elapsed() < Duration::from_secs(20), "tenants never launched: {:?}", names(m));
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "tenants never launched: {:?}",
+            names(m)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -53,7 +65,10 @@ fn shares(m: &Machine, secs: f64) -> BTreeMap<String, f64> {
     who.extend(names(m));
     let mut out = BTreeMap::new();
     for (pid, busy, _) in sim.process_busy(0, since) {
-        let n = who.get(&pid).cloned().unwrap_or_else(|| format!("pid{pid}"));
+        let n = who
+            .get(&pid)
+            .cloned()
+            .unwrap_or_else(|| format!("pid{pid}"));
         *out.entry(n).or_insert(0.0) += busy as f64 * 100.0 / (now - since) as f64;
     }
     out
@@ -94,26 +109,56 @@ fn bad_compute_flags_exit_2_naming_the_accepted_values() {
 #[test]
 fn best_effort_shares_follow_quotas_and_top_shows_them() {
     let m = Machine::new("compute-shares");
-    let a = tenant(&m, "a30", &["--gpu-compute", "30"], &["saturate", "5"]).spawn().unwrap();
-    let b = tenant(&m, "b70", &["--gpu-compute", "70"], &["--via", "procaddr", "saturate", "5"]).spawn().unwrap();
+    let a = tenant(&m, "a30", &["--gpu-compute", "30"], &["saturate", "5"])
+        .spawn()
+        .unwrap();
+    let b = tenant(
+        &m,
+        "b70",
+        &["--gpu-compute", "70"],
+        &["--via", "procaddr", "saturate", "5"],
+    )
+    .spawn()
+    .unwrap();
     wait_attached(&m, 2);
     std::thread::sleep(Duration::from_millis(1200));
     let s = shares(&m, 2.0);
     let mut top = Command::new(gpuslice());
     m.env(&mut top);
-    let top = top.args(["top", "--once", "--interval", "0.5"]).output().unwrap();
+    let top = top
+        .args(["top", "--once", "--interval", "0.5"])
+        .output()
+        .unwrap();
     finish(a);
     finish(b);
     let (a, b) = (s["a30"], s["b70"]);
-    assert!((20.0..=40.0).contains(&a) && (60.0..=80.0).contains(&b), "30/70 came out {a:.1}/{b:.1}");
-    assert!(a + b > 85.0, "work-conserving: the GPU stays busy ({a:.1} + {b:.1})");
+    assert!(
+        (20.0..=40.0).contains(&a) && (60.0..=80.0).contains(&b),
+        "30/70 came out {a:.1}/{b:.1}"
+    );
+    assert!(
+        a + b > 85.0,
+        "work-conserving: the GPU stays busy ({a:.1} + {b:.1})"
+    );
     let frame = String::from_utf8_lossy(&top.stdout);
     assert!(top.status.success(), "{frame}");
     assert!(frame.contains("mode best-effort"), "{frame}");
     for (name, quota) in [("a30", "30%"), ("b70", "70%")] {
-        let line = frame.lines().find(|l| l.trim_start().starts_with(name)).unwrap_or_else(|| panic!("{name} missing:\n{frame}"));
-        assert!(line.contains(quota) && line.contains("normal") && line.contains("/2.00"), "{line}");
-        let share: f64 = line.split_whitespace().find(|w| w.ends_with('%') && w != &quota).unwrap().trim_end_matches('%').parse().unwrap();
+        let line = frame
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{frame}"));
+        assert!(
+            line.contains(quota) && line.contains("normal") && line.contains("/2.00"),
+            "{line}"
+        );
+        let share: f64 = line
+            .split_whitespace()
+            .find(|w| w.ends_with('%') && w != &quota)
+            .unwrap()
+            .trim_end_matches('%')
+            .parse()
+            .unwrap();
         assert!(share > 5.0, "top shows a live share: {line}");
     }
 }
@@ -133,7 +178,14 @@ fn fixed_quota_holds_on_every_launch_path() {
         .iter()
         .map(|(label, args)| {
             let m = Machine::new(&format!("compute-fixed-{label}"));
-            let c = tenant(&m, "f30", &["--gpu-compute", "30", "--share-mode", "fixed"], args).spawn().unwrap();
+            let c = tenant(
+                &m,
+                "f30",
+                &["--gpu-compute", "30", "--share-mode", "fixed"],
+                args,
+            )
+            .spawn()
+            .unwrap();
             (label, m, c)
         })
         .collect();
@@ -144,21 +196,41 @@ fn fixed_quota_holds_on_every_launch_path() {
     }
     std::thread::sleep(Duration::from_millis(800));
     // Each GPU is private to its machine; measure them one after another over the same run.
-    let got: Vec<(String, f64)> = results.iter().map(|(l, m)| (l.to_string(), shares(m, 0.4).get("f30").copied().unwrap_or(0.0))).collect();
+    let got: Vec<(String, f64)> = results
+        .iter()
+        .map(|(l, m)| {
+            (
+                l.to_string(),
+                shares(m, 0.4).get("f30").copied().unwrap_or(0.0),
+            )
+        })
+        .collect();
     for (_, _, c) in runs {
         finish(c);
     }
     for (label, s) in got {
-        assert!((15.0..=45.0).contains(&s), "fixed 30% via {label} got {s:.1}%");
+        assert!(
+            (15.0..=45.0).contains(&s),
+            "fixed 30% via {label} got {s:.1}%"
+        );
     }
 }
 
 #[test]
 fn high_priority_waits_for_little_and_low_priority_is_not_starved() {
     let m = Machine::new("compute-priority");
-    let low = tenant(&m, "train", &["--priority", "low"], &["saturate", "5"]).spawn().unwrap();
+    let low = tenant(&m, "train", &["--priority", "low"], &["saturate", "5"])
+        .spawn()
+        .unwrap();
     wait_attached(&m, 1);
-    let high = tenant(&m, "infer", &["--priority", "high"], &["periodic", "20", "2000", "3"]).spawn().unwrap();
+    let high = tenant(
+        &m,
+        "infer",
+        &["--priority", "high"],
+        &["periodic", "20", "2000", "3"],
+    )
+    .spawn()
+    .unwrap();
     wait_attached(&m, 2);
     let s = shares(&m, 1.5);
     let rep = report(&finish(high));
@@ -167,36 +239,66 @@ fn high_priority_waits_for_little_and_low_priority_is_not_starved() {
     // Alone: 2 ms. At most one low kernel (<= 5 ms) ahead of it, plus generous slack for a
     // loaded machine; ungated, it would queue behind seconds of low-priority work.
     assert!(p99 < 20_000, "high-priority p99 {p99} µs: {rep}");
-    assert!(s["train"] > 50.0, "low priority still runs while high idles: {s:?}");
+    assert!(
+        s["train"] > 50.0,
+        "low priority still runs while high idles: {s:?}"
+    );
 }
 
 #[test]
 fn a_killed_holder_frees_its_turn_and_conflicting_modes_are_refused() {
     let m = Machine::new("compute-kill");
-    let a = tenant(&m, "victim", &["--gpu-compute", "50"], &["saturate", "30"]).spawn().unwrap();
-    let b = tenant(&m, "survivor", &["--gpu-compute", "50"], &["saturate", "4"]).spawn().unwrap();
+    let a = tenant(&m, "victim", &["--gpu-compute", "50"], &["saturate", "30"])
+        .spawn()
+        .unwrap();
+    let b = tenant(&m, "survivor", &["--gpu-compute", "50"], &["saturate", "4"])
+        .spawn()
+        .unwrap();
     wait_attached(&m, 2);
 
-    let out = tenant(&m, "other-mode", &["--gpu-compute", "50", "--share-mode", "equal"], &["saturate", "1"]).output().unwrap();
+    let out = tenant(
+        &m,
+        "other-mode",
+        &["--gpu-compute", "50", "--share-mode", "equal"],
+        &["saturate", "1"],
+    )
+    .output()
+    .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("one mode per GPU") && err.contains("best-effort"), "{err}");
+    assert!(
+        err.contains("one mode per GPU") && err.contains("best-effort"),
+        "{err}"
+    );
 
     // Kill the victim's process while it holds the GPU.
     let t = Instant::now();
     let victim = loop {
         let r = &regions(&m)[0];
-        if let Some(v) = r.entries().into_iter().find(|v| v.name == "victim" && v.holder) {
+        if let Some(v) = r
+            .entries()
+            .into_iter()
+            .find(|v| v.name == "victim" && v.holder)
+        {
             break v.pid;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "the victim never held the GPU");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the victim never held the GPU"
+        );
         std::thread::sleep(Duration::from_millis(2));
     };
     unsafe { libc::kill(victim as i32, libc::SIGKILL) };
     std::thread::sleep(Duration::from_millis(300));
     let s = shares(&m, 1.0);
-    assert!(s.get("survivor").copied().unwrap_or(0.0) > 80.0, "the survivor takes the whole GPU: {s:?}");
-    assert!(regions(&m)[0].entries().iter().all(|v| v.name != "victim"), "the dead entry is cleared");
+    assert!(
+        s.get("survivor").copied().unwrap_or(0.0) > 80.0,
+        "the survivor takes the whole GPU: {s:?}"
+    );
+    assert!(
+        regions(&m)[0].entries().iter().all(|v| v.name != "victim"),
+        "the dead entry is cleared"
+    );
     finish(b);
     let st = a.wait_with_output().unwrap().status;
     assert!(!st.success(), "the victim's run reports the kill");

@@ -355,7 +355,12 @@ fn validate_and_plan_answer_without_a_gpu() {
     assert!(stdout(&o).contains("3g.40gb@4"), "{}", text(&o));
     let o = mig(
         &m,
-        &["validate", "--model", "H100", "2g.20gb,2g.20gb,2g.20gb,1g.10gb@6,1g.10gb"],
+        &[
+            "validate",
+            "--model",
+            "H100",
+            "2g.20gb,2g.20gb,2g.20gb,1g.10gb@6,1g.10gb",
+        ],
     );
     expect(&o, 1);
     assert!(stdout(&o).contains("compute slices"), "{}", text(&o));

@@ -121,7 +121,10 @@ pub struct Region {
 pub enum AttachError {
     Io(io::Error),
     /// The device already runs in another share mode.
-    ModeConflict { device: u8, asked: u8 },
+    ModeConflict {
+        device: u8,
+        asked: u8,
+    },
     Full,
 }
 
@@ -165,7 +168,10 @@ impl Region {
         if h.magic.load(SeqCst) != MAGIC || h.version.load(SeqCst) != VERSION {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{} is not a gpuslice compute region of version {VERSION}", r.file.path().display()),
+                format!(
+                    "{} is not a gpuslice compute region of version {VERSION}",
+                    r.file.path().display()
+                ),
             ));
         }
         Ok(r)
@@ -199,7 +205,14 @@ impl Region {
     /// Takes an entry for the calling process. The first tenant on the device sets its mode;
     /// a tenant asking for another mode while live tenants use the device is refused. Once all
     /// tenants have left, the next one sets the mode afresh.
-    pub fn attach(&self, tenant_id: u64, name: &str, quota: u8, mode: u8, priority: u8) -> Result<usize, AttachError> {
+    pub fn attach(
+        &self,
+        tenant_id: u64,
+        name: &str,
+        quota: u8,
+        mode: u8,
+        priority: u8,
+    ) -> Result<usize, AttachError> {
         let h = self.header();
         self.reclaim_dead();
         let want = mode as u32 + 1;
@@ -210,7 +223,10 @@ impl Region {
             }
             let anyone = (0..self.high_water()).any(|i| self.is_live(i));
             if cur != 0 && anyone {
-                return Err(AttachError::ModeConflict { device: (cur - 1) as u8, asked: mode });
+                return Err(AttachError::ModeConflict {
+                    device: (cur - 1) as u8,
+                    asked: mode,
+                });
             }
             if h.mode.compare_exchange(cur, want, SeqCst, SeqCst).is_ok() {
                 break;
@@ -225,9 +241,19 @@ impl Region {
             let n = name.len().min(NAME_LEN - 1);
             name_b[..n].copy_from_slice(&name.as_bytes()[..n]);
             for (k, w) in e.name.iter().enumerate() {
-                w.store(u64::from_le_bytes(name_b[k * 8..k * 8 + 8].try_into().unwrap()), SeqCst);
+                w.store(
+                    u64::from_le_bytes(name_b[k * 8..k * 8 + 8].try_into().unwrap()),
+                    SeqCst,
+                );
             }
-            for a in [&e.used_ns, &e.throttled_ns, &e.last_exit, &e.last_end, &e.eligible_at, &e.launches] {
+            for a in [
+                &e.used_ns,
+                &e.throttled_ns,
+                &e.last_exit,
+                &e.last_end,
+                &e.eligible_at,
+                &e.launches,
+            ] {
                 a.store(0, SeqCst);
             }
             e.credit.store(0, SeqCst);
@@ -275,7 +301,9 @@ impl Region {
         let h = self.header();
         let cur = h.holder.load(SeqCst);
         if holder_entry(cur) == Some(i) {
-            let _ = h.holder.compare_exchange(cur, next_word(cur, None), SeqCst, SeqCst);
+            let _ = h
+                .holder
+                .compare_exchange(cur, next_word(cur, None), SeqCst, SeqCst);
             self.wake();
         }
     }
@@ -292,7 +320,10 @@ impl Region {
     pub fn hand_over(&self, seen: u64, to: Option<usize>, slice_end: u64) -> bool {
         let h = self.header();
         let next = next_word(seen, to);
-        if h.holder.compare_exchange(seen, next, SeqCst, SeqCst).is_err() {
+        if h.holder
+            .compare_exchange(seen, next, SeqCst, SeqCst)
+            .is_err()
+        {
             return false;
         }
         h.slice_end.store(slice_end, SeqCst);
@@ -326,7 +357,15 @@ impl Region {
         let t = &self.header().turn;
         t.fetch_add(1, SeqCst);
         unsafe {
-            libc::syscall(libc::SYS_futex, t.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize, 0usize, 0u32);
+            libc::syscall(
+                libc::SYS_futex,
+                t.as_ptr(),
+                libc::FUTEX_WAKE,
+                i32::MAX,
+                0usize,
+                0usize,
+                0u32,
+            );
         }
     }
 
@@ -339,7 +378,15 @@ impl Region {
         };
         let t = &self.header().turn;
         unsafe {
-            libc::syscall(libc::SYS_futex, t.as_ptr(), libc::FUTEX_WAIT, seen, &ts as *const libc::timespec, 0usize, 0u32);
+            libc::syscall(
+                libc::SYS_futex,
+                t.as_ptr(),
+                libc::FUTEX_WAIT,
+                seen,
+                &ts as *const libc::timespec,
+                0usize,
+                0u32,
+            );
         }
     }
 
@@ -386,7 +433,9 @@ impl Region {
         (0..self.high_water()).any(|i| {
             i != me && {
                 let e = self.entry(i);
-                e.tenant_id.load(SeqCst) != 0 && unpack_cfg(e.cfg.load(SeqCst)).2 < priority && self.is_live(i)
+                e.tenant_id.load(SeqCst) != 0
+                    && unpack_cfg(e.cfg.load(SeqCst)).2 < priority
+                    && self.is_live(i)
             }
         })
     }
@@ -451,7 +500,8 @@ mod tests {
     use super::*;
 
     fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("gpuslice-compute-{}-{name}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("gpuslice-compute-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
     }
@@ -461,7 +511,9 @@ mod tests {
         let d = tmp("mode");
         let p = region_path(&d, &[1; 16]);
         let r = Region::open_or_create(&p).unwrap();
-        let a = r.attach(7, "a", 30, policy::MODE_FIXED, policy::PRIO_NORMAL).unwrap();
+        let a = r
+            .attach(7, "a", 30, policy::MODE_FIXED, policy::PRIO_NORMAL)
+            .unwrap();
         // The caller owns entry `a`; liveness of one's own entry reads as not live, so a child
         // process takes the conflicting attach.
         let pid = unsafe { libc::fork() };
@@ -475,9 +527,17 @@ mod tests {
         }
         let mut st = 0;
         unsafe { libc::waitpid(pid, &mut st, 0) };
-        assert_eq!(libc::WEXITSTATUS(st), 0, "a conflicting mode is refused while a tenant is live");
+        assert_eq!(
+            libc::WEXITSTATUS(st),
+            0,
+            "a conflicting mode is refused while a tenant is live"
+        );
         r.detach(a);
-        assert!(r.attach(9, "c", 30, policy::MODE_EQUAL, policy::PRIO_NORMAL).is_ok(), "an empty device takes a new mode");
+        assert!(
+            r.attach(9, "c", 30, policy::MODE_EQUAL, policy::PRIO_NORMAL)
+                .is_ok(),
+            "an empty device takes a new mode"
+        );
         assert_eq!(r.mode(), Some(policy::MODE_EQUAL));
         std::fs::remove_dir_all(&d).unwrap();
     }
@@ -489,7 +549,10 @@ mod tests {
         let w = r.holder_word();
         assert_eq!(holder_entry(w), None);
         assert!(r.hand_over(w, Some(3), 10));
-        assert!(!r.hand_over(w, Some(4), 10), "a stale view cannot hand over");
+        assert!(
+            !r.hand_over(w, Some(4), 10),
+            "a stale view cannot hand over"
+        );
         assert_eq!(holder_entry(r.holder_word()), Some(3));
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -21,7 +21,9 @@ impl ComputeQuota {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ComputeError {
-    #[error("'{0}' is not a compute quota; accepted: a whole percentage from 1 to 100, such as 30 or 30%")]
+    #[error(
+        "'{0}' is not a compute quota; accepted: a whole percentage from 1 to 100, such as 30 or 30%"
+    )]
     Quota(String),
     #[error("'{0}' is not a share mode; accepted: best-effort, fixed, equal")]
     Mode(String),
@@ -154,7 +156,9 @@ mod tests {
         assert_eq!("30".parse::<ComputeQuota>().unwrap().percent(), 30);
         assert_eq!("100%".parse::<ComputeQuota>().unwrap().percent(), 100);
         assert_eq!(" 1 ".parse::<ComputeQuota>().unwrap().percent(), 1);
-        for bad in ["0", "101", "-5", "+5", "30.5", "", "%", "abc", "1e2", "1000", "255"] {
+        for bad in [
+            "0", "101", "-5", "+5", "30.5", "", "%", "abc", "1e2", "1000", "255",
+        ] {
             let e = bad.parse::<ComputeQuota>().unwrap_err().to_string();
             assert!(e.contains("1 to 100"), "{bad}: {e}");
         }
@@ -172,14 +176,23 @@ mod tests {
         assert!(e.contains("best-effort, fixed, equal"), "{e}");
         let e = "urgent".parse::<Priority>().unwrap_err().to_string();
         assert!(e.contains("high, normal, low"), "{e}");
-        assert!("Fixed".parse::<ShareMode>().is_err(), "case matters, as in every other flag");
+        assert!(
+            "Fixed".parse::<ShareMode>().is_err(),
+            "case matters, as in every other flag"
+        );
     }
 
     #[test]
     fn fixed_needs_a_quota() {
-        let l = ComputeLimits { mode: ShareMode::Fixed, ..Default::default() };
+        let l = ComputeLimits {
+            mode: ShareMode::Fixed,
+            ..Default::default()
+        };
         assert!(l.validate().is_err());
-        let l = ComputeLimits { quota: ComputeQuota::new(30), ..l };
+        let l = ComputeLimits {
+            quota: ComputeQuota::new(30),
+            ..l
+        };
         assert!(l.validate().is_ok());
     }
 }

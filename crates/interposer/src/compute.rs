@@ -78,7 +78,8 @@ unsafe impl Send for Local {}
 type Gates = Mutex<HashMap<usize, Result<&'static CtxGate, c_int>>>;
 /// Per context; reset in a forked child, which owns no entry of its own.
 static GATES: AtomicPtr<Gates> = AtomicPtr::new(std::ptr::null_mut());
-static DEVICES: AtomicPtr<Mutex<HashMap<[u8; 16], &'static Device>>> = AtomicPtr::new(std::ptr::null_mut());
+static DEVICES: AtomicPtr<Mutex<HashMap<[u8; 16], &'static Device>>> =
+    AtomicPtr::new(std::ptr::null_mut());
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
@@ -115,7 +116,13 @@ fn config() -> &'static Result<Option<Config>, String> {
         let t = tenant().map_err(|_| String::new())?;
         match t.ledger.compute() {
             Ok(None) => Ok(None),
-            Ok(Some(c)) => Ok(Some((c.quota, c.mode, c.priority, t.ledger.tenant_id(), t.ledger.spec().name))),
+            Ok(Some(c)) => Ok(Some((
+                c.quota,
+                c.mode,
+                c.priority,
+                t.ledger.tenant_id(),
+                t.ledger.spec().name,
+            ))),
             Err(e) => Err(e.to_string()),
         }
     })
@@ -135,14 +142,19 @@ fn device(uuid: [u8; 16], cfg: &Config) -> Result<&'static Device, c_int> {
     }
     let path = gpuslice_compute::region_path(&region_dir(), &uuid);
     let region = Region::open_or_create(&path).map_err(|e| {
-        eprintln!("gpuslice: cannot use the compute region {}: {e}; refusing kernel launches", path.display());
+        eprintln!(
+            "gpuslice: cannot use the compute region {}: {e}; refusing kernel launches",
+            path.display()
+        );
         CONFIG_ERROR
     })?;
     let (quota, mode, priority, tenant_id, name) = cfg;
-    let entry = region.attach(*tenant_id, name, *quota, *mode, *priority).map_err(|e| {
-        eprintln!("gpuslice: {e}; refusing kernel launches");
-        CONFIG_ERROR
-    })?;
+    let entry = region
+        .attach(*tenant_id, name, *quota, *mode, *priority)
+        .map_err(|e| {
+            eprintln!("gpuslice: {e}; refusing kernel launches");
+            CONFIG_ERROR
+        })?;
     let d: &'static Device = Box::leak(Box::new(Device {
         region,
         entry,
@@ -204,7 +216,10 @@ fn make_gate(ctx: usize) -> Result<Option<&'static CtxGate>, c_int> {
             launches: 0,
         };
         rebase(&mut l);
-        Ok(&*Box::leak(Box::new(CtxGate { dev, local: Mutex::new(l) })))
+        Ok(&*Box::leak(Box::new(CtxGate {
+            dev,
+            local: Mutex::new(l),
+        })))
     })();
     gates.insert(ctx, made);
     made.map(Some)
@@ -276,7 +291,9 @@ impl CtxGate {
             }
             let end = event_time(l, ev).unwrap_or_else(now_ns);
             // The work started once it was submitted and whatever ran ahead of it had finished.
-            let start = submit.max(l.last_end).max(d.region.others_last_end_before(d.entry, end));
+            let start = submit
+                .max(l.last_end)
+                .max(d.region.others_last_end_before(d.entry, end));
             let charge = end.saturating_sub(start);
             l.last_end = l.last_end.max(end);
             let e = self.me();
@@ -311,11 +328,17 @@ impl CtxGate {
     fn refresh(&self, l: &mut Local, now: u64) {
         let d = self.dev;
         l.weight = policy::weight(d.mode, d.quota, d.region.processes_of(d.tenant_id));
-        l.k = if d.region.higher_priority_present(d.entry, d.priority) { 1 } else { INFLIGHT };
+        l.k = if d.region.higher_priority_present(d.entry, d.priority) {
+            1
+        } else {
+            INFLIGHT
+        };
         if d.mode == policy::MODE_FIXED {
             l.credit.refill(now, d.quota, FIXED_BURST_NS);
             self.me().credit.store(l.credit.credit, SeqCst);
-            self.me().eligible_at.store(l.credit.eligible_at(d.quota), SeqCst);
+            self.me()
+                .eligible_at
+                .store(l.credit.eligible_at(d.quota), SeqCst);
         }
         if now.saturating_sub(l.ref_host) > REBASE_NS && l.inflight.is_empty() {
             rebase(l);
@@ -333,7 +356,9 @@ impl CtxGate {
     /// Whether a waiter may take the device from the holder word `h`.
     fn may_take(&self, h: u64, now: u64) -> bool {
         let r = &self.dev.region;
-        let Some(x) = holder_entry(h) else { return true };
+        let Some(x) = holder_entry(h) else {
+            return true;
+        };
         if x == self.dev.entry || !r.is_live(x) {
             return true;
         }
@@ -342,7 +367,8 @@ impl CtxGate {
         if prio > self.dev.priority {
             return true;
         }
-        let idle = e.in_gate.load(SeqCst) == 0 && now.saturating_sub(e.last_exit.load(SeqCst)) > IDLE_GRACE_NS;
+        let idle = e.in_gate.load(SeqCst) == 0
+            && now.saturating_sub(e.last_exit.load(SeqCst)) > IDLE_GRACE_NS;
         idle || now > r.slice_end() + STUCK_NS
     }
 
@@ -397,7 +423,11 @@ impl CtxGate {
             if self.may_take(h, now) {
                 let next = policy::choose(&r.candidates(me, true), now);
                 if next.is_some() || holder_entry(h).is_some_and(|x| !r.is_live(x)) {
-                    let len = if next == Some(me) { self.slice_len(l) } else { SLICE_NS };
+                    let len = if next == Some(me) {
+                        self.slice_len(l)
+                    } else {
+                        SLICE_NS
+                    };
                     if r.hand_over(h, next, now + len) && next == Some(me) {
                         continue;
                     }
@@ -412,7 +442,9 @@ impl CtxGate {
         }
         if waited_from != 0 {
             r.set_waiting(me, false);
-            self.me().throttled_ns.fetch_add(now_ns() - waited_from, SeqCst);
+            self.me()
+                .throttled_ns
+                .fetch_add(now_ns() - waited_from, SeqCst);
         }
         l.waiting_since = 0;
     }

@@ -10,13 +10,35 @@ use crate::real::call_real;
 use crate::tenant::guard;
 
 type LaunchFn = unsafe extern "C" fn(
-    CUfunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CUstream,
-    *mut *mut c_void, *mut *mut c_void,
+    CUfunction,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    CUstream,
+    *mut *mut c_void,
+    *mut *mut c_void,
 ) -> CUresult;
-type LaunchExFn =
-    unsafe extern "C" fn(*const CUlaunchConfig, CUfunction, *mut *mut c_void, *mut *mut c_void) -> CUresult;
+type LaunchExFn = unsafe extern "C" fn(
+    *const CUlaunchConfig,
+    CUfunction,
+    *mut *mut c_void,
+    *mut *mut c_void,
+) -> CUresult;
 type CoopFn = unsafe extern "C" fn(
-    CUfunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CUstream, *mut *mut c_void,
+    CUfunction,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    CUstream,
+    *mut *mut c_void,
 ) -> CUresult;
 type CoopMultiFn = unsafe extern "C" fn(*mut CUDA_LAUNCH_PARAMS, c_uint, c_uint) -> CUresult;
 type GraphLaunchFn = unsafe extern "C" fn(CUgraphExec, CUstream) -> CUresult;
@@ -75,8 +97,17 @@ pub unsafe extern "C" fn cuLaunchCooperativeKernelMultiDevice(
     n: c_uint,
     flags: c_uint,
 ) -> CUresult {
-    let stream = if list.is_null() || n == 0 { std::ptr::null_mut() } else { unsafe { (*list).hStream } };
-    guard(|| governed(&[stream], || call_real!(CUDA, cuLaunchCooperativeKernelMultiDevice: CoopMultiFn, list, n, flags)))
+    let stream = if list.is_null() || n == 0 {
+        std::ptr::null_mut()
+    } else {
+        unsafe { (*list).hStream }
+    };
+    guard(|| {
+        governed(
+            &[stream],
+            || call_real!(CUDA, cuLaunchCooperativeKernelMultiDevice: CoopMultiFn, list, n, flags),
+        )
+    })
 }
 
 /// A graph is gated like one launch and charged, like any launch, the GPU time it really took.

@@ -344,7 +344,9 @@ impl Ledger {
     /// before any tenant process starts.
     pub fn set_compute(&self, c: ComputeSpec) -> Result<(), LedgerError> {
         if c.quota > 100 || c.mode > 2 || c.priority > 2 {
-            return Err(LedgerError::Invalid(format!("invalid compute limits {c:?}")));
+            return Err(LedgerError::Invalid(format!(
+                "invalid compute limits {c:?}"
+            )));
         }
         let h = self.header();
         let mut id = 0;
@@ -753,7 +755,11 @@ mod tests {
         let p = tmp("compute");
         let l = Ledger::create(&p, &spec(1000)).unwrap();
         assert_eq!(l.compute().unwrap(), None);
-        let c = ComputeSpec { quota: 30, mode: 1, priority: 2 };
+        let c = ComputeSpec {
+            quota: 30,
+            mode: 1,
+            priority: 2,
+        };
         l.set_compute(c).unwrap();
         let o = Ledger::open(&p).unwrap();
         assert_eq!(o.compute().unwrap(), Some(c));

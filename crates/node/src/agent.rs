@@ -36,7 +36,8 @@ pub struct Options {
 pub struct Shared {
     pub node: String,
     pub cfg: RwLock<NodeConfig>,
-    pub gpus: Vec<Gpu>,
+    /// The last discovery; replaced when a re-discovery finds a change (e.g. a MIG layout).
+    pub gpus: RwLock<Vec<Gpu>>,
     pub gpu_source: Arc<dyn GpuSource>,
     pub health: Mutex<Tracker>,
     pub store: Mutex<Store>,
@@ -61,21 +62,17 @@ impl Shared {
     pub fn replan(&self) -> bool {
         let cfg = self.cfg.read().unwrap().clone();
         let bad = self.unhealthy();
-        let plan = devices::plan(&cfg, &self.gpus, &bad);
-        let changed = self.plan_tx.send_if_modified(|p| {
-            if *p == plan {
-                false
-            } else {
-                *p = plan;
-                true
-            }
-        });
+        let gpus = self.gpus.read().unwrap().clone();
+        let plan = devices::plan(&cfg, &gpus, &bad);
+        let changed = *self.plan_tx.borrow() != plan;
         if changed {
-            let inv = devices::inventory(&cfg, &self.gpus, &bad);
+            // The inventory is on disk before kubelet hears of the new devices.
+            let inv = devices::inventory(&cfg, &gpus, &bad);
             let path = self.state_dir.join("inventory.json");
             if let Err(e) = crate::state::write_atomic(&path, inv.to_json().as_bytes()) {
                 tracing::warn!("{e}");
             }
+            self.plan_tx.send_replace(plan);
         }
         changed
     }
@@ -126,10 +123,11 @@ impl Shared {
         };
         let cfg = self.cfg.read().unwrap().clone();
         let bad = self.unhealthy();
+        let gpus = self.gpus.read().unwrap().clone();
         let mut store = self.store.lock().unwrap();
         let r = allocate::decide(
             &cfg,
-            &self.gpus,
+            &gpus,
             &bad,
             &store,
             resource,
@@ -137,7 +135,7 @@ impl Shared {
             &pending,
             &self.source.describe(),
         )
-        .and_then(|g| allocate::apply(&cfg, &self.gpus, &self.paths, &mut store, g));
+        .and_then(|g| allocate::apply(&cfg, &gpus, &self.paths, &mut store, g));
         match &r {
             Ok(_) => self.metrics.allocations.inc(),
             Err(_) => self.metrics.allocate_refusals.inc(),
@@ -153,6 +151,26 @@ impl Shared {
             &self.tenant_dirs,
             &allocs,
         )
+    }
+
+    /// Asks the GPU source again; a changed answer (a MIG layout applied out of band, a GPU
+    /// gone) is re-planned and re-published. A failed discovery keeps the last one.
+    pub fn rediscover(&self) -> bool {
+        match self.gpu_source.gpus() {
+            Ok(now) => {
+                let changed = *self.gpus.read().unwrap() != now;
+                if changed {
+                    *self.gpus.write().unwrap() = now;
+                    tracing::info!("GPU discovery changed");
+                    self.replan();
+                }
+                changed
+            }
+            Err(e) => {
+                tracing::warn!("re-discovering GPUs: {e}; keeping the last discovery");
+                false
+            }
+        }
     }
 
     /// Applies a changed configuration file; a bad one keeps the last good configuration.
@@ -209,7 +227,7 @@ pub fn start(
     let shared = Arc::new(Shared {
         node: opts.node_name.clone(),
         cfg: RwLock::new(cfg),
-        gpus,
+        gpus: RwLock::new(gpus),
         gpu_source,
         health: Mutex::new(Tracker::new(opts.health_quiet.as_millis() as u64)),
         store: Mutex::new(store),
@@ -292,18 +310,25 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> Result<(), String> {
             }
         });
     }
-    if let Some(path) = opts.config_path.clone() {
+    {
+        // Configuration and discovery on one beat: a changed file is applied, and the GPUs are
+        // asked again so that MIG changes made out of band are advertised without a restart.
         let s = shared.clone();
         let every = opts.reload_every;
+        let path = opts.config_path.clone();
         tokio::spawn(async move {
-            let mut last = std::fs::read(&path).ok();
+            let mut last = path.as_ref().and_then(|p| std::fs::read(p).ok());
             loop {
                 tokio::time::sleep(every).await;
-                let now = std::fs::read(&path).ok();
-                if now != last {
-                    last = now;
-                    let _ = s.reload(&path);
+                if let Some(path) = &path {
+                    let now = std::fs::read(path).ok();
+                    if now != last {
+                        last = now;
+                        let _ = s.reload(path);
+                    }
                 }
+                let s2 = s.clone();
+                let _ = tokio::task::spawn_blocking(move || s2.rediscover()).await;
             }
         });
     }
@@ -337,7 +362,8 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> Result<(), String> {
             loop {
                 let inv = {
                     let cfg = s.cfg.read().unwrap().clone();
-                    devices::inventory(&cfg, &s.gpus, &s.unhealthy())
+                    let gpus = s.gpus.read().unwrap().clone();
+                    devices::inventory(&cfg, &gpus, &s.unhealthy())
                 };
                 if let Err(e) = publish_inventory(&client, &node, &inv).await {
                     tracing::warn!("{e}");

@@ -2,7 +2,8 @@
 //!
 //! Every successful answer names a ledger the agent created with the cap, and loads the
 //! interposer both through `LD_PRELOAD` and a mounted `/etc/ld.so.preload`; anything the agent
-//! cannot honour is refused with the pod and the reason. There is no uncapped path.
+//! cannot honour is refused with the pod and the reason. There is no uncapped path: the one
+//! grant without a ledger is a MIG device, whose limits are the hardware's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,22 @@ pub struct Paths {
     pub interposer: PathBuf,
     /// A file holding `CONTAINER_LIB`, mounted at `/etc/ld.so.preload`.
     pub preload: PathBuf,
+    /// The per-GPU compute regions every tenant on this machine shares, containers and plain
+    /// `gpuslice run` tenants alike; mounted into each container at `CONTAINER_COMPUTE_DIR`.
+    pub compute: PathBuf,
+}
+
+/// Where the interposer looks for the compute regions when `GPUSLICE_COMPUTE_DIR` is unset (as in
+/// programs that clear their environment), so the mount goes there.
+pub const CONTAINER_COMPUTE_DIR: &str = "/run/gpuslice/compute";
+
+/// The host's compute regions: `GPUSLICE_COMPUTE_DIR`, else the machine-wide default that
+/// `gpuslice run` also uses.
+pub fn host_compute_dir() -> PathBuf {
+    match std::env::var_os("GPUSLICE_COMPUTE_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(CONTAINER_COMPUTE_DIR),
+    }
 }
 
 impl Paths {
@@ -50,11 +67,16 @@ impl Paths {
         crate::state::write_atomic(&preload, format!("{CONTAINER_LIB}\n").as_bytes())?;
         let tenants = state.join("tenants");
         std::fs::create_dir_all(&tenants).map_err(|e| format!("{}: {e}", tenants.display()))?;
+        let compute = host_compute_dir();
+        std::fs::create_dir_all(&compute).map_err(|e| format!("{}: {e}", compute.display()))?;
+        // Tenants of every user attach to the same regions.
+        set_mode(&compute, 0o1777);
         Ok(Paths {
             tenants,
             cdi: cdi.to_path_buf(),
             interposer,
             preload,
+            compute,
         })
     }
 
@@ -83,6 +105,11 @@ pub fn tenant_name(parts: &[&str]) -> String {
         })
         .collect();
     s.chars().take(200).collect()
+}
+
+fn mig_short(uuid: &str) -> &str {
+    let u = uuid.strip_prefix("MIG-").unwrap_or(uuid);
+    &u[..u.len().min(8)]
 }
 
 fn short(uuid: &str) -> &str {
@@ -117,6 +144,49 @@ pub fn decide(
         Ok(g)
     };
     let ts_resource = &cfg.time_slicing.resource_name;
+
+    // MIG devices: hardware partitions handed out whole; kubelet's IDs (MIG UUIDs) decide.
+    if let Some(profile) = resource.strip_prefix(protocol::RESOURCE_MIG_PREFIX) {
+        let who = format!("{resource} devices {}", ids.join(","));
+        let mut memory = 0u64;
+        for id in ids {
+            let (g, m) = devices::find_mig(gpus, id)
+                .ok_or_else(|| format!("{who}: MIG device {id} is not on this node"))?;
+            if m.profile != profile {
+                return Err(format!(
+                    "{who}: MIG device {id} is a {}, not a {profile}",
+                    m.profile
+                ));
+            }
+            if unhealthy.contains(&g.uuid) || unhealthy.contains(id) {
+                return Err(format!("{who}: MIG device {id} is unhealthy"));
+            }
+            memory += m.memory_bytes;
+        }
+        let mut sorted = ids.to_vec();
+        sorted.sort();
+        return Ok(Grant {
+            alloc: Allocation {
+                tenant: tenant_name(&[
+                    "mig",
+                    &sorted
+                        .iter()
+                        .map(|u| mig_short(u))
+                        .collect::<Vec<_>>()
+                        .join("-"),
+                ]),
+                resource: resource.to_string(),
+                namespace: String::new(),
+                pod: String::new(),
+                pod_uid: String::new(),
+                container: String::new(),
+                gpus: sorted,
+                memory_bytes: memory,
+                compute_percent: 100,
+                device_ids: ids.to_vec(),
+            },
+        });
+    }
 
     // Scheduler-placed: the assignment decides GPUs and sizes; kubelet's IDs only count.
     if resource == protocol::RESOURCE_GPU || resource == protocol::RESOURCE_WHOLE_GPU {
@@ -315,6 +385,9 @@ pub fn apply(
     } else {
         format!("pod {}/{} container {}", a.namespace, a.pod, a.container)
     };
+    if a.resource.starts_with(protocol::RESOURCE_MIG_PREFIX) {
+        return apply_mig(cfg, gpus, paths, store, a, &who);
+    }
     let ledger_path = paths.ledger(&a.tenant);
     let same = store.find(&a.tenant).is_some_and(|old| {
         old.pod_uid == a.pod_uid && old.memory_bytes == a.memory_bytes && old.gpus == a.gpus
@@ -364,6 +437,7 @@ pub fn apply(
         ("NVIDIA_VISIBLE_DEVICES".into(), visible),
         ("GPUSLICE_LEDGER".into(), CONTAINER_LEDGER.into()),
         ("GPUSLICE_TENANT".into(), a.tenant.clone()),
+        ("GPUSLICE_COMPUTE_DIR".into(), CONTAINER_COMPUTE_DIR.into()),
         ("LD_PRELOAD".into(), CONTAINER_LIB.into()),
     ];
     env.sort();
@@ -375,6 +449,12 @@ pub fn apply(
         ),
         (paths.interposer.clone(), CONTAINER_LIB.to_string(), true),
         (paths.preload.clone(), PRELOAD_FILE.to_string(), true),
+        // Without the regions the interposer refuses every kernel launch of a tenant with a quota.
+        (
+            paths.compute.clone(),
+            CONTAINER_COMPUTE_DIR.to_string(),
+            false,
+        ),
     ];
     let mut nodes: Vec<String> = Vec::new();
     for u in &a.gpus {
@@ -431,6 +511,75 @@ pub fn apply(
                     },
                 })
                 .collect(),
+        };
+        cdi::write(&paths.cdi, &a.tenant, edits).map_err(|e| format!("{who}: {e}"))?;
+        resp.cdi_devices = vec![pb::CdiDevice {
+            name: cdi::qualified(&a.tenant),
+        }];
+    }
+    resp.annotations
+        .insert("gpuslice.io/tenant".into(), a.tenant.clone());
+    store.upsert(a).map_err(|e| format!("{who}: {e}"))?;
+    Ok(resp)
+}
+
+/// A MIG device is isolated by the hardware: its memory, SMs and bandwidth are its own, so no
+/// ledger or interposer is needed and none is injected (its cap would equal the device's memory,
+/// and the MIG UUID is not a GPU UUID the ledger's allow-list can name). The container sees only
+/// its MIG device(s).
+fn apply_mig(
+    cfg: &NodeConfig,
+    gpus: &[Gpu],
+    paths: &Paths,
+    store: &mut Store,
+    a: Allocation,
+    who: &str,
+) -> Result<pb::ContainerAllocateResponse, String> {
+    let visible = a.gpus.join(",");
+    let mut env: Vec<(String, String)> = vec![
+        ("CUDA_VISIBLE_DEVICES".into(), visible.clone()),
+        ("NVIDIA_VISIBLE_DEVICES".into(), visible),
+        ("GPUSLICE_TENANT".into(), a.tenant.clone()),
+    ];
+    env.sort();
+    let mut nodes: Vec<String> = Vec::new();
+    for u in &a.gpus {
+        if let Some(m) = devices::find_mig(gpus, u).and_then(|(g, _)| g.minor) {
+            let n = format!("/dev/nvidia{m}");
+            if !nodes.contains(&n) {
+                nodes.push(n);
+            }
+        }
+    }
+    if !nodes.is_empty() {
+        for n in ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"] {
+            nodes.push(n.to_string());
+        }
+    }
+    let mut resp = pb::ContainerAllocateResponse::default();
+    if cfg.injection != Injection::Cdi {
+        resp.envs = env.iter().cloned().collect();
+        resp.devices = nodes
+            .iter()
+            .map(|n| pb::DeviceSpec {
+                container_path: n.clone(),
+                host_path: n.clone(),
+                permissions: "rw".into(),
+            })
+            .collect();
+    }
+    if cfg.injection != Injection::Env {
+        let edits = cdi::ContainerEdits {
+            env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            device_nodes: nodes
+                .iter()
+                .map(|n| cdi::DeviceNode {
+                    path: n.clone(),
+                    host_path: None,
+                    permissions: Some("rw".into()),
+                })
+                .collect(),
+            mounts: Vec::new(),
         };
         cdi::write(&paths.cdi, &a.tenant, edits).map_err(|e| format!("{who}: {e}"))?;
         resp.cdi_devices = vec![pb::CdiDevice {

@@ -38,6 +38,18 @@ pub fn resource_for(cfg: &NodeConfig, mode: Mode) -> String {
     }
 }
 
+/// `gpuslice.io/mig-<profile>`.
+pub fn mig_resource(profile: &str) -> String {
+    format!("{}{profile}", protocol::RESOURCE_MIG_PREFIX)
+}
+
+/// The MIG device with this UUID and its GPU.
+pub fn find_mig<'a>(gpus: &'a [Gpu], uuid: &str) -> Option<(&'a Gpu, &'a crate::gpu::MigDev)> {
+    gpus.iter()
+        .filter(|g| g.mig_enabled)
+        .find_map(|g| g.mig.iter().find(|m| m.uuid == uuid).map(|m| (g, m)))
+}
+
 pub fn plan(cfg: &NodeConfig, gpus: &[Gpu], unhealthy: &BTreeSet<String>) -> Plan {
     let mut p = Plan::default();
     // Every resource the agent can serve is always registered, possibly empty, so a mode change
@@ -46,8 +58,24 @@ pub fn plan(cfg: &NodeConfig, gpus: &[Gpu], unhealthy: &BTreeSet<String>) -> Pla
         p.resources.entry(resource_for(cfg, m)).or_default();
     }
     for g in gpus {
-        let offer = cfg.offer(g.index, &g.uuid);
         let healthy = !unhealthy.contains(&g.uuid);
+        if g.mig_enabled {
+            // Registered only for the profiles present; a fault of the parent GPU takes its
+            // MIG devices down with it.
+            for m in &g.mig {
+                p.resources
+                    .entry(mig_resource(&m.profile))
+                    .or_default()
+                    .push(Unit {
+                        id: m.uuid.clone(),
+                        gpu_uuid: g.uuid.clone(),
+                        healthy: healthy && !unhealthy.contains(&m.uuid),
+                        numa: g.numa,
+                    });
+            }
+            continue;
+        }
+        let offer = cfg.offer(g.index, &g.uuid);
         let list = p.resources.get_mut(&resource_for(cfg, offer.mode)).unwrap();
         let unit = |id: String| Unit {
             id,
@@ -73,6 +101,33 @@ pub fn inventory(cfg: &NodeConfig, gpus: &[Gpu], unhealthy: &BTreeSet<String>) -
     Inventory::new(
         gpus.iter()
             .filter_map(|g| {
+                let healthy = !unhealthy.contains(&g.uuid);
+                if g.mig_enabled {
+                    return Some(protocol::GpuInfo {
+                        uuid: g.uuid.clone(),
+                        index: g.index,
+                        model: g.model.clone(),
+                        memory_mib: g.memory_bytes >> 20,
+                        sms: g.sms,
+                        numa: g.numa,
+                        nvlink_peers: g.nvlink_peers.clone(),
+                        pcie_switch: g.pcie_switch.clone(),
+                        slices: 1,
+                        mode: GpuMode::Mig,
+                        mig: g
+                            .mig
+                            .iter()
+                            .map(|m| protocol::MigDevice {
+                                uuid: m.uuid.clone(),
+                                profile: m.profile.clone(),
+                                memory_mib: m.memory_bytes >> 20,
+                                sms: m.sms,
+                                healthy: healthy && !unhealthy.contains(&m.uuid),
+                            })
+                            .collect(),
+                        healthy,
+                    });
+                }
                 let offer = cfg.offer(g.index, &g.uuid);
                 let mode = match offer.mode {
                     Mode::Shared => GpuMode::Shared,
@@ -87,11 +142,11 @@ pub fn inventory(cfg: &NodeConfig, gpus: &[Gpu], unhealthy: &BTreeSet<String>) -
                     sms: g.sms,
                     numa: g.numa,
                     nvlink_peers: g.nvlink_peers.clone(),
-                    pcie_switch: None,
+                    pcie_switch: g.pcie_switch.clone(),
                     slices: offer.units,
                     mode,
                     mig: Vec::new(),
-                    healthy: !unhealthy.contains(&g.uuid),
+                    healthy,
                 })
             })
             .collect(),
@@ -161,6 +216,79 @@ mod tests {
             pci_bus_id: String::new(),
             minor: None,
             nvlink_peers: vec![],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn mig_gpus_offer_their_mig_devices_by_profile() {
+        let cfg = NodeConfig::default();
+        let mut g = gpu(0);
+        g.mig_enabled = true;
+        let dev = |u: &str, p: &str, mib: u64| crate::gpu::MigDev {
+            uuid: u.into(),
+            profile: p.into(),
+            memory_bytes: mib << 20,
+            sms: 16,
+        };
+        g.mig = vec![
+            dev("MIG-a", "1g.10gb", 9984),
+            dev("MIG-b", "1g.10gb", 9984),
+            dev("MIG-c", "3g.40gb", 40448),
+        ];
+        let unhealthy = BTreeSet::from(["MIG-b".to_string()]);
+        let p = plan(&cfg, &[g.clone(), gpu(1)], &unhealthy);
+        let ids = |r: &str| {
+            p.resources[r]
+                .iter()
+                .map(|u| (u.id.clone(), u.healthy))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ids("gpuslice.io/mig-1g.10gb"),
+            [("MIG-a".into(), true), ("MIG-b".into(), false)]
+        );
+        assert_eq!(ids("gpuslice.io/mig-3g.40gb"), [("MIG-c".into(), true)]);
+        assert!(
+            p.resources["gpuslice.io/gpu"]
+                .iter()
+                .all(|u| u.gpu_uuid == "GPU-1")
+        );
+        let inv = inventory(&cfg, &[g, gpu(1)], &unhealthy);
+        inv.validate().unwrap();
+        assert_eq!(inv.gpus[0].mode, GpuMode::Mig);
+        assert_eq!(inv.gpus[0].mig.len(), 3);
+        assert!(!inv.gpus[0].mig[1].healthy);
+        // The parent's fault takes every MIG device down.
+        let p = plan(
+            &cfg,
+            &[inv_gpu(&inv)],
+            &BTreeSet::from(["GPU-0".to_string()]),
+        );
+        assert!(
+            p.resources["gpuslice.io/mig-3g.40gb"]
+                .iter()
+                .all(|u| !u.healthy)
+        );
+    }
+
+    fn inv_gpu(inv: &Inventory) -> Gpu {
+        let g = &inv.gpus[0];
+        Gpu {
+            index: g.index,
+            uuid: g.uuid.clone(),
+            mig_enabled: true,
+            mig: g
+                .mig
+                .iter()
+                .map(|m| crate::gpu::MigDev {
+                    uuid: m.uuid.clone(),
+                    profile: m.profile.clone(),
+                    memory_bytes: m.memory_mib << 20,
+                    sms: m.sms,
+                })
+                .collect(),
+            ..Default::default()
         }
     }
 

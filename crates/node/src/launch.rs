@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::agent::{self, Options};
 use crate::assign::Source;
 use crate::config::NodeConfig;
-use crate::gpu::{GpuSource, SimGpus};
+use crate::gpu::{GpuSource, NvmlGpus};
 
 pub enum Cluster {
     None { assignments: PathBuf },
@@ -17,7 +17,8 @@ pub enum Cluster {
 }
 
 pub struct Launch {
-    pub sim: bool,
+    /// The simulator's `libnvidia_ml.so` (with `--sim`); the system's NVML otherwise.
+    pub sim_nvml: Option<PathBuf>,
     pub config: Option<PathBuf>,
     pub cluster: Cluster,
     pub options: Options,
@@ -34,17 +35,16 @@ pub fn launch(l: Launch) -> i32 {
         },
         None => NodeConfig::default(),
     };
-    let gpus: Arc<dyn GpuSource> = if l.sim {
-        match SimGpus::open() {
-            Ok(g) => g,
-            Err(e) => {
-                eprintln!("gpuslice node: the simulated GPU: {e}");
-                return 2;
-            }
+    let found = match &l.sim_nvml {
+        Some(lib) => NvmlGpus::simulated(lib).map_err(|e| format!("the simulated GPU: {e}")),
+        None => NvmlGpus::system().map_err(|e| format!("NVML: {e}")),
+    };
+    let gpus: Arc<dyn GpuSource> = match found {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("gpuslice node: {e}");
+            return 1;
         }
-    } else {
-        eprintln!("gpuslice node: NVML discovery of real GPUs is not in this build; use --sim");
-        return 2;
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -65,6 +65,7 @@ fn gpus() -> Vec<Gpu> {
             pci_bus_id: String::new(),
             minor: None,
             nvlink_peers: vec![],
+            ..Default::default()
         })
         .collect()
 }
@@ -321,6 +322,11 @@ async fn registration_devices_allocate_health_and_kubelet_restart() {
         "/usr/local/gpuslice/lib/libgpuslice.so"
     );
     assert!(mount("/usr/local/gpuslice/lib/libgpuslice.so").read_only);
+    // The compute regions are shared, writable, and where the interposer looks by default.
+    let compute = mount("/run/gpuslice/compute");
+    assert!(!compute.read_only);
+    assert!(PathBuf::from(&compute.host_path).is_dir());
+    assert_eq!(resp.envs["GPUSLICE_COMPUTE_DIR"], "/run/gpuslice/compute");
     let tenant_dir = PathBuf::from(&mount("/var/run/gpuslice").host_path);
     assert_eq!(resp.cdi_devices[0].name, "gpuslice.io/gpu=team.train.main");
     // The ledger exists with the assigned cap, GPU and compute quota.

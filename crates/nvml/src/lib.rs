@@ -314,6 +314,69 @@ impl Nvml {
         })
     }
 
+    /// True when GPUs `a` and `b` reach each other over NVLink (`nvmlDeviceGetP2PStatus`,
+    /// NVLink capability). An NVML without the query, or a GPU without NVLink, says false.
+    pub fn nvlink_peer(&self, a: u32, b: u32) -> Result<bool> {
+        // nvmlGpuP2PCapsIndex_t NVML_P2P_CAPS_INDEX_NVLINK; status 0 is NVML_P2P_STATUS_OK.
+        const CAPS_INDEX_NVLINK: c_uint = 2;
+        type P2p =
+            unsafe extern "C" fn(nvmlDevice_t, nvmlDevice_t, c_uint, *mut c_uint) -> nvmlReturn_t;
+        if self.sym::<P2p>("nvmlDeviceGetP2PStatus").is_err() {
+            return Ok(false);
+        }
+        let (ha, hb) = (self.handle(a)?, self.handle(b)?);
+        let mut status: c_uint = 1;
+        match call!(
+            self,
+            "nvmlDeviceGetP2PStatus",
+            P2p,
+            (ha, hb, CAPS_INDEX_NVLINK, &mut status)
+        ) {
+            Ok(()) => Ok(status == 0),
+            Err(e) if e.code() == Some(NVML_ERROR_NOT_SUPPORTED) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Bytes of GPU `index`'s memory in use.
+    pub fn memory_used(&self, index: u32) -> Result<u64> {
+        let h = self.handle(index)?;
+        let mut m = nvmlMemory_t::default();
+        call!(
+            self,
+            "nvmlDeviceGetMemoryInfo",
+            unsafe extern "C" fn(nvmlDevice_t, *mut nvmlMemory_t) -> nvmlReturn_t,
+            (h, &mut m)
+        )?;
+        Ok(m.used)
+    }
+
+    /// GPU `index`'s busy percentage over NVML's last sampling period.
+    pub fn utilization_percent(&self, index: u32) -> Result<u32> {
+        let h = self.handle(index)?;
+        let mut u = nvmlUtilization_t::default();
+        call!(
+            self,
+            "nvmlDeviceGetUtilizationRates",
+            unsafe extern "C" fn(nvmlDevice_t, *mut nvmlUtilization_t) -> nvmlReturn_t,
+            (h, &mut u)
+        )?;
+        Ok(u.gpu)
+    }
+
+    /// `/dev/nvidia<minor>` of GPU `index`, when NVML knows it.
+    pub fn minor(&self, index: u32) -> Result<u32> {
+        let h = self.handle(index)?;
+        let mut m = 0;
+        call!(
+            self,
+            "nvmlDeviceGetMinorNumber",
+            unsafe extern "C" fn(nvmlDevice_t, *mut c_uint) -> nvmlReturn_t,
+            (h, &mut m)
+        )?;
+        Ok(m)
+    }
+
     // ---- MIG: reading ----
 
     /// (current, pending) MIG mode; `None` when the GPU does not support MIG.

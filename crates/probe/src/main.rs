@@ -191,8 +191,14 @@ impl Probe {
     fn busy_function(&self) -> CUfunction {
         let (mut m, mut f) = (std::ptr::null_mut(), std::ptr::null_mut());
         unsafe {
-            check((self.api.module_load)(&mut m, c"image".as_ptr().cast()), "cuModuleLoadData");
-            check((self.api.module_function)(&mut f, m, c"busy".as_ptr()), "cuModuleGetFunction");
+            check(
+                (self.api.module_load)(&mut m, c"image".as_ptr().cast()),
+                "cuModuleLoadData",
+            );
+            check(
+                (self.api.module_function)(&mut f, m, c"busy".as_ptr()),
+                "cuModuleGetFunction",
+            );
         }
         f
     }
@@ -212,8 +218,16 @@ impl Probe {
             match path {
                 "ex" => {
                     let cfg = CUlaunchConfig {
-                        gridDimX: 1, gridDimY: 1, gridDimZ: 1, blockDimX: 1, blockDimY: 1, blockDimZ: 1,
-                        sharedMemBytes: 0, hStream: stream, attrs: std::ptr::null_mut(), numAttrs: 0,
+                        gridDimX: 1,
+                        gridDimY: 1,
+                        gridDimZ: 1,
+                        blockDimX: 1,
+                        blockDimY: 1,
+                        blockDimZ: 1,
+                        sharedMemBytes: 0,
+                        hStream: stream,
+                        attrs: std::ptr::null_mut(),
+                        numAttrs: 0,
                     };
                     (self.api.launch_ex)(&cfg, f, pp, std::ptr::null_mut())
                 }
@@ -230,10 +244,16 @@ impl Probe {
         unsafe {
             check((self.api.begin_capture)(stream, 0), "cuStreamBeginCapture");
             for &u in us {
-                check(self.launch_busy("launch", f, stream, u), "captured cuLaunchKernel");
+                check(
+                    self.launch_busy("launch", f, stream, u),
+                    "captured cuLaunchKernel",
+                );
             }
             check((self.api.end_capture)(stream, &mut g), "cuStreamEndCapture");
-            check((self.api.graph_instantiate)(&mut e, g, 0), "cuGraphInstantiate");
+            check(
+                (self.api.graph_instantiate)(&mut e, g, 0),
+                "cuGraphInstantiate",
+            );
         }
         e
     }
@@ -616,7 +636,8 @@ fn main() {
             let mut i = std::process::id() as usize;
             let mut launched_us = 0u64;
             let mut n = 0u64;
-            let graph = (path == "graph").then(|| probe.busy_graph(f, stream, &[1000, 2000, 500, 1500]));
+            let graph =
+                (path == "graph").then(|| probe.busy_graph(f, stream, &[1000, 2000, 500, 1500]));
             let end = Instant::now() + Duration::from_secs_f64(secs);
             while Instant::now() < end {
                 let us = MIX_US[i % MIX_US.len()];
@@ -632,7 +653,10 @@ fn main() {
                 n += 1;
             }
             unsafe { (probe.api.stream_sync)(stream) };
-            println!("{{\"path\":\"{path}\",\"launches\":{n},\"launched_us\":{launched_us},\"pid\":{}}}", std::process::id());
+            println!(
+                "{{\"path\":\"{path}\",\"launches\":{n},\"launched_us\":{launched_us},\"pid\":{}}}",
+                std::process::id()
+            );
         }
         "periodic" => {
             let period = Duration::from_millis(arg(1).parse().unwrap());
@@ -660,10 +684,17 @@ fn main() {
                 }
             }
             lat.sort_unstable();
-            let q = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).saturating_sub(1).min(lat.len() - 1)];
+            let q = |p: f64| {
+                lat[((lat.len() as f64 * p).ceil() as usize)
+                    .saturating_sub(1)
+                    .min(lat.len() - 1)]
+            };
             println!(
                 "{{\"count\":{},\"p50_us\":{},\"p99_us\":{},\"max_us\":{}}}",
-                lat.len(), q(0.5), q(0.99), lat[lat.len() - 1]
+                lat.len(),
+                q(0.5),
+                q(0.99),
+                lat[lat.len() - 1]
             );
         }
         other => die(format!("unknown command {other}")),

@@ -14,7 +14,8 @@ fn typed<T: serde::de::DeserializeOwned>(doc: &Value, what: &str) -> T {
 
 #[test]
 fn scheduler_manifests_are_valid() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/scheduler/gpuslice-scheduler.yaml");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/scheduler/gpuslice-scheduler.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
     let mut kinds = Vec::new();
     let mut listen_port = None;
@@ -31,13 +32,24 @@ fn scheduler_manifests_are_valid() {
                 let cm: ConfigMap = typed(&doc, &what);
                 let data = cm.data.unwrap();
                 gpuslice_scheduler::parse_config(&data["gpuslice.json"]).unwrap();
-                sched_cfg = Some(serde_yaml_ng::from_str::<Value>(&data["kube-scheduler.yaml"]).unwrap());
+                sched_cfg =
+                    Some(serde_yaml_ng::from_str::<Value>(&data["kube-scheduler.yaml"]).unwrap());
             }
             "Deployment" => {
                 let d: Deployment = typed(&doc, &what);
                 let pod = d.spec.unwrap().template.spec.unwrap();
-                let ext = pod.containers.iter().find(|c| c.name == "extender").unwrap();
-                let listen = ext.args.as_ref().unwrap().iter().find_map(|a| a.strip_prefix("--listen=")).unwrap();
+                let ext = pod
+                    .containers
+                    .iter()
+                    .find(|c| c.name == "extender")
+                    .unwrap();
+                let listen = ext
+                    .args
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .find_map(|a| a.strip_prefix("--listen="))
+                    .unwrap();
                 listen_port = Some(listen.rsplit(':').next().unwrap().to_string());
             }
             other => panic!("{what}: no check for kind {other}"),
@@ -48,12 +60,22 @@ fn scheduler_manifests_are_valid() {
     assert_eq!(cfg["kind"], "KubeSchedulerConfiguration");
     assert_eq!(cfg["profiles"][0]["schedulerName"], "gpuslice-scheduler");
     let ext = &cfg["extenders"][0];
-    assert!(ext["urlPrefix"].as_str().unwrap().ends_with(&format!(":{}", listen_port.unwrap())));
+    assert!(
+        ext["urlPrefix"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{}", listen_port.unwrap()))
+    );
     for verb in ["filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb"] {
         assert!(ext[verb].is_string(), "{verb}");
     }
     let managed = ext["managedResources"].as_array().unwrap();
-    let ignored = |n: &str| managed.iter().find(|m| m["name"] == n).map(|m| m["ignoredByScheduler"].as_bool().unwrap());
+    let ignored = |n: &str| {
+        managed
+            .iter()
+            .find(|m| m["name"] == n)
+            .map(|m| m["ignoredByScheduler"].as_bool().unwrap())
+    };
     assert_eq!(ignored("gpuslice.io/gpu-memory"), Some(true));
     assert_eq!(ignored("gpuslice.io/gpu-compute"), Some(true));
     assert_eq!(ignored("gpuslice.io/gpu"), Some(false));

@@ -223,7 +223,10 @@ impl Cluster {
         self.generation += 1;
         let u = self.ns_usage.entry(rec.namespace.clone()).or_default();
         u.add(rec.demand);
-        self.by_node.entry(rec.assignment.node.clone()).or_default().insert(rec.uid.clone());
+        self.by_node
+            .entry(rec.assignment.node.clone())
+            .or_default()
+            .insert(rec.uid.clone());
         self.pods.insert(rec.uid.clone(), rec);
         Ok(())
     }

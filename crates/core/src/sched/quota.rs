@@ -70,7 +70,13 @@ impl Quota {
         if let Some(l) = self.gpu_compute_percent
             && used.compute_percent + asked.compute_percent > l
         {
-            return Err(e("gpu-compute", used.compute_percent, asked.compute_percent, l, "%"));
+            return Err(e(
+                "gpu-compute",
+                used.compute_percent,
+                asked.compute_percent,
+                l,
+                "%",
+            ));
         }
         Ok(())
     }

@@ -556,13 +556,32 @@ fn a_node_update_keeps_the_usage_of_its_pods() {
     node8(&mut c, "a");
     node8(&mut c, "b");
     let cfg = Config::default();
-    place(&mut c, &pod("p", "ns", &[("gpuslice.io/gpu", "1"), ("gpuslice.io/gpu-memory", "1234")], &[]), &cfg).unwrap();
+    place(
+        &mut c,
+        &pod(
+            "p",
+            "ns",
+            &[("gpuslice.io/gpu", "1"), ("gpuslice.io/gpu-memory", "1234")],
+            &[],
+        ),
+        &cfg,
+    )
+    .unwrap();
     let node = c.pods["p"].assignment.node.clone();
-    let gpus = (0..8).map(|i| gpu(&format!("{node}-g{i}"), i, 81920, 4)).collect();
+    let gpus = (0..8)
+        .map(|i| gpu(&format!("{node}-g{i}"), i, 81920, 4))
+        .collect();
     c.upsert_node(&node, &Inventory::new(gpus));
     assert_eq!(c.node(&node).unwrap().used_memory_mib(), 1234);
     c.remove_pod("p");
     assert_eq!(c.node(&node).unwrap().used_memory_mib(), 0);
-    c.upsert_node(&node, &Inventory::new((0..8).map(|i| gpu(&format!("{node}-g{i}"), i, 81920, 4)).collect()));
+    c.upsert_node(
+        &node,
+        &Inventory::new(
+            (0..8)
+                .map(|i| gpu(&format!("{node}-g{i}"), i, 81920, 4))
+                .collect(),
+        ),
+    );
     assert_eq!(c.node(&node).unwrap().used_memory_mib(), 0);
 }
