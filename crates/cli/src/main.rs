@@ -45,6 +45,16 @@ enum Cmd {
     Simulate(simulate::Args),
 }
 
+/// Logs of the long-running services go to stderr; `GPUSLICE_LOG` filters them (default info).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GPUSLICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {

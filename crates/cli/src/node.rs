@@ -46,13 +46,7 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> i32 {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GPUSLICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::init_logging();
     // Bad input is reported before anything else is looked for.
     if let Some(p) = &a.config {
         if let Err(e) = gpuslice_node::config::NodeConfig::load(p) {

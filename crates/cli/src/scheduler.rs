@@ -38,13 +38,7 @@ fn read(what: &str, p: &PathBuf) -> Result<String, String> {
 }
 
 pub fn main(a: Args) -> i32 {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GPUSLICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::init_logging();
     if a.bench {
         let r = gpuslice_scheduler::bench::run(a.bench_nodes, 8, a.bench_iterations.max(1));
         println!(

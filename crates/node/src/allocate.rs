@@ -468,6 +468,58 @@ pub fn apply(
         }
     }
 
+    respond(cfg, paths, a, store, &who, &env, &mounts, &nodes)
+}
+
+/// A MIG device is isolated by the hardware: its memory, SMs and bandwidth are its own, so no
+/// ledger or interposer is needed and none is injected (its cap would equal the device's memory,
+/// and the MIG UUID is not a GPU UUID the ledger's allow-list can name). The container sees only
+/// its MIG device(s).
+fn apply_mig(
+    cfg: &NodeConfig,
+    gpus: &[Gpu],
+    paths: &Paths,
+    store: &mut Store,
+    a: Allocation,
+    who: &str,
+) -> Result<pb::ContainerAllocateResponse, String> {
+    let visible = a.gpus.join(",");
+    let mut env: Vec<(String, String)> = vec![
+        ("CUDA_VISIBLE_DEVICES".into(), visible.clone()),
+        ("NVIDIA_VISIBLE_DEVICES".into(), visible),
+        ("GPUSLICE_TENANT".into(), a.tenant.clone()),
+    ];
+    env.sort();
+    let mut nodes: Vec<String> = Vec::new();
+    for u in &a.gpus {
+        if let Some(m) = devices::find_mig(gpus, u).and_then(|(g, _)| g.minor) {
+            let n = format!("/dev/nvidia{m}");
+            if !nodes.contains(&n) {
+                nodes.push(n);
+            }
+        }
+    }
+    if !nodes.is_empty() {
+        for n in ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"] {
+            nodes.push(n.to_string());
+        }
+    }
+    respond(cfg, paths, a, store, &who, &env, &[], &nodes)
+}
+
+/// The kubelet response and the CDI device for one container, from the same environment, mounts
+/// and device nodes; the allocation is recorded before kubelet hears of it.
+#[allow(clippy::too_many_arguments)]
+fn respond(
+    cfg: &NodeConfig,
+    paths: &Paths,
+    a: Allocation,
+    store: &mut Store,
+    who: &str,
+    env: &[(String, String)],
+    mounts: &[(PathBuf, String, bool)],
+    nodes: &[String],
+) -> Result<pb::ContainerAllocateResponse, String> {
     let mut resp = pb::ContainerAllocateResponse::default();
     if cfg.injection != Injection::Cdi {
         resp.envs = env.iter().cloned().collect();
@@ -511,75 +563,6 @@ pub fn apply(
                     },
                 })
                 .collect(),
-        };
-        cdi::write(&paths.cdi, &a.tenant, edits).map_err(|e| format!("{who}: {e}"))?;
-        resp.cdi_devices = vec![pb::CdiDevice {
-            name: cdi::qualified(&a.tenant),
-        }];
-    }
-    resp.annotations
-        .insert("gpuslice.io/tenant".into(), a.tenant.clone());
-    store.upsert(a).map_err(|e| format!("{who}: {e}"))?;
-    Ok(resp)
-}
-
-/// A MIG device is isolated by the hardware: its memory, SMs and bandwidth are its own, so no
-/// ledger or interposer is needed and none is injected (its cap would equal the device's memory,
-/// and the MIG UUID is not a GPU UUID the ledger's allow-list can name). The container sees only
-/// its MIG device(s).
-fn apply_mig(
-    cfg: &NodeConfig,
-    gpus: &[Gpu],
-    paths: &Paths,
-    store: &mut Store,
-    a: Allocation,
-    who: &str,
-) -> Result<pb::ContainerAllocateResponse, String> {
-    let visible = a.gpus.join(",");
-    let mut env: Vec<(String, String)> = vec![
-        ("CUDA_VISIBLE_DEVICES".into(), visible.clone()),
-        ("NVIDIA_VISIBLE_DEVICES".into(), visible),
-        ("GPUSLICE_TENANT".into(), a.tenant.clone()),
-    ];
-    env.sort();
-    let mut nodes: Vec<String> = Vec::new();
-    for u in &a.gpus {
-        if let Some(m) = devices::find_mig(gpus, u).and_then(|(g, _)| g.minor) {
-            let n = format!("/dev/nvidia{m}");
-            if !nodes.contains(&n) {
-                nodes.push(n);
-            }
-        }
-    }
-    if !nodes.is_empty() {
-        for n in ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"] {
-            nodes.push(n.to_string());
-        }
-    }
-    let mut resp = pb::ContainerAllocateResponse::default();
-    if cfg.injection != Injection::Cdi {
-        resp.envs = env.iter().cloned().collect();
-        resp.devices = nodes
-            .iter()
-            .map(|n| pb::DeviceSpec {
-                container_path: n.clone(),
-                host_path: n.clone(),
-                permissions: "rw".into(),
-            })
-            .collect();
-    }
-    if cfg.injection != Injection::Env {
-        let edits = cdi::ContainerEdits {
-            env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-            device_nodes: nodes
-                .iter()
-                .map(|n| cdi::DeviceNode {
-                    path: n.clone(),
-                    host_path: None,
-                    permissions: Some("rw".into()),
-                })
-                .collect(),
-            mounts: Vec::new(),
         };
         cdi::write(&paths.cdi, &a.tenant, edits).map_err(|e| format!("{who}: {e}"))?;
         resp.cdi_devices = vec![pb::CdiDevice {
