@@ -113,6 +113,10 @@ pub struct MigDevice {
     pub sms: u32,
     #[serde(default = "yes")]
     pub healthy: bool,
+    /// The GPU instance's first memory slice, when the agent knows it; the scheduler's MIG
+    /// layout hint needs it to tell which slices are free.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<u8>,
 }
 
 fn yes() -> bool {

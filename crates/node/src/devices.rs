@@ -123,6 +123,7 @@ pub fn inventory(cfg: &NodeConfig, gpus: &[Gpu], unhealthy: &BTreeSet<String>) -
                                 memory_mib: m.memory_bytes >> 20,
                                 sms: m.sms,
                                 healthy: healthy && !unhealthy.contains(&m.uuid),
+                                start: m.start,
                             })
                             .collect(),
                         healthy,
@@ -230,12 +231,15 @@ mod tests {
             profile: p.into(),
             memory_bytes: mib << 20,
             sms: 16,
+            start: None,
         };
         g.mig = vec![
             dev("MIG-a", "1g.10gb", 9984),
             dev("MIG-b", "1g.10gb", 9984),
             dev("MIG-c", "3g.40gb", 40448),
         ];
+        // Where NVML placed the instance travels to the inventory for the scheduler's hint.
+        g.mig[2].start = Some(4);
         let unhealthy = BTreeSet::from(["MIG-b".to_string()]);
         let p = plan(&cfg, &[g.clone(), gpu(1)], &unhealthy);
         let ids = |r: &str| {
@@ -258,6 +262,9 @@ mod tests {
         inv.validate().unwrap();
         assert_eq!(inv.gpus[0].mode, GpuMode::Mig);
         assert_eq!(inv.gpus[0].mig.len(), 3);
+        let c = inv.gpus[0].mig.iter().find(|m| m.uuid == "MIG-c").unwrap();
+        assert_eq!(c.start, Some(4));
+        assert!(inv.to_json().contains("\"start\":4"), "{}", inv.to_json());
         assert!(!inv.gpus[0].mig[1].healthy);
         // The parent's fault takes every MIG device down.
         let p = plan(
@@ -286,6 +293,7 @@ mod tests {
                     profile: m.profile.clone(),
                     memory_bytes: m.memory_mib << 20,
                     sms: m.sms,
+                    start: m.start,
                 })
                 .collect(),
             ..Default::default()

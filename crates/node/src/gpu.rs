@@ -46,6 +46,8 @@ pub struct MigDev {
     pub profile: String,
     pub memory_bytes: u64,
     pub sms: u32,
+    /// First memory slice of the GPU instance, as NVML places it.
+    pub start: Option<u8>,
 }
 
 /// GPUs through NVML loaded at run time: the system's `libnvidia-ml.so.1`, or the simulator's
@@ -110,6 +112,7 @@ impl NvmlGpus {
                 profile: p.name.to_string(),
                 memory_bytes: d.memory_bytes,
                 sms: p.sm_count,
+                start: u8::try_from(gi.start).ok(),
             });
         }
         out.sort_by(|a, b| (&a.profile, &a.uuid).cmp(&(&b.profile, &b.uuid)));

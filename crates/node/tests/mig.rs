@@ -196,6 +196,22 @@ async fn mig_devices_applied_out_of_band_are_advertised_and_allocated() {
         assert_eq!(m.memory_mib, t.memory_bytes >> 20);
     }
     assert_eq!(g0.mig.iter().filter(|m| m.profile == "1g.10gb").count(), 3);
+    // Placements as created above, for the scheduler's MIG layout hint.
+    let mut starts: Vec<(&str, Option<u8>)> = g0
+        .mig
+        .iter()
+        .map(|m| (m.profile.as_str(), m.start))
+        .collect();
+    starts.sort();
+    assert_eq!(
+        starts,
+        [
+            ("1g.10gb", Some(0)),
+            ("1g.10gb", Some(1)),
+            ("1g.10gb", Some(2)),
+            ("3g.40gb", Some(4))
+        ]
+    );
     // H100-80GB: 1g.10gb has 9984 MiB, 3g.40gb 40448 MiB (`nvidia-smi mig -lgip`).
     assert!(
         g0.mig

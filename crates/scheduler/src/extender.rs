@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use gpuslice_core::protocol::Assignment;
 use gpuslice_core::sched::{
-    Candidate, Cluster, Config, GangDecision, GangTracker, PodSpec, Reservation, dominant_share,
-    fit_node, quota::fair_share_blocker, select_victims,
+    Candidate, Cluster, Config, GangDecision, GangTracker, MigHint, PodSpec, Reservation,
+    dominant_share, fit_node, mig_hint, quota::fair_share_blocker, select_victims,
 };
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -50,6 +50,11 @@ pub fn system_clock() -> Clock {
 /// How long a namespace counts as waiting after its last pod found no node.
 const WAITING_MS: u64 = 60_000;
 
+/// How long a pod that found no node for its MIG devices counts as pending. kube-scheduler
+/// retries unschedulable pods at least every 5 minutes, so a pod still waiting is seen again
+/// well before this; a deleted one drops out.
+const MIG_PENDING_MS: u64 = 10 * 60_000;
+
 pub struct State {
     pub cluster: Cluster,
     pub gangs: GangTracker,
@@ -58,6 +63,9 @@ pub struct State {
     pub seen: HashMap<String, PodSpec>,
     /// Namespaces whose pods recently found no node, for fair share.
     pub waiting_ns: HashMap<String, u64>,
+    /// Pods asking for MIG devices that no node passed at their last /filter, by uid, with
+    /// when: the demand behind `GET /mig-hint`.
+    pub mig_pending: HashMap<String, (PodSpec, u64)>,
     /// Scores from the last /filter (pod uid, cluster generation, 0–10 per node index, -1 =
     /// not fitted): /prioritize for the same pod on an unchanged cluster reuses them.
     scores: Option<(String, u64, Vec<i8>)>,
@@ -85,6 +93,7 @@ impl Extender {
                 cfg,
                 seen: HashMap::new(),
                 waiting_ns: HashMap::new(),
+                mig_pending: HashMap::new(),
                 scores: None,
             }),
             binder,
@@ -228,6 +237,11 @@ impl Extender {
         } else if st.waiting_ns.contains_key(&pod.namespace) && out.passed.len() == names.len() {
             st.waiting_ns.remove(&pod.namespace);
         }
+        if out.passed.is_empty() && pod.containers.iter().any(|c| !c.mig.is_empty()) {
+            st.mig_pending.insert(pod.uid.clone(), (pod.clone(), now));
+        } else {
+            st.mig_pending.remove(&pod.uid);
+        }
         st.scores = Some((pod.uid.clone(), st.cluster.generation, scores));
         st.seen.insert(pod.uid.clone(), pod);
         out
@@ -351,11 +365,26 @@ impl Extender {
             let mut st = self.lock();
             for t in &targets {
                 st.seen.remove(&t.uid);
+                st.mig_pending.remove(&t.uid);
             }
             Ok(())
         } else {
             Err(format!("bind failed: {}", errors.join("; ")))
         }
+    }
+
+    /// The MIG layouts that would fit the pods recently refused for lack of MIG devices, and
+    /// how many such pods there are. Advice only: no GPU is changed.
+    pub fn mig_hint(&self) -> (usize, Vec<MigHint>) {
+        let mut st = self.lock();
+        let now = (self.clock)();
+        let st = &mut *st;
+        let placed = &st.cluster.pods;
+        st.mig_pending.retain(|uid, (_, t)| {
+            now.saturating_sub(*t) < MIG_PENDING_MS && !placed.contains_key(uid)
+        });
+        let pending: Vec<PodSpec> = st.mig_pending.values().map(|(p, _)| p.clone()).collect();
+        (pending.len(), mig_hint(&st.cluster, &pending))
     }
 
     /// For each node kube-scheduler proposes, the victims that make room for the pod's GPUs

@@ -1,4 +1,5 @@
-//! The extender's HTTP face: `POST /filter`, `/prioritize`, `/bind`, `/preempt`, `GET /healthz`.
+//! The extender's HTTP face: `POST /filter`, `/prioritize`, `/bind`, `/preempt`, `GET /healthz`,
+//! `GET /mig-hint` (MIG layouts that would fit the pods refused for lack of MIG devices).
 //! Unreadable requests get 400 with the reason; decisions about readable pods are always 200
 //! with the extender's own error fields.
 
@@ -40,6 +41,7 @@ pub fn router(ext: Arc<Extender>) -> Router {
         .route("/bind", post(bind))
         .route("/preempt", post(preempt))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/mig-hint", get(mig_hint))
         .with_state(ext)
 }
 
@@ -137,6 +139,14 @@ async fn preempt(State(ext): State<Arc<Extender>>, body: Bytes) -> Response {
         })
         .collect();
     reply(StatusCode::OK, json!({"NodeNameToMetaVictims": m}))
+}
+
+async fn mig_hint(State(ext): State<Arc<Extender>>) -> Response {
+    let (pending, hints) = ext.mig_hint();
+    reply(
+        StatusCode::OK,
+        json!({"pendingPods": pending, "hints": hints}),
+    )
 }
 
 /// Serves until the listener fails.

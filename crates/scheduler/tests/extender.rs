@@ -29,7 +29,11 @@ struct Server {
 }
 
 fn start_with(binder: Arc<dyn Binder>, clock: Clock) -> Server {
-    let cluster = ClusterSpec::parse(CLUSTER).unwrap().build().unwrap();
+    start_on(CLUSTER, binder, clock)
+}
+
+fn start_on(cluster: &str, binder: Arc<dyn Binder>, clock: Clock) -> Server {
+    let cluster = ClusterSpec::parse(cluster).unwrap().build().unwrap();
     let ext = Arc::new(Extender::new(cluster, Config::default(), binder, clock));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -550,5 +554,88 @@ fn fair_share_holds_back_a_dominant_namespace_while_another_waits() {
     assert!(
         why.contains("fair share") && why.contains("namespace small waits"),
         "{why}"
+    );
+}
+
+/// An H100 in MIG mode as two 3g.40gb (at memory slices 0 and 4), the one at 0 in use.
+const MIG_CLUSTER: &str = r#"{"version": 1,
+ "nodes": [{"name": "m", "gpus": [
+    {"uuid": "GPU-m", "index": 0, "model": "NVIDIA H100 80GB HBM3", "memoryMiB": 81559, "sms": 132, "slices": 1, "mode": "mig",
+     "mig": [{"uuid": "MIG-m0", "profile": "3g.40gb", "memoryMiB": 40448, "sms": 60, "start": 0},
+             {"uuid": "MIG-m4", "profile": "3g.40gb", "memoryMiB": 40448, "sms": 60, "start": 4}]}]}],
+ "pods": [{"namespace": "ns", "name": "busy", "uid": "uid-busy", "node": "m",
+           "containers": [{"name": "c", "gpus": [{"uuid": "MIG-m0", "memoryMiB": 40448, "computePercent": 100, "exclusive": true, "mig": "3g.40gb"}]}]}]
+}"#;
+
+fn get(addr: SocketAddr, path: &str) -> Value {
+    let (code, body) = http(addr, "GET", path, "");
+    assert_eq!(code, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn mig_hint_suggests_a_layout_for_pods_refused_for_lack_of_mig_devices() {
+    let s = start_on(
+        MIG_CLUSTER,
+        Arc::new(MemoryBinder),
+        gpuslice_scheduler::extender::system_clock(),
+    );
+    assert_eq!(
+        get(s.addr, "/mig-hint"),
+        json!({"pendingPods": 0, "hints": []})
+    );
+
+    let small = pod(
+        "small",
+        "ns",
+        0,
+        json!({"gpuslice.io/mig-1g.10gb": "2"}),
+        json!({}),
+    );
+    let r = post(
+        s.addr,
+        "/filter",
+        &json!({"Pod": small, "NodeNames": ["m"]}),
+    );
+    assert_eq!(r["NodeNames"], json!([]), "{r}");
+    let h = get(s.addr, "/mig-hint");
+    assert_eq!(h["pendingPods"], 1, "{h}");
+    let hint = &h["hints"][0];
+    assert_eq!(
+        (hint["node"].as_str(), hint["gpu"].as_str()),
+        (Some("m"), Some("GPU-m")),
+        "{h}"
+    );
+    assert_eq!(hint["demand"], json!({"1g.10gb": 2}), "{h}");
+    assert_eq!(hint["plan"]["feasible"], true, "{h}");
+    // Only the free 3g.40gb at slice 4 may go; the one in use stays.
+    assert_eq!(
+        hint["plan"]["destroy"],
+        json!([{"profile": "3g.40gb", "start": 4, "size": 4}]),
+        "{h}"
+    );
+    let create = hint["create"].as_array().unwrap();
+    assert_eq!(create.len(), 2, "{h}");
+    for c in create {
+        assert_eq!(c["profile"], "1g.10gb");
+        assert!(c["start"].as_u64().unwrap() >= 4, "{h}");
+    }
+
+    // A pod the free device serves is not pending; once it is bound, both 3g.40gb are in
+    // use and nothing may be destroyed, so there is no suggestion left.
+    let big = pod(
+        "big",
+        "ns",
+        0,
+        json!({"gpuslice.io/mig-3g.40gb": "1"}),
+        json!({}),
+    );
+    let r = post(s.addr, "/filter", &json!({"Pod": big, "NodeNames": ["m"]}));
+    assert_eq!(r["NodeNames"], json!(["m"]), "{r}");
+    let b = json!({"PodName": "big", "PodNamespace": "ns", "PodUID": "uid-big", "Node": "m"});
+    assert_eq!(post(s.addr, "/bind", &b), json!({"Error": ""}));
+    assert_eq!(
+        get(s.addr, "/mig-hint"),
+        json!({"pendingPods": 1, "hints": []})
     );
 }

@@ -22,7 +22,7 @@ pub use models::{
 pub use parted::{
     DeviceDesired, DeviceFilter, DeviceSelector, MigConfigEntry, MigPartedConfig, desired_state,
 };
-pub use plan::{Plan, Unplaced, plan};
+pub use plan::{Plan, Unplaced, plan, plan_keeping};
 pub use reconcile::{FoundGpu, FoundInstance, export, mismatch, plan_exact};
 
 /// A demand: how many instances of each profile are wanted.

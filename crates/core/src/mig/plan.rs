@@ -58,6 +58,8 @@ struct Search<'a> {
     want: Vec<u32>,
     /// Existing instance (profile index, size) starting at each memory slice.
     existing_at: Vec<Option<(usize, u8)>>,
+    /// An existing instance that must be kept starts at this memory slice.
+    pinned_at: Vec<bool>,
     /// Profile indices that may be created, largest first.
     creatable: Vec<usize>,
     memo: HashMap<(u8, u32), (i64, Step)>,
@@ -104,14 +106,19 @@ impl Search<'_> {
         if let Some(&(v, _)) = self.memo.get(&(pos, counts)) {
             return v;
         }
+        // `i64::MIN` marks a state from which a pinned instance cannot be kept.
         let mut best = (i64::MIN, Step::End);
         if let Some((idx, size)) = self.existing_at[usize::from(pos)]
             && self.can_add(counts, idx)
         {
-            let v = W_KEPT + self.best(pos + size, counts + (1 << (BITS * idx as u32)));
-            if v > best.0 {
-                best = (v, Step::Keep(idx));
+            let v = self.best(pos + size, counts + (1 << (BITS * idx as u32)));
+            if v > i64::MIN && W_KEPT + v > best.0 {
+                best = (W_KEPT + v, Step::Keep(idx));
             }
+        }
+        if self.pinned_at[usize::from(pos)] {
+            self.memo.insert((pos, counts), best);
+            return best.0;
         }
         let v = self.best(pos + 1, counts);
         if v > best.0 {
@@ -126,6 +133,10 @@ impl Search<'_> {
             let Some(pl) = p.placement_at(pos) else {
                 continue;
             };
+            let end = usize::from(pos + pl.size).min(self.pinned_at.len());
+            if self.pinned_at[usize::from(pos)..end].iter().any(|&p| p) {
+                continue;
+            }
             let v = self.best(pos + pl.size, counts + (1 << (BITS * idx as u32)));
             if v > best.0 {
                 best = (v, Step::New(idx));
@@ -148,6 +159,17 @@ pub fn plan<S: AsRef<str>>(
     demand: &[(S, u32)],
     current: Option<&[Instance]>,
 ) -> Result<Plan, MigError> {
+    plan_keeping(model, demand, current, &[])
+}
+
+/// [`plan`], with the instances of `current` that start at one of `keep` never destroyed
+/// (they are in use). Such a plan always exists: keeping only them is a valid layout.
+pub fn plan_keeping<S: AsRef<str>>(
+    model: &GpuModel,
+    demand: &[(S, u32)],
+    current: Option<&[Instance]>,
+    keep: &[u8],
+) -> Result<Plan, MigError> {
     let n = model.profiles.len();
     assert!(
         n as u32 * BITS <= 32,
@@ -167,9 +189,11 @@ pub fn plan<S: AsRef<str>>(
     let current = current.unwrap_or(&[]);
     check_layout(model, current)?;
     let mut existing_at = vec![None; usize::from(model.memory_slices)];
+    let mut pinned_at = vec![false; usize::from(model.memory_slices)];
     for inst in current {
         let idx = profile_index(model, &inst.profile).expect("checked above");
         existing_at[usize::from(inst.start)] = Some((idx, inst.size));
+        pinned_at[usize::from(inst.start)] = keep.contains(&inst.start);
     }
 
     let mut creatable: Vec<usize> = (0..n).filter(|&i| demanded[i] > 0).collect();
@@ -180,6 +204,7 @@ pub fn plan<S: AsRef<str>>(
             .map(|i| demanded[i].min(u32::from(model.profiles[i].max_instances)))
             .collect(),
         existing_at,
+        pinned_at,
         creatable,
         memo: HashMap::with_capacity(256),
     };

@@ -660,6 +660,45 @@ fn planner_with_current_is_optimal_for_sampled_layouts() {
     }
 }
 
+#[test]
+fn planner_keeping_instances_is_optimal_among_layouts_that_keep_them() {
+    for m in MODELS {
+        let layouts = all_layouts(m);
+        let n = m.profiles.len();
+        let step = (layouts.len() / 15).max(1);
+        for cur in layouts.iter().step_by(step).filter(|c| !c.is_empty()) {
+            // Pin every other instance of the current layout.
+            let pinned: Layout = cur.iter().copied().step_by(2).collect();
+            let keep: Vec<u8> = pinned.iter().map(|&(_, s)| s).collect();
+            let with_pinned: Vec<Layout> = layouts
+                .iter()
+                .filter(|l| pinned.iter().all(|x| l.contains(x)))
+                .cloned()
+                .collect();
+            let brute = scored(m, &with_pinned, Some(cur));
+            let current = to_instances(m, cur);
+            for bits in 0u32..(1 << n) {
+                let d: Vec<u32> = (0..n).map(|i| 2 * ((bits >> i) & 1)).collect();
+                let p = plan_keeping(m, &demand_pairs(m, &d), Some(&current), &keep).unwrap();
+                check_layout(m, &p.instances).unwrap();
+                assert!(
+                    p.destroy.iter().all(|i| !keep.contains(&i.start)),
+                    "{} kept {keep:?} destroyed: {p:?}",
+                    m.name
+                );
+                let kept = p.instances.iter().filter(|i| current.contains(i)).count();
+                let score = satisfied_score(m, &counts_of(m, &p.instances), &d) + W_K * kept as i64;
+                let best = brute
+                    .iter()
+                    .map(|(c, k)| satisfied_score(m, c, &d) + W_K * k)
+                    .max()
+                    .unwrap();
+                assert_eq!(score, best, "{} {d:?} kept {keep:?}: {p:?}", m.name);
+            }
+        }
+    }
+}
+
 fn model_strategy() -> impl Strategy<Value = &'static GpuModel> {
     (0..MODELS.len()).prop_map(|i| MODELS[i])
 }

@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod fit;
 pub mod gang;
+pub mod hint;
 pub mod preempt;
 pub mod quota;
 pub mod sim;
@@ -19,5 +20,6 @@ mod tests;
 pub use cluster::{Cluster, ClusterError, GpuUsage, Node, PodRecord};
 pub use fit::{Candidate, Config, Fit, PodSpec, Take, fit_node, score};
 pub use gang::{GangDecision, GangTracker, Reservation};
+pub use hint::{MigHint, mig_hint, outstanding_mig};
 pub use preempt::{Victim, select_victims};
 pub use quota::{Demand, Quota, QuotaError, dominant_share};

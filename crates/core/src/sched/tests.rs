@@ -198,6 +198,7 @@ fn whole_and_mig() {
             memory_mib: 40448,
             sms: 60,
             healthy: true,
+            start: None,
         })
         .collect();
     c.upsert_node("n", &Inventory::new(vec![w, w1, m]));
@@ -489,7 +490,7 @@ proptest! {
             w.mode = GpuMode::Whole;
             let mut m = gpu(&format!("n{n}m"), 5, 80000, 1);
             m.mode = GpuMode::Mig;
-            m.mig = (0..2).map(|j| MigDevice { uuid: format!("n{n}mig{j}"), profile: "3g.40gb".into(), memory_mib: 40000, sms: 60, healthy: true }).collect();
+            m.mig = (0..2).map(|j| MigDevice { uuid: format!("n{n}mig{j}"), profile: "3g.40gb".into(), memory_mib: 40000, sms: 60, healthy: true, start: None }).collect();
             gpus.push(w);
             gpus.push(m);
             c.upsert_node(&format!("n{n}"), &Inventory::new(gpus));
