@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use gpuslice_core::protocol::Assignment;
 use gpuslice_core::sched::{
-    Candidate, Cluster, Config, GangDecision, GangTracker, MigHint, PodSpec, Reservation,
-    dominant_share, fit_node, mig_hint, quota::fair_share_blocker, select_victims,
+    Candidate, Cluster, Config, GangDecision, GangTracker, MigHint, PodSpec, Reservation, Verdict,
+    dominant_share, fit_node, fit_verdict, mig_hint, quota::fair_share_blocker, select_victims,
 };
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -69,6 +69,51 @@ pub struct State {
     /// Scores from the last /filter (pod uid, cluster generation, 0–10 per node index, -1 =
     /// not fitted): /prioritize for the same pod on an unchanged cluster reuses them.
     scores: Option<(String, u64, Vec<i8>)>,
+}
+
+/// The index of node `name`, trying position `k` first (callers pass the one after the last
+/// found): kube-scheduler lists nodes in a stable order, mostly the cluster's, and one string
+/// compare is cheaper than hashing the name.
+fn node_at(c: &Cluster, k: usize, name: &str) -> Option<usize> {
+    match c.nodes.get(k) {
+        Some(n) if n.name == name => Some(k),
+        _ => c.node_index(name),
+    }
+}
+
+/// Below this many nodes a second thread costs more than it saves.
+const PARALLEL_MIN_NODES: usize = 1024;
+
+/// The node index and fit verdict for each name, in order; `None` for names without
+/// inventory. Fitting only reads the cluster, so large clusters are split over two threads.
+fn fit_all(
+    c: &Cluster,
+    cand: &Candidate,
+    names: &[String],
+) -> Vec<Option<(usize, Result<Verdict, String>)>> {
+    let run = |names: &[String]| {
+        let mut guess = 0usize;
+        names
+            .iter()
+            .map(|n| {
+                let i = node_at(c, guess, n)?;
+                guess = i + 1;
+                Some((i, fit_verdict(&c.nodes[i], cand)))
+            })
+            .collect::<Vec<_>>()
+    };
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if cores < 2 || names.len() < PARALLEL_MIN_NODES {
+        return run(names);
+    }
+    let (a, b) = names.split_at(names.len() / 2);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| run(b));
+        let mut out = run(a);
+        out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        out
+    })
 }
 
 pub struct Extender {
@@ -156,8 +201,14 @@ impl Extender {
             .unwrap_or_default();
         let mut first_demand = None;
         let mut scores = vec![-1i8; st.cluster.nodes.len()];
+        let holder = reserved.as_ref().or(bound.as_ref());
+        let mut fits = if holder.is_some() {
+            Vec::new()
+        } else {
+            fit_all(&st.cluster, &cand, names)
+        };
         for (k, name) in names.iter().enumerate() {
-            if let Some(r) = reserved.as_ref().or(bound.as_ref()) {
+            if let Some(r) = holder {
                 if r == name {
                     out.passed.push(k);
                 } else {
@@ -166,12 +217,12 @@ impl Extender {
                 }
                 continue;
             }
-            let Some(i) = st.cluster.node_index(name) else {
+            let Some((i, fit)) = fits[k].take() else {
                 out.unresolvable
                     .insert(name.clone(), "node publishes no gpuslice inventory".into());
                 continue;
             };
-            match fit_node(&st.cluster.nodes[i], &cand) {
+            match fit {
                 Ok(f) => {
                     if let Some(q) = &quota
                         && let Err(e) = q.check(used, f.demand)
@@ -256,15 +307,17 @@ impl Extender {
             .filter(|(u, g, _)| *u == pod.uid && *g == st.cluster.generation)
             .map(|(_, _, s)| s);
         let cand = Candidate::new(&st.cluster, pod, &st.cfg);
+        let mut guess = 0usize;
         names
             .iter()
             .map(|n| {
-                let Some(i) = st.cluster.node_index(n) else {
+                let Some(i) = node_at(&st.cluster, guess, n) else {
                     return 0;
                 };
+                guess = i + 1;
                 match cached.map(|s| s[i]) {
                     Some(s) if s >= 0 => s as i64,
-                    _ => fit_node(&st.cluster.nodes[i], &cand).map_or(0, |f| f.score10()),
+                    _ => fit_verdict(&st.cluster.nodes[i], &cand).map_or(0, |f| f.score10()),
                 }
             })
             .collect()

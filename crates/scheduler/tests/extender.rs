@@ -639,3 +639,62 @@ fn mig_hint_suggests_a_layout_for_pods_refused_for_lack_of_mig_devices() {
         json!({"pendingPods": 1, "hints": []})
     );
 }
+
+/// Over a cluster large enough to be fitted on two threads, with names in an order unlike the
+/// cluster's and one unknown name, filter and prioritize decide node by node exactly as the
+/// full fit does.
+#[test]
+fn filter_over_a_large_cluster_decides_each_node_like_the_full_fit() {
+    use gpuslice_core::sched::{Candidate, PodSpec, fit_node};
+    let mut cluster = gpuslice_scheduler::bench::half_full_cluster(1500, 1);
+    for n in (0..1500).step_by(3) {
+        cluster.remove_pod(&format!("pod-{n}-0"));
+    }
+    let mut names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    names.reverse();
+    names.insert(700, "no-such-node".into());
+    let ext = Extender::new(
+        cluster,
+        Config {
+            fair_share: false,
+            ..Config::default()
+        },
+        Arc::new(MemoryBinder),
+        gpuslice_scheduler::extender::system_clock(),
+    );
+    let pod = PodSpec::parse(
+        "u-big",
+        "ns",
+        "big",
+        0,
+        [(
+            "main",
+            vec![
+                ("gpuslice.io/gpu", "1"),
+                ("gpuslice.io/gpu-memory", "60000"),
+            ],
+        )],
+        [],
+    )
+    .unwrap();
+    let out = ext.filter(pod.clone(), &names);
+    assert_eq!(out.passed.len(), 500);
+    assert_eq!(out.failed.len(), 1000);
+    assert!(out.unresolvable.contains_key("no-such-node"));
+    let passing: Vec<String> = out.passed.iter().map(|&k| names[k].clone()).collect();
+    let scores = ext.prioritize(&pod, &passing);
+    let st = ext.lock();
+    let cand = Candidate::new(&st.cluster, &pod, &st.cfg);
+    for (k, name) in names.iter().enumerate() {
+        let Some(node) = st.cluster.node(name) else {
+            continue;
+        };
+        match fit_node(node, &cand) {
+            Ok(f) => {
+                let p = out.passed.iter().position(|&x| x == k).expect("passed");
+                assert_eq!(scores[p], f.score10(), "{name}");
+            }
+            Err(e) => assert_eq!(out.failed.get(name), Some(&e), "{name}"),
+        }
+    }
+}

@@ -109,7 +109,11 @@ pub struct Fit {
 impl Fit {
     /// The extender's 0–10 score.
     pub fn score10(&self) -> i64 {
-        (self.score * 10.0).round().clamp(0.0, 10.0) as i64
+        Verdict {
+            score: self.score,
+            demand: self.demand,
+        }
+        .score10()
     }
 }
 
@@ -216,6 +220,41 @@ const TIERS: f64 = 3.0;
 
 /// Fits the pod on the node. On failure, the reason says what is short.
 pub fn fit_node(node: &Node, c: &Candidate) -> Result<Fit, String> {
+    let mut takes: Vec<(u16, Take)> = Vec::new();
+    let v = fit_inner(node, c, |ci, t| takes.push((ci, t)))?;
+    Ok(Fit {
+        takes,
+        score: v.score,
+        demand: v.demand,
+    })
+}
+
+/// What filtering needs of a fit: exactly [`fit_node`]'s decision, score and demand, without
+/// building the list of devices (only the node bound needs that).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    pub score: f64,
+    pub demand: Demand,
+}
+
+impl Verdict {
+    /// The extender's 0–10 score, as [`Fit::score10`].
+    pub fn score10(&self) -> i64 {
+        (self.score * 10.0).round().clamp(0.0, 10.0) as i64
+    }
+}
+
+/// [`fit_node`] without allocating: runs once per node per pod on the filter path.
+pub fn fit_verdict(node: &Node, c: &Candidate) -> Result<Verdict, String> {
+    fit_inner(node, c, |_, _| {})
+}
+
+/// The one fitting algorithm; `take` receives each device chosen, per container index.
+fn fit_inner(
+    node: &Node,
+    c: &Candidate,
+    mut take: impl FnMut(u16, Take),
+) -> Result<Verdict, String> {
     // Scratch usage on the stack for ordinary nodes: this runs once per node per pod.
     let mut stack = [GpuUsage::default(); STACK_GPUS];
     let mut heap: Vec<GpuUsage>;
@@ -226,7 +265,6 @@ pub fn fit_node(node: &Node, c: &Candidate) -> Result<Fit, String> {
         heap = node.usage.clone();
         &mut heap
     };
-    let mut takes: Vec<(u16, Take)> = Vec::new();
     let mut topo_sum = 0.0;
     let mut topo_n = 0u32;
     let mut demand = Demand::default();
@@ -294,7 +332,7 @@ pub fn fit_node(node: &Node, c: &Candidate) -> Result<Fit, String> {
                 u.slices += 1;
                 demand.memory_mib += t.memory_mib;
                 demand.compute_percent += t.compute as u64;
-                takes.push((ci as u16, t));
+                take(ci as u16, t);
             }
         }
         if req.whole > 0 {
@@ -339,7 +377,7 @@ pub fn fit_node(node: &Node, c: &Candidate) -> Result<Fit, String> {
                 u.exclusive = true;
                 demand.memory_mib += t.memory_mib;
                 demand.compute_percent += 100;
-                takes.push((ci as u16, t));
+                take(ci as u16, t);
             }
         }
         for (profile, &count) in &req.mig {
@@ -377,7 +415,7 @@ pub fn fit_node(node: &Node, c: &Candidate) -> Result<Fit, String> {
                         };
                         demand.memory_mib += m.memory_mib;
                         demand.compute_percent += compute as u64;
-                        takes.push((ci as u16, t));
+                        take(ci as u16, t);
                         got += 1;
                     }
                 }
@@ -396,11 +434,7 @@ pub fn fit_node(node: &Node, c: &Candidate) -> Result<Fit, String> {
         topo_sum / topo_n as f64
     };
     let s = score(node, usage, c.node_policy, topo);
-    Ok(Fit {
-        takes,
-        score: s,
-        demand,
-    })
+    Ok(Verdict { score: s, demand })
 }
 
 /// Picks `n` GPUs out of `cands`: the best topology tier, and within it the best by `key`

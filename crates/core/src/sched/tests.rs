@@ -502,6 +502,15 @@ proptest! {
                 let res: Vec<(&str, &str)> = req.iter().map(|(a, b)| (*a, b.as_str())).collect();
                 let pod = PodSpec::parse(&format!("p{k}"), "ns", &format!("p{k}"), k as i32 % 5, [("c", res)], []).unwrap();
                 let cand = Candidate::new(&c, &pod, &cfg);
+                // The filter's allocation-free verdict decides, scores and charges exactly
+                // like the full fit, on every node in every state reached.
+                for node in &c.nodes {
+                    match (fit_node(node, &cand), fit_verdict(node, &cand)) {
+                        (Ok(f), Ok(v)) => prop_assert_eq!((f.score, f.demand, f.score10()), (v.score, v.demand, v.score10())),
+                        (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                        (a, b) => prop_assert!(false, "full fit {:?}, verdict {:?}", a, b),
+                    }
+                }
                 if let Ok((n, f)) = best_node(&c, &cand) {
                     let rec = c.record(n, &pod, &f);
                     prop_assert!(c.add_pod(rec).is_ok());
