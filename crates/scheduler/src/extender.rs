@@ -193,12 +193,7 @@ impl Extender {
             .map(|p| p.assignment.node.clone());
         let cand = Candidate::new(&st.cluster, &pod, &st.cfg);
         let quota = st.cluster.quotas.get(&pod.namespace).cloned();
-        let used = st
-            .cluster
-            .ns_usage
-            .get(&pod.namespace)
-            .copied()
-            .unwrap_or_default();
+        let used = st.cluster.namespace_usage(&pod.namespace);
         let mut first_demand = None;
         let mut scores = vec![-1i8; st.cluster.nodes.len()];
         let holder = reserved.as_ref().or(bound.as_ref());
@@ -264,11 +259,7 @@ impl Extender {
                 .map(|n| {
                     (
                         n.as_str(),
-                        dominant_share(
-                            st.cluster.ns_usage.get(n).copied().unwrap_or_default(),
-                            cap,
-                            weight(n),
-                        ),
+                        dominant_share(st.cluster.namespace_usage(n), cap, weight(n)),
                     )
                 });
             if let Some(b) = fair_share_blocker(share, active.len(), waiting) {
@@ -357,12 +348,7 @@ impl Extender {
                     let fit = fit_node(&st.cluster.nodes[ni], &cand)
                         .map_err(|e| format!("{node}: {e}"))?;
                     if let Some(q) = st.cluster.quotas.get(&pod.namespace) {
-                        let used = st
-                            .cluster
-                            .ns_usage
-                            .get(&pod.namespace)
-                            .copied()
-                            .unwrap_or_default();
+                        let used = st.cluster.namespace_usage(&pod.namespace);
                         q.check(used, fit.demand).map_err(|e| e.to_string())?;
                     }
                     let rec = st.cluster.record(ni, &pod, &fit);

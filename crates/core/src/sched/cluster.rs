@@ -107,6 +107,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// What namespace `ns` holds across the cluster (nothing if it holds nothing).
+    pub fn namespace_usage(&self, ns: &str) -> Demand {
+        self.ns_usage.get(ns).copied().unwrap_or_default()
+    }
+
     pub fn new() -> Self {
         Self::default()
     }

@@ -155,11 +155,7 @@ pub fn best_node(cluster: &Cluster, c: &Candidate) -> Result<(usize, Fit), Strin
         match fit_node(n, c) {
             Ok(f) => {
                 if let Some(q) = cluster.quotas.get(&c.pod.namespace) {
-                    let used = cluster
-                        .ns_usage
-                        .get(&c.pod.namespace)
-                        .copied()
-                        .unwrap_or_default();
+                    let used = cluster.namespace_usage(&c.pod.namespace);
                     if let Err(e) = q.check(used, f.demand) {
                         last_err = e.to_string();
                         continue;
@@ -457,11 +453,7 @@ pub fn simulate(
             let share = |i: usize| {
                 let ns = &pods[i].namespace;
                 let w = cluster.quotas.get(ns).map_or(1, |q| q.weight);
-                dominant_share(
-                    cluster.ns_usage.get(ns).copied().unwrap_or_default(),
-                    cap,
-                    w,
-                )
+                dominant_share(cluster.namespace_usage(ns), cap, w)
             };
             let mut keyed: Vec<(f64, usize)> = pending.iter().map(|&i| (share(i), i)).collect();
             keyed.sort_by(|a, b| {
