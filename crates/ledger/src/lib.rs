@@ -485,8 +485,8 @@ impl Ledger {
             r = gpuslice_shm::try_reserve(mine, || self.counters(d), cap, n);
         }
         match r {
-            Reservation::Granted => {
-                self.device(d).peak.fetch_max(self.used(d), SeqCst);
+            Reservation::Granted { total } => {
+                self.device(d).peak.fetch_max(total, SeqCst);
                 Ok(())
             }
             Reservation::Refused { used } => {

@@ -308,8 +308,9 @@ impl Counter {
 /// What [`try_reserve`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reservation {
-    /// `n` now counts in `mine.held`.
-    Granted,
+    /// `n` now counts in `mine.held`; `total` is the sum the grant was checked against, `n`
+    /// included (for high-water marks, without summing again).
+    Granted { total: u64 },
     /// Granting would exceed the capacity; `used` is what the others held (settled claims only).
     Refused { used: u64 },
 }
@@ -339,7 +340,7 @@ where
             // Held first, then the claim withdrawn: a reader in between over-counts, never under.
             mine.held.fetch_add(n, Ordering::SeqCst);
             mine.claiming.fetch_sub(n, Ordering::SeqCst);
-            return Reservation::Granted;
+            return Reservation::Granted { total: sum };
         }
         mine.claiming.fetch_sub(n, Ordering::SeqCst);
         let settled: u64 = all()
@@ -411,7 +412,10 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut got = 0;
                     for _ in 0..10_000 {
-                        if try_reserve(&cs[i], || cs.iter(), cap, 7) == Reservation::Granted {
+                        if matches!(
+                            try_reserve(&cs[i], || cs.iter(), cap, 7),
+                            Reservation::Granted { .. }
+                        ) {
                             got += 7;
                             assert!(total(cs.iter()) <= cap + 8 * 7, "in-flight claims bounded");
                             if got > 70 {
@@ -439,7 +443,10 @@ mod tests {
                     let (cs, b) = (cs.clone(), barrier.clone());
                     std::thread::spawn(move || {
                         b.wait();
-                        try_reserve(&cs[i], || cs.iter(), 100, 100) == Reservation::Granted
+                        matches!(
+                            try_reserve(&cs[i], || cs.iter(), 100, 100),
+                            Reservation::Granted { .. }
+                        )
                     })
                 })
                 .collect();

@@ -486,7 +486,7 @@ impl Sim {
         let me = &self.sh().slots[self.my_slot()].mem[dev];
         for attempt in 0..2 {
             match try_reserve(me, || self.all_counters(dev), cap, bytes) {
-                Reservation::Granted => return true,
+                Reservation::Granted { .. } => return true,
                 Reservation::Refused { .. } if attempt == 0 => {
                     // Maybe a dead process still holds what we need.
                     if self.reclaim_dead() == 0 {
