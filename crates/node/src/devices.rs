@@ -102,38 +102,29 @@ pub fn inventory(cfg: &NodeConfig, gpus: &[Gpu], unhealthy: &BTreeSet<String>) -
         gpus.iter()
             .filter_map(|g| {
                 let healthy = !unhealthy.contains(&g.uuid);
-                if g.mig_enabled {
-                    return Some(protocol::GpuInfo {
-                        uuid: g.uuid.clone(),
-                        index: g.index,
-                        model: g.model.clone(),
-                        memory_mib: g.memory_bytes >> 20,
-                        sms: g.sms,
-                        numa: g.numa,
-                        nvlink_peers: g.nvlink_peers.clone(),
-                        pcie_switch: g.pcie_switch.clone(),
-                        slices: 1,
-                        mode: GpuMode::Mig,
-                        mig: g
-                            .mig
-                            .iter()
-                            .map(|m| protocol::MigDevice {
-                                uuid: m.uuid.clone(),
-                                profile: m.profile.clone(),
-                                memory_mib: m.memory_bytes >> 20,
-                                sms: m.sms,
-                                healthy: healthy && !unhealthy.contains(&m.uuid),
-                                start: m.start,
-                            })
-                            .collect(),
-                        healthy,
-                    });
-                }
-                let offer = cfg.offer(g.index, &g.uuid);
-                let mode = match offer.mode {
-                    Mode::Shared => GpuMode::Shared,
-                    Mode::Whole => GpuMode::Whole,
-                    Mode::TimeSlicing => return None,
+                // What a GPU offers; everything else about it is reported the same way.
+                let (slices, mode, mig) = if g.mig_enabled {
+                    let mig = g
+                        .mig
+                        .iter()
+                        .map(|m| protocol::MigDevice {
+                            uuid: m.uuid.clone(),
+                            profile: m.profile.clone(),
+                            memory_mib: m.memory_bytes >> 20,
+                            sms: m.sms,
+                            healthy: healthy && !unhealthy.contains(&m.uuid),
+                            start: m.start,
+                        })
+                        .collect();
+                    (1, GpuMode::Mig, mig)
+                } else {
+                    let offer = cfg.offer(g.index, &g.uuid);
+                    let mode = match offer.mode {
+                        Mode::Shared => GpuMode::Shared,
+                        Mode::Whole => GpuMode::Whole,
+                        Mode::TimeSlicing => return None,
+                    };
+                    (offer.units, mode, Vec::new())
                 };
                 Some(protocol::GpuInfo {
                     uuid: g.uuid.clone(),
@@ -144,9 +135,9 @@ pub fn inventory(cfg: &NodeConfig, gpus: &[Gpu], unhealthy: &BTreeSet<String>) -
                     numa: g.numa,
                     nvlink_peers: g.nvlink_peers.clone(),
                     pcie_switch: g.pcie_switch.clone(),
-                    slices: offer.units,
+                    slices,
                     mode,
-                    mig: Vec::new(),
+                    mig,
                     healthy,
                 })
             })
