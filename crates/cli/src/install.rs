@@ -92,24 +92,18 @@ pub fn state_dir() -> PathBuf {
 /// `GPUSLICE_STATE_DIR` is set (a private setup), else `/run/gpuslice/compute` (the node agent's,
 /// mounted into containers there) where it exists or can be made, else `/dev/shm/gpuslice-compute`.
 pub fn compute_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("GPUSLICE_COMPUTE_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
+    if std::env::var_os("GPUSLICE_COMPUTE_DIR").is_some_and(|d| !d.is_empty()) {
+        return gpuslice_compute::configured_dir();
     }
     if let Some(d) = std::env::var_os("GPUSLICE_STATE_DIR") {
         return PathBuf::from(d).join("compute");
     }
-    let shared = |d: &Path| {
-        if std::fs::create_dir_all(d).is_err() {
-            return false;
-        }
-        // Tenants of every user attach to the same regions.
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o1777));
+    let run = PathBuf::from(gpuslice_compute::DEFAULT_DIR);
+    let writable = |d: &Path| {
         let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).unwrap();
         unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
     };
-    let run = PathBuf::from(gpuslice_compute::DEFAULT_DIR);
-    if shared(&run) {
+    if gpuslice_compute::prepare_dir(&run).is_ok() && writable(&run) {
         return run;
     }
     PathBuf::from("/dev/shm/gpuslice-compute")

@@ -25,6 +25,23 @@ const NAME_LEN: usize = 32;
 /// Where `gpuslice run` and the node agent keep the regions when the environment names none.
 pub const DEFAULT_DIR: &str = "/run/gpuslice/compute";
 
+/// The regions' directory as configured: `GPUSLICE_COMPUTE_DIR`, else [`DEFAULT_DIR`].
+pub fn configured_dir() -> PathBuf {
+    match std::env::var_os("GPUSLICE_COMPUTE_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(DEFAULT_DIR),
+    }
+}
+
+/// Makes `dir` usable by tenants of every user (sticky, world-writable), as every tenant on a
+/// GPU must attach to the same region.
+pub fn prepare_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777));
+    Ok(())
+}
+
 #[repr(C)]
 struct Header {
     magic: AtomicU64,

@@ -128,19 +128,12 @@ fn config() -> &'static Result<Option<Config>, String> {
     })
 }
 
-fn region_dir() -> std::path::PathBuf {
-    match std::env::var_os("GPUSLICE_COMPUTE_DIR") {
-        Some(d) if !d.is_empty() => d.into(),
-        _ => gpuslice_compute::DEFAULT_DIR.into(),
-    }
-}
-
 fn device(uuid: [u8; 16], cfg: &Config) -> Result<&'static Device, c_int> {
     let mut m = global(&DEVICES).lock().unwrap();
     if let Some(d) = m.get(&uuid) {
         return Ok(d);
     }
-    let path = gpuslice_compute::region_path(&region_dir(), &uuid);
+    let path = gpuslice_compute::region_path(&gpuslice_compute::configured_dir(), &uuid);
     let region = Region::open_or_create(&path).map_err(|e| {
         eprintln!(
             "gpuslice: cannot use the compute region {}: {e}; refusing kernel launches",

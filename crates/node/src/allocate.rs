@@ -43,16 +43,7 @@ pub struct Paths {
 
 /// Where the interposer looks for the compute regions when `GPUSLICE_COMPUTE_DIR` is unset (as in
 /// programs that clear their environment), so the mount goes there.
-pub const CONTAINER_COMPUTE_DIR: &str = "/run/gpuslice/compute";
-
-/// The host's compute regions: `GPUSLICE_COMPUTE_DIR`, else the machine-wide default that
-/// `gpuslice run` also uses.
-pub fn host_compute_dir() -> PathBuf {
-    match std::env::var_os("GPUSLICE_COMPUTE_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(CONTAINER_COMPUTE_DIR),
-    }
-}
+pub const CONTAINER_COMPUTE_DIR: &str = gpuslice_compute::DEFAULT_DIR;
 
 impl Paths {
     /// Lays out `<state>/lib` with the interposer and the preload file.
@@ -67,10 +58,9 @@ impl Paths {
         crate::state::write_atomic(&preload, format!("{CONTAINER_LIB}\n").as_bytes())?;
         let tenants = state.join("tenants");
         std::fs::create_dir_all(&tenants).map_err(|e| format!("{}: {e}", tenants.display()))?;
-        let compute = host_compute_dir();
-        std::fs::create_dir_all(&compute).map_err(|e| format!("{}: {e}", compute.display()))?;
-        // Tenants of every user attach to the same regions.
-        set_mode(&compute, 0o1777);
+        let compute = gpuslice_compute::configured_dir();
+        gpuslice_compute::prepare_dir(&compute)
+            .map_err(|e| format!("{}: {e}", compute.display()))?;
         Ok(Paths {
             tenants,
             cdi: cdi.to_path_buf(),
