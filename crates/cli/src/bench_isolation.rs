@@ -386,10 +386,7 @@ pub fn overhead(install: &Install, root: &Path, o: &Opts) -> Result<(), String> 
         m.push(measure(Some(&ledgers[0]))?);
         g.push(measure(Some(&ledgers[1]))?);
     }
-    let med = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
+    let med = crate::bench::median;
     let (d, m, g) = (med(d), med(m), med(g));
     println!(
         "{:<44} direct {d:.1}, memory-only interposer {m:.1}, with the compute gate {g:.1}: the gate adds {:.1} ns (target <= 150), the whole interposer {:.1} ns",
