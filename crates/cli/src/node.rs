@@ -19,6 +19,10 @@ pub struct Args {
     /// Kubelet's device plugin directory (holds kubelet.sock).
     #[arg(long, value_name = "DIR", default_value = launch::DEFAULT_SOCKET_DIR)]
     pub socket_dir: PathBuf,
+    /// Kubelet's pod resources socket: at start and every 30 s, allocations no running container
+    /// holds are released. Absent (a plain host): the agent's own store alone decides.
+    #[arg(long, value_name = "FILE", default_value = gpuslice_node::podres::DEFAULT_SOCKET)]
+    pub pod_resources_socket: PathBuf,
     /// Where CDI spec files are written.
     #[arg(long, value_name = "DIR", default_value = launch::DEFAULT_CDI_DIR)]
     pub cdi_dir: PathBuf,
@@ -53,6 +57,10 @@ pub fn main(a: Args) -> i32 {
             eprintln!("gpuslice node: --config {}: {e}", p.display());
             return 2;
         }
+    }
+    if let Err(e) = gpuslice_node::podres::check_socket_path(&a.pod_resources_socket) {
+        eprintln!("gpuslice node: --pod-resources-socket: {e}");
+        return 2;
     }
     let install = match Install::locate() {
         Ok(i) => i,
@@ -101,6 +109,8 @@ pub fn main(a: Args) -> i32 {
             extra_tenant_dirs: vec![state_dir().join("tenants")],
             health_quiet: launch::HEALTH_QUIET,
             reload_every: std::time::Duration::from_secs(2),
+            pod_resources_socket: a.pod_resources_socket,
+            reconcile_every: gpuslice_node::podres::DEFAULT_EVERY,
         },
     })
 }

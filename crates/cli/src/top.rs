@@ -1,8 +1,11 @@
 //! `gpuslice top`: per GPU and per tenant, the compute quota, the share achieved over the last
 //! interval, priority, memory used against the cap, and time held back by the compute gate.
-//! Reads the per-GPU compute regions and the tenants' ledgers; changes nothing.
+//! Reads the per-GPU compute regions and the tenants' ledgers; changes nothing. Shares and
+//! throttled time are measured as the node agent's metrics measure them
+//! (`gpuslice_node::usage::read`, `gpuslice_core::usage`).
 
 use gpuslice_compute::{Region, policy};
+use gpuslice_core::usage::Usage;
 use gpuslice_ledger::{Ledger, format_uuid};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,8 +38,6 @@ struct TenantRow {
     pids: Vec<u32>,
     quota: u8,
     priority: u8,
-    used_ns: u64,
-    throttled_ns: u64,
     waiting: bool,
     holder: bool,
 }
@@ -63,8 +64,6 @@ fn sample(dir: &Path) -> Sample {
             t.pids.push(v.pid);
             t.quota = v.quota;
             t.priority = v.priority;
-            t.used_ns += v.used_ns;
-            t.throttled_ns += v.throttled_ns;
             t.waiting |= v.waiting;
             t.holder |= v.holder;
         }
@@ -95,8 +94,9 @@ fn gib(b: u64) -> String {
     format!("{:.2}", b as f64 / (1u64 << 30) as f64)
 }
 
-fn frame(state: &Path, before: &Sample, after: &Sample, secs: f64) -> String {
+fn frame(state: &Path, usage: &Usage, after: &Sample) -> String {
     let mem = memory(state);
+    let window = usage.window().cloned().unwrap_or_default();
     let mut s = String::new();
     if after.is_empty() {
         s.push_str("no tenant has launched work on any GPU\n");
@@ -105,32 +105,18 @@ fn frame(state: &Path, before: &Sample, after: &Sample, secs: f64) -> String {
         let uuid = gpuslice_ledger::parse_uuid(hex)
             .map(|u| format_uuid(&u))
             .unwrap_or(hex.clone());
-        let busy: u64 = tenants
-            .iter()
-            .map(|(id, t)| {
-                t.used_ns.saturating_sub(
-                    before
-                        .get(hex)
-                        .and_then(|b| b.1.get(id))
-                        .map_or(0, |b| b.used_ns),
-                )
-            })
-            .sum();
         s.push_str(&format!(
             "{uuid}  mode {}  busy {:.1}%\n",
             mode.map_or("-", policy::mode_name),
-            busy as f64 / (secs * 1e7)
+            window.busy(&uuid) * 100.0
         ));
         s.push_str(&format!(
             "  {:<20} {:>8} {:>7} {:>6} {:>7} {:>17} {:>10}  {}\n",
             "TENANT", "PIDS", "PRIO", "QUOTA", "SHARE", "MEM USED/CAP GiB", "THROTTLED", "STATE"
         ));
         for (id, t) in tenants {
-            let prev = before.get(hex).and_then(|b| b.1.get(id));
-            let used = t.used_ns.saturating_sub(prev.map_or(0, |p| p.used_ns));
-            let thr = t
-                .throttled_ns
-                .saturating_sub(prev.map_or(0, |p| p.throttled_ns));
+            let key = (*id, uuid.clone());
+            let thr = window.by.get(&key).map_or(0, |t| t.throttled_ns);
             let (mu, mc) = mem.get(&(*id, hex.clone())).copied().unwrap_or((0, 0));
             let quota = if *mode == Some(policy::MODE_EQUAL) {
                 "equal".to_string()
@@ -145,7 +131,7 @@ fn frame(state: &Path, before: &Sample, after: &Sample, secs: f64) -> String {
                 t.pids.len(),
                 policy::priority_name(t.priority),
                 quota,
-                used as f64 / (secs * 1e7),
+                window.share(&key) * 100.0,
                 format!("{}/{}", gib(mu), gib(mc)),
                 thr as f64 / 1e9,
                 if t.holder {
@@ -165,14 +151,19 @@ pub fn main(args: Args) -> i32 {
     let state = state_dir();
     let dir = compute_dir();
     let interval = Duration::from_secs_f64(args.interval);
-    let mut before = sample(&dir);
-    let mut t0 = Instant::now();
+    // Every reading closes a window: shares are over the last interval.
+    let mut usage = Usage::new(0);
+    let t0 = Instant::now();
+    let observe = |u: &mut Usage| {
+        let (readings, _) = gpuslice_node::usage::read(&dir);
+        u.observe(t0.elapsed().as_nanos() as u64, readings);
+    };
+    observe(&mut usage);
     loop {
         std::thread::sleep(interval);
+        observe(&mut usage);
         let after = sample(&dir);
-        let secs = t0.elapsed().as_secs_f64();
-        t0 = Instant::now();
-        let f = frame(&state, &before, &after, secs);
+        let f = frame(&state, &usage, &after);
         if args.once {
             print!("{f}");
             return 0;
@@ -181,6 +172,5 @@ pub fn main(args: Args) -> i32 {
         print!("\x1b[H\x1b[2J{f}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        before = after;
     }
 }

@@ -84,7 +84,11 @@ pub struct Entry {
     pub eligible_at: AtomicU64,
     pub launches: AtomicU64,
     pub credit: AtomicI64,
-    _reserved: [AtomicU64; 4],
+    /// The tenant the entry was last taken for. Unlike `tenant_id` it is not cleared when the
+    /// process dies, so a dead process's counters can still be attributed until the entry is
+    /// taken again. 0 in regions written before it existed (then `tenant_id` tells).
+    pub owner: AtomicU64,
+    _reserved: [AtomicU64; 3],
 }
 
 const fn align64(x: usize) -> usize {
@@ -128,6 +132,19 @@ pub struct EntryView {
     pub waiting: bool,
     pub holder: bool,
     pub launches: u64,
+}
+
+/// One entry's identity and counters at one instant, live or not: what accounting over time
+/// (the node agent's metrics, `gpuslice top`) needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub entry: usize,
+    pub pid: u32,
+    /// The tenant the entry was last taken for, also after its process died.
+    pub tenant_id: u64,
+    pub name: String,
+    pub used_ns: u64,
+    pub throttled_ns: u64,
 }
 
 pub struct Region {
@@ -276,6 +293,7 @@ impl Region {
             e.credit.store(0, SeqCst);
             e.in_gate.store(0, SeqCst);
             e.vt.store(self.min_active_vt(Some(i)).unwrap_or(0), SeqCst);
+            e.owner.store(tenant_id, SeqCst);
             e.pid.store(std::process::id(), SeqCst);
             e.cfg.store(pack_cfg(quota, mode, priority), SeqCst);
             e.tenant_id.store(tenant_id, SeqCst);
@@ -467,6 +485,47 @@ impl Region {
             .unwrap_or(0)
     }
 
+    /// Every entry that was ever taken, with the counters it holds now. A dead process's entry
+    /// keeps its final counters until a new process takes it (attaching zeroes them first), so
+    /// a reader sampling often loses nothing of a process that died in between. A reading torn
+    /// by a concurrent attach (identity changed while the counters were read) is retried.
+    pub fn readings(&self) -> Vec<Reading> {
+        let mut out = Vec::new();
+        for i in 0..self.high_water() {
+            let e = self.entry(i);
+            let who = || {
+                let owner = e.owner.load(SeqCst);
+                let t = if owner != 0 {
+                    owner
+                } else {
+                    e.tenant_id.load(SeqCst)
+                };
+                (e.pid.load(SeqCst), t)
+            };
+            for _ in 0..4 {
+                let (pid, tenant_id) = who();
+                if tenant_id == 0 {
+                    break;
+                }
+                let used_ns = e.used_ns.load(SeqCst);
+                let throttled_ns = e.throttled_ns.load(SeqCst);
+                let name = entry_name(e);
+                if who() == (pid, tenant_id) {
+                    out.push(Reading {
+                        entry: i,
+                        pid,
+                        tenant_id,
+                        name,
+                        used_ns,
+                        throttled_ns,
+                    });
+                    break;
+                }
+            }
+        }
+        out
+    }
+
     pub fn entries(&self) -> Vec<EntryView> {
         let waiting = self.waiting_mask();
         let holder = holder_entry(self.holder_word());
@@ -475,16 +534,11 @@ impl Region {
             .map(|i| {
                 let e = self.entry(i);
                 let (quota, mode, priority) = unpack_cfg(e.cfg.load(SeqCst));
-                let mut nb = Vec::with_capacity(NAME_LEN);
-                for w in &e.name {
-                    nb.extend_from_slice(&w.load(SeqCst).to_le_bytes());
-                }
-                let end = nb.iter().position(|&b| b == 0).unwrap_or(nb.len());
                 EntryView {
                     entry: i,
                     tenant_id: e.tenant_id.load(SeqCst),
                     pid: e.pid.load(SeqCst),
-                    name: String::from_utf8_lossy(&nb[..end]).into_owned(),
+                    name: entry_name(e),
                     quota,
                     mode,
                     priority,
@@ -498,6 +552,39 @@ impl Region {
             })
             .collect()
     }
+}
+
+fn entry_name(e: &Entry) -> String {
+    let mut nb = Vec::with_capacity(NAME_LEN);
+    for w in &e.name {
+        nb.extend_from_slice(&w.load(SeqCst).to_le_bytes());
+    }
+    let end = nb.iter().position(|&b| b == 0).unwrap_or(nb.len());
+    String::from_utf8_lossy(&nb[..end]).into_owned()
+}
+
+/// The regions in `dir` that open, with their GPU's UUID (from the `gpu-<hex>` file name).
+pub fn regions(dir: &Path) -> Vec<([u8; 16], Region)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<([u8; 16], Region)> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let hex = name.to_str()?.strip_prefix("gpu-")?;
+            if hex.len() != 32 || !hex.is_ascii() {
+                return None;
+            }
+            let mut uuid = [0u8; 16];
+            for (k, b) in uuid.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&hex[2 * k..2 * k + 2], 16).ok()?;
+            }
+            Some((uuid, Region::open(&e.path()).ok()?))
+        })
+        .collect();
+    out.sort_by_key(|r| r.0);
+    out
 }
 
 pub fn holder_entry(word: u64) -> Option<usize> {
@@ -556,6 +643,35 @@ mod tests {
             "an empty device takes a new mode"
         );
         assert_eq!(r.mode(), Some(policy::MODE_EQUAL));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn readings_keep_a_freed_entrys_owner_and_counters_until_it_is_taken() {
+        let d = tmp("readings");
+        let r = Region::open_or_create(&region_path(&d, &[3; 16])).unwrap();
+        let a = r
+            .attach(7, "seven", 30, policy::MODE_FIXED, policy::PRIO_NORMAL)
+            .unwrap();
+        r.entry(a).used_ns.store(500, SeqCst);
+        r.entry(a).throttled_ns.store(40, SeqCst);
+        r.detach(a);
+        assert!(r.entries().is_empty(), "not live any more");
+        let v = r.readings();
+        assert_eq!(v.len(), 1);
+        assert_eq!(
+            (v[0].entry, v[0].tenant_id, v[0].pid, v[0].name.as_str()),
+            (a, 7, std::process::id(), "seven")
+        );
+        assert_eq!((v[0].used_ns, v[0].throttled_ns), (500, 40));
+        let b = r
+            .attach(8, "eight", 70, policy::MODE_FIXED, policy::PRIO_NORMAL)
+            .unwrap();
+        assert_eq!(b, a, "the freed entry is taken again");
+        let v = r.readings();
+        assert_eq!((v[0].tenant_id, v[0].used_ns, v[0].throttled_ns), (8, 0, 0));
+        let (uuid, _) = regions(&d).into_iter().next().unwrap();
+        assert_eq!(uuid, [3; 16]);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -9,6 +9,7 @@ pub mod protocol;
 pub mod quantity;
 pub mod sched;
 pub mod tenant;
+pub mod usage;
 
 pub use quantity::{ByteSize, QuantityError};
 pub use tenant::{DeviceList, TenantLimits};

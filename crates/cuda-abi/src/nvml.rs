@@ -216,9 +216,12 @@ pub const NVML_INIT_FLAG_NO_ATTACH: c_uint = 2;
 pub struct nvmlEventData_t {
     pub device: nvmlDevice_t,
     pub eventType: c_ulonglong,
-    /// The XID number for XID events.
+    /// The XID number for XID events (999 when unknown), 0 for every other event.
     pub eventData: c_ulonglong,
+    /// With MIG on, the GPU instance an XID is attributable to; `NVML_INVALID_INSTANCE_ID`
+    /// (0xFFFFFFFF) otherwise.
     pub gpuInstanceId: c_uint,
+    /// Likewise the compute instance.
     pub computeInstanceId: c_uint,
 }
 
@@ -230,6 +233,22 @@ pub const nvmlEventTypeClock: c_ulonglong = 0x0000_0000_0000_0010;
 pub const nvmlEventTypePowerSourceChange: c_ulonglong = 0x0000_0000_0000_0080;
 pub const nvmlEventMigConfigChange: c_ulonglong = 0x0000_0000_0000_0100;
 pub const nvmlEventTypeNone: c_ulonglong = 0;
+
+/// `eventData` of an XID event whose number the driver cannot tell.
+pub const NVML_XID_UNKNOWN: c_ulonglong = 999;
+
+// ---- Event entry points (signatures as in nvml.h) ----
+
+pub type nvmlEventSetCreate_t = unsafe extern "C" fn(*mut nvmlEventSet_t) -> nvmlReturn_t;
+pub type nvmlEventSetFree_t = unsafe extern "C" fn(nvmlEventSet_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetSupportedEventTypes_t =
+    unsafe extern "C" fn(nvmlDevice_t, *mut c_ulonglong) -> nvmlReturn_t;
+pub type nvmlDeviceRegisterEvents_t =
+    unsafe extern "C" fn(nvmlDevice_t, c_ulonglong, nvmlEventSet_t) -> nvmlReturn_t;
+/// `nvmlEventSetWait_v2`, and the older `nvmlEventSetWait`, which predates MIG and leaves
+/// `gpuInstanceId`/`computeInstanceId` unwritten.
+pub type nvmlEventSetWait_t =
+    unsafe extern "C" fn(nvmlEventSet_t, *mut nvmlEventData_t, c_uint) -> nvmlReturn_t;
 
 // ---- MIG ----
 
@@ -492,6 +511,18 @@ mod tests {
         assert_eq!(offset_of!(nvmlPciInfo_t, pciSubSystemId), 32);
         assert_eq!(offset_of!(nvmlPciInfo_t, busId), 36);
         assert_eq!(size_of::<nvmlEventData_t>(), 32);
+        assert_eq!(offset_of!(nvmlEventData_t, eventType), 8);
+        assert_eq!(offset_of!(nvmlEventData_t, eventData), 16);
+        assert_eq!(offset_of!(nvmlEventData_t, gpuInstanceId), 24);
+        assert_eq!(offset_of!(nvmlEventData_t, computeInstanceId), 28);
+        assert_eq!(
+            (
+                nvmlEventTypeSingleBitEccError,
+                nvmlEventTypeDoubleBitEccError,
+                nvmlEventTypeXidCriticalError
+            ),
+            (0x1, 0x2, 0x8)
+        );
         assert_eq!(size_of::<nvmlGpuInstanceProfileInfo_t>(), 48);
         assert_eq!(offset_of!(nvmlGpuInstanceProfileInfo_t, memorySizeMB), 40);
         assert_eq!(size_of::<nvmlGpuInstanceProfileInfo_v2_t>(), 152);

@@ -31,6 +31,9 @@ pub struct Options {
     pub extra_tenant_dirs: Vec<PathBuf>,
     pub health_quiet: Duration,
     pub reload_every: Duration,
+    /// Kubelet's pod resources socket, for reconciling allocations with running containers.
+    pub pod_resources_socket: PathBuf,
+    pub reconcile_every: Duration,
 }
 
 pub struct Shared {
@@ -45,6 +48,8 @@ pub struct Shared {
     pub source: Source,
     pub metrics: Metrics,
     pub tenant_dirs: Vec<PathBuf>,
+    /// Devices kubelet reports held by containers with no allocation here (see `podres`).
+    pub held_elsewhere: RwLock<crate::podres::HeldElsewhere>,
     state_dir: PathBuf,
     plan_tx: watch::Sender<Plan>,
 }
@@ -63,7 +68,8 @@ impl Shared {
         let cfg = self.cfg.read().unwrap().clone();
         let bad = self.unhealthy();
         let gpus = self.gpus.read().unwrap().clone();
-        let plan = devices::plan(&cfg, &gpus, &bad);
+        let mut plan = devices::plan(&cfg, &gpus, &bad);
+        crate::podres::mark_held(&mut plan, &self.held_elsewhere.read().unwrap());
         let changed = *self.plan_tx.borrow() != plan;
         if changed {
             // The inventory is on disk before kubelet hears of the new devices.
@@ -112,6 +118,11 @@ impl Shared {
         resource: &str,
         ids: &[String],
     ) -> Result<pb::ContainerAllocateResponse, String> {
+        let held = crate::podres::refuse_held(&self.held_elsewhere.read().unwrap(), resource, ids);
+        if let Err(e) = held {
+            self.metrics.allocate_refusals.inc();
+            return Err(e);
+        }
         let pending = match resource {
             gpuslice_core::protocol::RESOURCE_GPU | gpuslice_core::protocol::RESOURCE_WHOLE_GPU => {
                 self.source.pending(&self.node).await?
@@ -235,6 +246,7 @@ pub fn start(
         source,
         metrics: Metrics::new(),
         tenant_dirs,
+        held_elsewhere: RwLock::default(),
         state_dir: opts.state_dir.clone(),
         plan_tx,
     });
@@ -249,22 +261,44 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs the health loop: events from `events` (blocking, on its own thread) update the tracker.
+/// Runs the health loop: events from `events` (blocking, on its own thread) update the tracker;
+/// devices quiet for the configured period are re-probed (outside the lock: NVML may be slow)
+/// and advertised healthy again only if they answer.
 pub fn spawn_health(shared: Arc<Shared>, mut events: Box<dyn EventSource>) {
     std::thread::Builder::new()
         .name("gpuslice-health".into())
         .spawn(move || {
             loop {
                 let ev = events.next(1000);
-                let changed = {
-                    let mut t = shared.health.lock().unwrap();
-                    let mut c = false;
-                    if let Some(ev) = &ev {
-                        c |= t.on_event(ev, now_ms());
-                        tracing::info!(?ev, "health event");
+                let quiet = shared.cfg.read().unwrap().health.recover_after_seconds;
+                let mut changed = false;
+                if let Some(ev) = &ev {
+                    shared.metrics.health.on_event(ev);
+                    let c = shared.health.lock().unwrap().on_event(ev, now_ms());
+                    let back = matches!(ev, crate::health::HealthEvent::Recovered { .. });
+                    if c {
+                        shared.metrics.health.transition(ev.uuid(), back);
                     }
-                    c | t.tick(now_ms())
+                    tracing::info!(?ev, unhealthy = c && !back, "health event");
+                    changed |= c;
+                }
+                let due = {
+                    let mut t = shared.health.lock().unwrap();
+                    t.set_quiet(quiet.map(|s| s.saturating_mul(1000)));
+                    t.due(now_ms())
                 };
+                for uuid in due {
+                    let ok = events.probe(&uuid);
+                    let mut t = shared.health.lock().unwrap();
+                    if !ok {
+                        t.hold(&uuid, now_ms());
+                        shared.metrics.health.probe_failed(&uuid);
+                    } else if t.recover(&uuid) {
+                        tracing::info!(device = %uuid, "quiet and answering: healthy again");
+                        shared.metrics.health.transition(&uuid, true);
+                        changed = true;
+                    }
+                }
                 if changed {
                     shared.replan();
                 }
@@ -275,6 +309,20 @@ pub fn spawn_health(shared: Arc<Shared>, mut events: Box<dyn EventSource>) {
 
 /// Everything long-running, until the process is stopped.
 pub async fn run(opts: Options, shared: Arc<Shared>) -> Result<(), String> {
+    // Before kubelet hears of any device: allocations of pods gone while the agent was down are
+    // released, and devices held by containers the agent does not know are withheld.
+    let mut reconciler = crate::podres::Reconciler::new(opts.pod_resources_socket.clone());
+    reconciler.pass(&shared, true).await;
+    {
+        let s = shared.clone();
+        let every = opts.reconcile_every;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                reconciler.pass(&s, false).await;
+            }
+        });
+    }
     // One device plugin per resource name ever planned (a reload may add one).
     let mut served: BTreeSet<String> = BTreeSet::new();
     let mut rx = shared.plan_rx();

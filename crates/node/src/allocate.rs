@@ -582,13 +582,21 @@ pub fn collect_garbage(
             Some(live) => !a.pod_uid.is_empty() && !live.contains(&a.pod_uid),
             None => false,
         };
-        let ledger = paths.ledger(&a.tenant);
-        if pod_gone && !has_live_processes(&ledger) {
-            let _ = std::fs::remove_dir_all(paths.tenants.join(&a.tenant));
-            cdi::remove(&paths.cdi, &a.tenant);
-            let _ = store.remove(&a.tenant);
+        if pod_gone && release(paths, store, &a.tenant) {
             gone.push(a.tenant);
         }
     }
     gone
+}
+
+/// Releases a finished container's allocation: its ledger directory, CDI spec and record.
+/// Refused (`false`) while a process still holds the ledger.
+pub fn release(paths: &Paths, store: &mut Store, tenant: &str) -> bool {
+    if has_live_processes(&paths.ledger(tenant)) {
+        return false;
+    }
+    let _ = std::fs::remove_dir_all(paths.tenants.join(tenant));
+    cdi::remove(&paths.cdi, tenant);
+    let _ = store.remove(tenant);
+    true
 }

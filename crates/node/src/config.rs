@@ -13,6 +13,8 @@
 //!     mode: whole
 //!   - index: 1
 //!     slices: 4
+//! health:
+//!   recoverAfterSeconds: 300  # quiet time before a faulted device is re-probed
 //! ```
 //!
 //! Every refusal names the field (`gpus[1].slices`) and the accepted form.
@@ -22,6 +24,8 @@ use serde::Deserialize;
 pub const DEFAULT_SLICES: u32 = 10;
 pub const MAX_SLICES: u32 = 100;
 pub const DEFAULT_TIME_SLICING_RESOURCE: &str = "nvidia.com/gpu";
+/// Longest quiet period accepted before re-probing a faulted device: a week.
+pub const MAX_RECOVER_AFTER_SECONDS: u64 = 7 * 24 * 3600;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -91,6 +95,16 @@ pub struct GpuOverride {
     pub slices: Option<u32>,
 }
 
+/// GPU health. NVML reports faults but never their end, so a faulted device is re-probed after
+/// a quiet period without further faults and advertised healthy again if it answers.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Seconds; the agent's default (300) when absent.
+    #[serde(default)]
+    pub recover_after_seconds: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeConfig {
@@ -105,6 +119,8 @@ pub struct NodeConfig {
     pub injection: Injection,
     #[serde(default)]
     pub gpus: Vec<GpuOverride>,
+    #[serde(default)]
+    pub health: HealthConfig,
 }
 
 impl Default for NodeConfig {
@@ -116,6 +132,7 @@ impl Default for NodeConfig {
             time_slicing: TimeSlicing::default(),
             injection: Injection::Both,
             gpus: Vec::new(),
+            health: HealthConfig::default(),
         }
     }
 }
@@ -182,6 +199,14 @@ impl NodeConfig {
             return Err(err(
                 "timeSlicing.replicas",
                 format!("{} must be 1..={MAX_SLICES}", self.time_slicing.replicas),
+            ));
+        }
+        if let Some(s) = self.health.recover_after_seconds
+            && !(1..=MAX_RECOVER_AFTER_SECONDS).contains(&s)
+        {
+            return Err(err(
+                "health.recoverAfterSeconds",
+                format!("{s} must be 1..={MAX_RECOVER_AFTER_SECONDS} (seconds)"),
             ));
         }
         let rn = &self.time_slicing.resource_name;
@@ -308,6 +333,9 @@ mod tests {
             }
         );
         assert_eq!(t.time_slicing.resource_name, "nvidia.com/gpu");
+        assert_eq!(t.health.recover_after_seconds, None);
+        let h = NodeConfig::parse("version: v1\nhealth: {recoverAfterSeconds: 90}\n").unwrap();
+        assert_eq!(h.health.recover_after_seconds, Some(90));
     }
 
     #[test]
@@ -342,6 +370,19 @@ mod tests {
                 "timeSlicing.resourceName",
             ),
             ("version: v1\nslicez: 3\n", "slicez"),
+            (
+                "version: v1\nhealth: {recoverAfterSeconds: 0}\n",
+                "health.recoverAfterSeconds",
+            ),
+            (
+                "version: v1\nhealth: {recoverAfterSeconds: 5m}\n",
+                "health.recoverAfterSeconds",
+            ),
+            (
+                "version: v1\nhealth: {recoverAfterSeconds: -1}\n",
+                "health.recoverAfterSeconds",
+            ),
+            ("version: v1\nhealth: {quiet: 3}\n", "health.quiet"),
             ("slices: 3\n", "config"),
         ] {
             let e = NodeConfig::parse(text).unwrap_err();

@@ -77,7 +77,16 @@ pub fn launch(l: Launch) -> i32 {
                 return 1;
             }
         };
-        agent::spawn_health(shared.clone(), Box::new(crate::health::Quiet));
+        // An NVML without a usable event API leaves health unwatched, not the agent down.
+        let events: Box<dyn crate::health::EventSource> =
+            match crate::health::NvmlEvents::open(l.sim_nvml.as_deref()) {
+                Ok(e) => Box::new(e),
+                Err(e) => {
+                    tracing::error!("GPU health events unavailable, health not watched: {e}");
+                    Box::new(crate::health::Quiet)
+                }
+            };
+        agent::spawn_health(shared.clone(), events);
         tokio::select! {
             r = agent::run(l.options, shared) => match r {
                 Ok(()) => 0,
@@ -119,4 +128,6 @@ pub fn hostname() -> String {
 pub const DEFAULT_SOCKET_DIR: &str = "/var/lib/kubelet/device-plugins";
 pub const DEFAULT_CDI_DIR: &str = "/var/run/cdi";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/gpuslice";
+/// Quiet time before a faulted device is re-probed, unless the configuration says
+/// (`health.recoverAfterSeconds`).
 pub const HEALTH_QUIET: Duration = Duration::from_secs(300);

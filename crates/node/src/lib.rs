@@ -13,10 +13,18 @@ pub mod health;
 pub mod launch;
 pub mod metrics;
 pub mod plugin;
+pub mod podres;
 pub mod state;
+pub mod usage;
 
 /// The kubelet device plugin API v1beta1 (client and server), generated from `proto/api.proto`.
 #[allow(clippy::all)]
 pub mod pb {
     tonic::include_proto!("v1beta1");
+}
+
+/// Kubelet's pod resources API v1 (client and server), generated from `proto/podresources.proto`.
+#[allow(clippy::all)]
+pub mod podres_pb {
+    tonic::include_proto!("v1");
 }

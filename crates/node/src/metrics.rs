@@ -31,6 +31,12 @@ pub struct Metrics {
     pub config_ok: Gauge,
     pub allocations: Counter,
     pub allocate_refusals: Counter,
+    /// Reconciliation with kubelet's pod resources API.
+    pub podres: crate::podres::PodresMetrics,
+    /// Compute share and throttled time, from the per-GPU compute regions.
+    compute: crate::usage::ComputeMetrics,
+    /// Device faults and health transitions.
+    pub health: HealthMetrics,
     lock: Mutex<()>,
 }
 
@@ -116,6 +122,11 @@ impl Metrics {
             allocate_refusals.clone(),
         );
         config_ok.set(1);
+        let podres = crate::podres::PodresMetrics::register(&mut r);
+        // The regions' directory is decided where the tenants decide it.
+        let compute =
+            crate::usage::ComputeMetrics::register(&mut r, gpuslice_compute::configured_dir());
+        let health = HealthMetrics::register(&mut r);
         Metrics {
             registry: r,
             gpu_total,
@@ -130,6 +141,9 @@ impl Metrics {
             config_ok,
             allocations,
             allocate_refusals,
+            podres,
+            compute,
+            health,
             lock: Mutex::new(()),
         }
     }
@@ -177,6 +191,7 @@ impl Metrics {
                 }
             }
         }
+        let mut known: Vec<crate::usage::Known> = Vec::new();
         for dir in tenant_dirs {
             for (name, ledger) in ledgers(dir) {
                 let a = allocations.iter().find(|a| a.tenant == name);
@@ -225,9 +240,19 @@ impl Metrics {
                     if let Some(q) = quota {
                         self.t_quota.get_or_create(&l).set(q);
                     }
+                    gpus_seen.push(u);
                 }
+                let mut base = labels("");
+                base.pop();
+                known.push(crate::usage::Known {
+                    id: ledger.tenant_id(),
+                    labels: base,
+                    gpus: gpus_seen,
+                    gated: quota.is_some(),
+                });
             }
         }
+        self.compute.update(&known);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encoding to a String");
@@ -251,4 +276,95 @@ fn ledgers(dir: &Path) -> Vec<(String, gpuslice_ledger::Ledger)> {
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// Counters of GPU faults and health transitions, kept by the health loop.
+pub struct HealthMetrics {
+    xids: C,
+    ecc: C,
+    lost: C,
+    transitions: C,
+    probe_failures: C,
+}
+
+impl HealthMetrics {
+    pub fn register(r: &mut Registry) -> HealthMetrics {
+        let (xids, ecc, lost, transitions, probe_failures) = (
+            C::default(),
+            C::default(),
+            C::default(),
+            C::default(),
+            C::default(),
+        );
+        r.register(
+            "gpuslice_gpu_xid_errors",
+            "XID errors NVML reported, by GPU and XID (application XIDs included)",
+            xids.clone(),
+        );
+        r.register(
+            "gpuslice_gpu_ecc_uncorrectable_errors",
+            "Uncorrectable (double-bit) ECC errors NVML reported, by GPU",
+            ecc.clone(),
+        );
+        r.register(
+            "gpuslice_gpu_lost_events",
+            "Times a GPU was found fallen off the bus (NVML GPU_IS_LOST), by GPU",
+            lost.clone(),
+        );
+        r.register(
+            "gpuslice_device_health_transitions",
+            "Devices (GPUs or MIG devices) advertised unhealthy or healthy again",
+            transitions.clone(),
+        );
+        r.register(
+            "gpuslice_device_probe_failures",
+            "Faulted devices still not answering NVML after a quiet period (kept unhealthy)",
+            probe_failures.clone(),
+        );
+        HealthMetrics {
+            xids,
+            ecc,
+            lost,
+            transitions,
+            probe_failures,
+        }
+    }
+
+    pub fn on_event(&self, ev: &crate::health::HealthEvent) {
+        use crate::health::HealthEvent;
+        match ev {
+            HealthEvent::Xid { uuid, code } => {
+                let l: Labels = vec![
+                    ("gpu".into(), uuid.clone()),
+                    ("xid".into(), code.to_string()),
+                ];
+                self.xids.get_or_create(&l).inc();
+            }
+            HealthEvent::EccUncorrectable { uuid } => {
+                self.ecc
+                    .get_or_create(&vec![("gpu".into(), uuid.clone())])
+                    .inc();
+            }
+            HealthEvent::Lost { uuid } => {
+                self.lost
+                    .get_or_create(&vec![("gpu".into(), uuid.clone())])
+                    .inc();
+            }
+            HealthEvent::Recovered { .. } => {}
+        }
+    }
+
+    pub fn probe_failed(&self, device: &str) {
+        let l: Labels = vec![("device".into(), device.to_string())];
+        self.probe_failures.get_or_create(&l).inc();
+    }
+
+    pub fn transition(&self, device: &str, healthy: bool) {
+        let to = if healthy { "healthy" } else { "unhealthy" };
+        let l: Labels = vec![
+            ("device".into(), device.to_string()),
+            ("to".into(), to.into()),
+        ];
+        self.transitions.get_or_create(&l).inc();
+    }
 }

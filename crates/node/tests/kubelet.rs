@@ -116,6 +116,9 @@ fn options(d: &Dirs, metrics: Option<std::net::SocketAddr>) -> Options {
         extra_tenant_dirs: vec![],
         health_quiet: Duration::from_secs(3600),
         reload_every: Duration::from_millis(100),
+        // No kubelet pod resources API here: the agent reconciles with its store alone.
+        pod_resources_socket: d.sockets.join("no-pod-resources.sock"),
+        reconcile_every: Duration::from_secs(30),
     }
 }
 

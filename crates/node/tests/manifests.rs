@@ -155,6 +155,8 @@ fn grafana_dashboard_queries_exported_metrics() {
         "gpuslice_tenant_memory_used_bytes",
         "gpuslice_tenant_memory_limit_bytes",
         "gpuslice_tenant_oom_refusals_total",
+        "gpuslice_tenant_compute_share_ratio",
+        "gpuslice_tenant_throttled_seconds_total",
     ] {
         assert!(exprs.iter().any(|e| e.contains(m)), "no panel queries {m}");
     }

@@ -125,6 +125,8 @@ async fn mig_devices_applied_out_of_band_are_advertised_and_allocated() {
         extra_tenant_dirs: vec![],
         health_quiet: Duration::from_secs(3600),
         reload_every: Duration::from_millis(100),
+        pod_resources_socket: tmp.path().join("no-pod-resources.sock"),
+        reconcile_every: Duration::from_secs(30),
     };
     let shared = agent::start(
         &opts,

@@ -7,6 +7,8 @@
 
 pub mod mig;
 
+pub use events::{Event, EventKind, EventSet};
+
 use std::ffi::{CStr, CString, c_char, c_uint, c_void};
 use std::path::Path;
 
@@ -32,6 +34,15 @@ impl NvmlError {
             NvmlError::Call { code, .. } => Some(*code),
             _ => None,
         }
+    }
+
+    /// The GPU has fallen off the bus or is otherwise inaccessible.
+    pub fn is_gpu_lost(&self) -> bool {
+        self.code() == Some(NVML_ERROR_GPU_IS_LOST)
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(NVML_ERROR_NOT_FOUND)
     }
 }
 
@@ -109,6 +120,9 @@ macro_rules! call {
         $self.check($name, r)
     }};
 }
+
+// After `call!`, which it uses.
+pub mod events;
 
 impl Nvml {
     /// The system's NVML (`libnvidia-ml.so.1` from the loader's search path).

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use gpuslice_cuda_abi::nvml::*;
-use gpuslice_sim_state::Sim;
+use gpuslice_sim_state::{GpuEvent, Sim};
 
 /// Versions this simulator claims: an R570 driver shipping CUDA 12.8.
 pub const DRIVER_VERSION: &str = "570.124.06";
@@ -24,7 +24,7 @@ pub const CUDA_DRIVER_VERSION: c_int = 12080;
 const PCI_DEVICE_ID: u32 = 0x2330_10DE;
 const PCI_SUBSYSTEM_ID: u32 = 0x16C1_10DE;
 
-/// Events a simulated device can deliver; only XIDs are ever planned, none are raised yet.
+/// Events a simulated device can deliver (raised through `gpuslice_sim_state::Sim::raise`).
 const SUPPORTED_EVENTS: c_ulonglong =
     nvmlEventTypeXidCriticalError | nvmlEventTypeSingleBitEccError | nvmlEventTypeDoubleBitEccError;
 
@@ -237,9 +237,20 @@ fn slot_index(h: nvmlDevice_t) -> Option<usize> {
 fn device_of(h: nvmlDevice_t) -> Result<(&'static Sim, usize), nvmlReturn_t> {
     let sim = sim()?;
     match slot_index(h) {
-        Some(dev) if dev < device_count(sim) => Ok((sim, dev)),
+        Some(dev) if dev < device_count(sim) => {
+            reachable(sim, dev)?;
+            Ok((sim, dev))
+        }
         _ => Err(NVML_ERROR_INVALID_ARGUMENT),
     }
+}
+
+/// A device that has fallen off the bus answers nothing but GPU_IS_LOST.
+fn reachable(sim: &Sim, dev: usize) -> R {
+    if sim.is_lost(dev) {
+        return Err(NVML_ERROR_GPU_IS_LOST);
+    }
+    Ok(())
 }
 
 // ---- System queries ----
@@ -306,6 +317,7 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
         if index as usize >= device_count(sim) {
             return Err(NVML_ERROR_INVALID_ARGUMENT);
         }
+        reachable(sim, index as usize)?;
         *device = handle_of(index as usize);
         Ok(())
     })
@@ -328,11 +340,23 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(
         let sim = sim()?;
         let uuid = in_str(uuid)?;
         let device = out(device)?;
-        let dev = (0..device_count(sim))
-            .find(|&d| sim.spec(d).uuid == uuid)
-            .ok_or(NVML_ERROR_NOT_FOUND)?;
-        *device = handle_of(dev);
-        Ok(())
+        if let Some(dev) = (0..device_count(sim)).find(|&d| sim.spec(d).uuid == uuid) {
+            reachable(sim, dev)?;
+            *device = handle_of(dev);
+            return Ok(());
+        }
+        // MIG device UUIDs name their MIG device handle.
+        for dev in 0..device_count(sim) {
+            if let Some(d) = mig::mig_devices(sim, dev)
+                .into_iter()
+                .find(|d| d.uuid == uuid)
+            {
+                reachable(sim, dev)?;
+                *device = table_handle(&MIG_HANDLES, ci_index(dev, d.gi, d.ci));
+                return Ok(());
+            }
+        }
+        Err(NVML_ERROR_NOT_FOUND)
     })
 }
 
@@ -363,6 +387,7 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId_v2(
         let dev = (0..device_count(sim))
             .find(|&d| parse_bus_id(&sim.spec(d).pci_bus_id) == Some(want))
             .ok_or(NVML_ERROR_NOT_FOUND)?;
+        reachable(sim, dev)?;
         *device = handle_of(dev);
         Ok(())
     })
@@ -926,6 +951,7 @@ fn target(h: nvmlDevice_t) -> Result<(&'static Sim, Target), nvmlReturn_t> {
     if dev >= device_count(sim) {
         return Err(NVML_ERROR_INVALID_ARGUMENT);
     }
+    reachable(sim, dev)?;
     let d = mig::find_mig_device(sim, dev, gi, ci).ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
     Ok((sim, Target::Mig(dev, d)))
 }
@@ -1490,11 +1516,33 @@ pub unsafe extern "C" fn nvmlComputeInstanceGetInfo(
 }
 
 // ---- Events ----
+//
+// Events live in the shared state (`Sim::raise`), one ring per device, so an event raised by
+// any process reaches every event set registered for that device in every process. A set keeps,
+// per registered device, the sequence number it has read up to; registering starts it at the
+// device's current head, so events from before the registration are not seen, as in NVML.
 
-/// An event set: the (device, event mask) registrations made on it.
-struct EventSet {
-    registrations: Mutex<Vec<(usize, c_ulonglong)>>,
+/// One device registered on an event set.
+struct Registration {
+    dev: usize,
+    mask: c_ulonglong,
+    /// Next sequence number of the device's events to read.
+    cursor: u64,
 }
+
+/// An event set: its registrations and the events read from the state but not yet delivered.
+struct EventSet {
+    inner: Mutex<SetInner>,
+}
+
+struct SetInner {
+    registrations: Vec<Registration>,
+    pending: std::collections::VecDeque<nvmlEventData_t>,
+}
+
+// SAFETY: nvmlEventData_t holds a device handle, an address of a static table; it is never
+// dereferenced through the set.
+unsafe impl Send for SetInner {}
 
 /// Addresses of live event sets, so stale or foreign pointers are refused rather than followed.
 static EVENT_SETS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
@@ -1508,13 +1556,46 @@ fn event_set(set: nvmlEventSet_t) -> Result<&'static EventSet, nvmlReturn_t> {
     Ok(unsafe { &*(set as *const EventSet) })
 }
 
+/// The NVML event type of a simulated event.
+fn event_type(ev: &GpuEvent) -> c_ulonglong {
+    match ev {
+        GpuEvent::Xid { .. } => nvmlEventTypeXidCriticalError,
+        GpuEvent::EccSingleBit => nvmlEventTypeSingleBitEccError,
+        GpuEvent::EccDoubleBit => nvmlEventTypeDoubleBitEccError,
+    }
+}
+
+/// `ev` on `dev` as `nvmlEventSetWait` reports it. Instance ids are given only for an XID
+/// attributable to an instance while MIG is on; 0xFFFFFFFF otherwise.
+fn event_data(sim: &Sim, dev: usize, ev: &GpuEvent) -> nvmlEventData_t {
+    let (data, gi, ci) = match *ev {
+        GpuEvent::Xid {
+            code,
+            gpu_instance,
+            compute_instance,
+        } if mig::enabled(sim, dev) => (code, gpu_instance, compute_instance),
+        GpuEvent::Xid { code, .. } => (code, None, None),
+        _ => (0, None, None),
+    };
+    nvmlEventData_t {
+        device: handle_of(dev),
+        eventType: event_type(ev),
+        eventData: data,
+        gpuInstanceId: gi.unwrap_or(NVML_INVALID_INSTANCE_ID),
+        computeInstanceId: ci.unwrap_or(NVML_INVALID_INSTANCE_ID),
+    }
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlEventSetCreate(set: *mut nvmlEventSet_t) -> nvmlReturn_t {
     entry(|| {
         sim()?;
         let set = out(set)?;
         let p = Box::into_raw(Box::new(EventSet {
-            registrations: Mutex::new(Vec::new()),
+            inner: Mutex::new(SetInner {
+                registrations: Vec::new(),
+                pending: Default::default(),
+            }),
         }));
         lock(&EVENT_SETS).push(p as usize);
         *set = p.cast();
@@ -1538,13 +1619,22 @@ pub unsafe extern "C" fn nvmlEventSetFree(set: nvmlEventSet_t) -> nvmlReturn_t {
     })
 }
 
+/// Events are reported per GPU; MIG device handles take no part (NVML reports a MIG
+/// instance's XIDs on its parent GPU, with the instance ids).
+fn whole_gpu(device: nvmlDevice_t) -> Result<(&'static Sim, usize), nvmlReturn_t> {
+    if slot_index(device).is_none() && matches!(target(device), Ok((_, Target::Mig(..)))) {
+        return Err(NVML_ERROR_NOT_SUPPORTED);
+    }
+    device_of(device)
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetSupportedEventTypes(
     device: nvmlDevice_t,
     event_types: *mut c_ulonglong,
 ) -> nvmlReturn_t {
     entry(|| {
-        device_of(device)?;
+        whole_gpu(device)?;
         *out(event_types)? = SUPPORTED_EVENTS;
         Ok(())
     })
@@ -1557,12 +1647,21 @@ pub unsafe extern "C" fn nvmlDeviceRegisterEvents(
     set: nvmlEventSet_t,
 ) -> nvmlReturn_t {
     entry(|| {
-        let (_, dev) = device_of(device)?;
+        let (sim, dev) = whole_gpu(device)?;
         let set = event_set(set)?;
+        // Nothing of the request is registered when any of it is unsupported.
         if event_types & !SUPPORTED_EVENTS != 0 {
             return Err(NVML_ERROR_NOT_SUPPORTED);
         }
-        lock(&set.registrations).push((dev, event_types));
+        let mut inner = lock(&set.inner);
+        match inner.registrations.iter_mut().find(|r| r.dev == dev) {
+            Some(r) => r.mask |= event_types,
+            None => inner.registrations.push(Registration {
+                dev,
+                mask: event_types,
+                cursor: sim.event_head(dev),
+            }),
+        }
         Ok(())
     })
 }
@@ -1574,12 +1673,46 @@ pub unsafe extern "C" fn nvmlEventSetWait_v2(
     timeoutms: c_uint,
 ) -> nvmlReturn_t {
     entry(|| {
-        sim()?;
-        event_set(set)?;
-        out(data)?;
-        // No simulated XIDs yet: every wait runs out its timeout, as an idle healthy GPU does.
-        std::thread::sleep(Duration::from_millis(timeoutms.into()));
-        Err(NVML_ERROR_TIMEOUT)
+        let sim = sim()?;
+        let set = event_set(set)?;
+        let data = out(data)?;
+        // 0 waits without limit, as NVML documents.
+        let deadline = (timeoutms > 0)
+            .then(|| std::time::Instant::now() + Duration::from_millis(timeoutms.into()));
+        loop {
+            let seen = sim.event_generation();
+            {
+                let mut inner = lock(&set.inner);
+                let SetInner {
+                    registrations,
+                    pending,
+                } = &mut *inner;
+                for r in registrations.iter_mut() {
+                    if sim.is_lost(r.dev) {
+                        return Err(NVML_ERROR_GPU_IS_LOST);
+                    }
+                    let (evs, next) = sim.events_since(r.dev, r.cursor);
+                    r.cursor = next;
+                    pending.extend(
+                        evs.iter()
+                            .filter(|e| event_type(e) & r.mask != 0)
+                            .map(|e| event_data(sim, r.dev, e)),
+                    );
+                }
+                if let Some(e) = pending.pop_front() {
+                    *data = e;
+                    return Ok(());
+                }
+            }
+            let left = match deadline {
+                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => return Err(NVML_ERROR_TIMEOUT),
+                },
+                None => Duration::from_secs(3600),
+            };
+            sim.wait_events(seen, left);
+        }
     })
 }
 
@@ -1589,7 +1722,23 @@ pub unsafe extern "C" fn nvmlEventSetWait(
     data: *mut nvmlEventData_t,
     timeoutms: c_uint,
 ) -> nvmlReturn_t {
-    unsafe { nvmlEventSetWait_v2(set, data, timeoutms) }
+    // The pre-MIG layout: device, eventType and eventData only. Writing the instance ids
+    // would run past a caller's older, 24-byte struct.
+    if data.is_null() {
+        return NVML_ERROR_INVALID_ARGUMENT;
+    }
+    // SAFETY: plain data.
+    let mut full: nvmlEventData_t = unsafe { std::mem::zeroed() };
+    let r = unsafe { nvmlEventSetWait_v2(set, &mut full, timeoutms) };
+    if r == NVML_SUCCESS {
+        // SAFETY: the caller's buffer holds at least the three leading fields.
+        unsafe {
+            (&raw mut (*data).device).write(full.device);
+            (&raw mut (*data).eventType).write(full.eventType);
+            (&raw mut (*data).eventData).write(full.eventData);
+        }
+    }
+    r
 }
 
 #[cfg(test)]

@@ -654,6 +654,134 @@ fn event_waits_time_out() {
     });
 }
 
+type EvCreate = unsafe extern "C" fn(*mut nvmlEventSet_t) -> nvmlReturn_t;
+type EvRegister = unsafe extern "C" fn(nvmlDevice_t, c_ulonglong, nvmlEventSet_t) -> nvmlReturn_t;
+type EvWait = unsafe extern "C" fn(nvmlEventSet_t, *mut nvmlEventData_t, c_uint) -> nvmlReturn_t;
+
+/// Events raised in the shared state (another mapping of it here, as a fault raised anywhere
+/// on the machine) reach every set registered for their type, once each, in order; instance
+/// ids are reported only for an XID on a MIG GPU; the pre-MIG wait writes only its 24 bytes.
+#[test]
+fn events_are_delivered_by_type_with_instance_ids() {
+    isolated(
+        "events_are_delivered_by_type_with_instance_ids",
+        "count=2",
+        || {
+            let lib = nvml();
+            let sim = Sim::get().unwrap();
+            let (h0, h1) = (handle(&lib, 0), handle(&lib, 1));
+            let create = lib.sym::<EvCreate>("nvmlEventSetCreate");
+            let register = lib.sym::<EvRegister>("nvmlDeviceRegisterEvents");
+            let wait = lib.sym::<EvWait>("nvmlEventSetWait_v2");
+            let wait_v1 = lib.sym::<EvWait>("nvmlEventSetWait");
+            let xid = |code, gi, ci| gpuslice_sim_state::GpuEvent::Xid {
+                code,
+                gpu_instance: gi,
+                compute_instance: ci,
+            };
+            unsafe {
+                sim.raise(0, xid(31, None, None)); // before any registration: never seen
+                let (mut a, mut b) = (null_mut(), null_mut());
+                assert_eq!(create(&mut a), NVML_SUCCESS);
+                assert_eq!(create(&mut b), NVML_SUCCESS);
+                let faults = nvmlEventTypeXidCriticalError | nvmlEventTypeDoubleBitEccError;
+                assert_eq!(register(h0, faults, a), NVML_SUCCESS);
+                assert_eq!(register(h1, faults, a), NVML_SUCCESS);
+                assert_eq!(
+                    register(h0, nvmlEventTypeSingleBitEccError, b),
+                    NVML_SUCCESS
+                );
+
+                sim.raise(0, xid(79, None, None));
+                sim.raise(0, gpuslice_sim_state::GpuEvent::EccSingleBit);
+                sim.raise(1, gpuslice_sim_state::GpuEvent::EccDoubleBit);
+                let mut d: nvmlEventData_t = std::mem::zeroed();
+                assert_eq!(wait(a, &mut d, 1000), NVML_SUCCESS);
+                assert_eq!(
+                    (d.device, d.eventType, d.eventData),
+                    (h0, nvmlEventTypeXidCriticalError, 79)
+                );
+                assert_eq!((d.gpuInstanceId, d.computeInstanceId), (u32::MAX, u32::MAX));
+                assert_eq!(wait(a, &mut d, 1000), NVML_SUCCESS);
+                assert_eq!(
+                    (d.device, d.eventType, d.eventData),
+                    (h1, nvmlEventTypeDoubleBitEccError, 0)
+                );
+                let t0 = Instant::now();
+                assert_eq!(
+                    wait(a, &mut d, 50),
+                    NVML_ERROR_TIMEOUT,
+                    "the SBE is not a's"
+                );
+                assert!(t0.elapsed() >= Duration::from_millis(50));
+                assert_eq!(wait(b, &mut d, 1000), NVML_SUCCESS);
+                assert_eq!(
+                    (d.device, d.eventType),
+                    (h0, nvmlEventTypeSingleBitEccError)
+                );
+                assert_eq!(wait(b, &mut d, 10), NVML_ERROR_TIMEOUT);
+
+                // A waiter sleeps until an event arrives.
+                let raiser = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(100));
+                    Sim::get().unwrap().raise(1, xid(48, Some(1), Some(0)));
+                });
+                assert_eq!(wait(a, &mut d, 10_000), NVML_SUCCESS);
+                raiser.join().unwrap();
+                assert_eq!((d.device, d.eventData), (h1, 48));
+                assert_eq!(
+                    (d.gpuInstanceId, d.computeInstanceId),
+                    (u32::MAX, u32::MAX),
+                    "no instance ids while MIG is off"
+                );
+
+                // With MIG on, an XID names the instance it is attributable to.
+                sim.mig_update(0, |st| {
+                    st.enabled = true;
+                    Ok::<_, ()>(())
+                })
+                .unwrap()
+                .unwrap();
+                sim.raise(0, xid(94, Some(2), Some(0)));
+                sim.raise(0, xid(95, Some(2), None));
+                assert_eq!(wait(a, &mut d, 1000), NVML_SUCCESS);
+                assert_eq!(
+                    (d.eventData, d.gpuInstanceId, d.computeInstanceId),
+                    (94, 2, 0)
+                );
+                // The older wait leaves the instance ids alone.
+                d.gpuInstanceId = 7;
+                d.computeInstanceId = 7;
+                assert_eq!(wait_v1(a, &mut d, 1000), NVML_SUCCESS);
+                assert_eq!(
+                    (d.eventData, d.gpuInstanceId, d.computeInstanceId),
+                    (95, 7, 7)
+                );
+
+                // A GPU that falls off the bus fails the wait and every query.
+                sim.set_lost(1, true);
+                assert_eq!(wait(a, &mut d, 1000), NVML_ERROR_GPU_IS_LOST);
+                let mut h = null_mut();
+                assert_eq!(
+                    lib.sym::<ByIndex>("nvmlDeviceGetHandleByIndex_v2")(1, &mut h),
+                    NVML_ERROR_GPU_IS_LOST
+                );
+                let mut m = nvmlMemory_t::default();
+                assert_eq!(
+                    lib.sym::<DevPtr<nvmlMemory_t>>("nvmlDeviceGetMemoryInfo")(h1, &mut m),
+                    NVML_ERROR_GPU_IS_LOST
+                );
+                sim.set_lost(1, false);
+                assert_eq!(wait(a, &mut d, 10), NVML_ERROR_TIMEOUT);
+                assert_eq!(
+                    lib.sym::<DevPtr<nvmlMemory_t>>("nvmlDeviceGetMemoryInfo")(h1, &mut m),
+                    NVML_SUCCESS
+                );
+            }
+        },
+    );
+}
+
 /// A CUDA program loads the simulated driver and NVML into one process, each with its own mapping
 /// of the state. NVML's reads must neither see that process's memory as a dead process's nor
 /// take its slot away.

@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use gpuslice_shm::{Counter, MappedFile, Reservation, try_reserve};
@@ -18,7 +18,7 @@ pub const MAX_SLOTS: usize = 1024;
 /// Busy intervals remembered per device; enough for a second of 1 ms kernels several times over.
 pub const RING_LEN: usize = 8192;
 
-const MAGIC: u64 = 0x6770_7573_696d_0002; // "gpusim" + layout version
+const MAGIC: u64 = 0x6770_7573_696d_0003; // "gpusim" + layout version
 const NAME_LEN: usize = 96;
 const UUID_LEN: usize = 48;
 const BUS_LEN: usize = 32;
@@ -266,6 +266,7 @@ struct Shared {
     devices: [DeviceState; MAX_DEVICES],
     slots: [Slot; MAX_SLOTS],
     mig: [MigRegion; MAX_DEVICES],
+    events: EventRegion,
 }
 
 /// Process-wide handle on the mapped state.
@@ -835,6 +836,244 @@ impl Sim {
         }
         let _ = self.map.release_slot(lock);
         Ok(out)
+    }
+}
+
+// ---- Events --------------------------------------------------------------------------------
+
+/// Events remembered per device. A reader more than this far behind misses the oldest, as a
+/// driver's event queue that overflows does.
+pub const EVENT_RING: usize = 64;
+
+/// Something a GPU reports by itself, as its driver would see it (an NVML event). Raised by
+/// tests and tools the way a hardware fault would arise, and delivered to every NVML event set
+/// registered for it, in any process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuEvent {
+    /// An XID error; with MIG on, the GPU and compute instance it is attributable to, if any.
+    Xid {
+        code: u64,
+        gpu_instance: Option<u32>,
+        compute_instance: Option<u32>,
+    },
+    /// A corrected (single-bit) ECC error.
+    EccSingleBit,
+    /// An uncorrectable (double-bit) ECC error.
+    EccDoubleBit,
+}
+
+const EV_XID: u64 = 1;
+const EV_SBE: u64 = 2;
+const EV_DBE: u64 = 3;
+const NO_INSTANCE: u32 = u32::MAX;
+
+impl GpuEvent {
+    fn encode(self) -> (u64, u64, u64) {
+        match self {
+            GpuEvent::Xid {
+                code,
+                gpu_instance,
+                compute_instance,
+            } => (
+                EV_XID,
+                code,
+                u64::from(gpu_instance.unwrap_or(NO_INSTANCE)) << 32
+                    | u64::from(compute_instance.unwrap_or(NO_INSTANCE)),
+            ),
+            GpuEvent::EccSingleBit => (EV_SBE, 0, u64::MAX),
+            GpuEvent::EccDoubleBit => (EV_DBE, 0, u64::MAX),
+        }
+    }
+
+    fn decode(kind: u64, data: u64, instance: u64) -> Option<GpuEvent> {
+        let id = |v: u32| (v != NO_INSTANCE).then_some(v);
+        match kind {
+            EV_XID => Some(GpuEvent::Xid {
+                code: data,
+                gpu_instance: id((instance >> 32) as u32),
+                compute_instance: id(instance as u32),
+            }),
+            EV_SBE => Some(GpuEvent::EccSingleBit),
+            EV_DBE => Some(GpuEvent::EccDoubleBit),
+            _ => None,
+        }
+    }
+}
+
+/// One event. `seq` is `2*index+1` while being written and `2*index+2` once complete, as in
+/// the busy ring.
+#[repr(C)]
+struct EventRaw {
+    seq: AtomicU64,
+    kind: AtomicU64,
+    data: AtomicU64,
+    instance: AtomicU64,
+}
+
+#[repr(C)]
+struct DeviceEvents {
+    /// Events ever raised on the device; the ring holds the last `EVENT_RING`.
+    head: AtomicU64,
+    /// Non-zero while the device has fallen off the bus.
+    lost: AtomicU64,
+    ring: [EventRaw; EVENT_RING],
+}
+
+#[repr(C)]
+struct EventRegion {
+    /// Bumped after every event, machine-wide: the futex word waiters sleep on.
+    raised: AtomicU32,
+    devices: [DeviceEvents; MAX_DEVICES],
+}
+
+impl Sim {
+    fn dev_events(&self, dev: usize) -> &DeviceEvents {
+        let _ = self.dev(dev);
+        &self.sh().events.devices[dev]
+    }
+
+    /// The index of the device with `uuid`.
+    pub fn device_by_uuid(&self, uuid: &str) -> Option<usize> {
+        (0..self.devices).find(|&d| self.spec(d).uuid == uuid)
+    }
+
+    /// Raises `ev` on `dev` and wakes every waiter; returns its sequence number.
+    pub fn raise(&self, dev: usize, ev: GpuEvent) -> u64 {
+        let d = self.dev_events(dev);
+        let (kind, data, instance) = ev.encode();
+        let idx = d.head.fetch_add(1, Ordering::SeqCst);
+        let e = &d.ring[(idx % EVENT_RING as u64) as usize];
+        e.seq.store(2 * idx + 1, Ordering::SeqCst);
+        e.kind.store(kind, Ordering::SeqCst);
+        e.data.store(data, Ordering::SeqCst);
+        e.instance.store(instance, Ordering::SeqCst);
+        e.seq.store(2 * idx + 2, Ordering::SeqCst);
+        let w = &self.sh().events.raised;
+        w.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: a futex wake on a word of the shared mapping (not process-private).
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                w.as_ptr(),
+                libc::FUTEX_WAKE,
+                i32::MAX,
+                0usize,
+                0usize,
+                0u32,
+            );
+        }
+        idx
+    }
+
+    /// An XID error `code` on the whole GPU with `uuid`, as the driver would report it.
+    pub fn inject_xid(&self, uuid: &str, code: u64) -> Result<u64, SimError> {
+        let dev = self.device_by_uuid_or_err(uuid)?;
+        Ok(self.raise(
+            dev,
+            GpuEvent::Xid {
+                code,
+                gpu_instance: None,
+                compute_instance: None,
+            },
+        ))
+    }
+
+    /// An uncorrectable (double-bit) ECC error on the GPU with `uuid`.
+    pub fn inject_ecc_dbe(&self, uuid: &str) -> Result<u64, SimError> {
+        let dev = self.device_by_uuid_or_err(uuid)?;
+        Ok(self.raise(dev, GpuEvent::EccDoubleBit))
+    }
+
+    fn device_by_uuid_or_err(&self, uuid: &str) -> Result<usize, SimError> {
+        self.device_by_uuid(uuid)
+            .ok_or_else(|| SimError::Config(format!("no simulated device has uuid {uuid}")))
+    }
+
+    /// Sequence number the next event on `dev` will get: a reader starting here sees only
+    /// what happens from now on.
+    pub fn event_head(&self, dev: usize) -> u64 {
+        self.dev_events(dev).head.load(Ordering::SeqCst)
+    }
+
+    /// Events on `dev` from sequence `from` on, and where to read next. Events already
+    /// overwritten are skipped; one still being written ends the batch (it is read next time).
+    pub fn events_since(&self, dev: usize, from: u64) -> (Vec<GpuEvent>, u64) {
+        let d = self.dev_events(dev);
+        let head = d.head.load(Ordering::SeqCst);
+        let mut out = Vec::new();
+        let mut idx = from.max(head.saturating_sub(EVENT_RING as u64));
+        while idx < head {
+            let e = &d.ring[(idx % EVENT_RING as u64) as usize];
+            let mut spins = 0;
+            let settled = loop {
+                let s1 = e.seq.load(Ordering::SeqCst);
+                if s1 > 2 * idx + 2 {
+                    break None; // overwritten by a later round
+                }
+                if s1 < 2 * idx + 2 {
+                    // Its writer is between taking the index and finishing: a few stores.
+                    if spins < 1000 {
+                        spins += 1;
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    return (out, idx);
+                }
+                let v = (
+                    e.kind.load(Ordering::SeqCst),
+                    e.data.load(Ordering::SeqCst),
+                    e.instance.load(Ordering::SeqCst),
+                );
+                if e.seq.load(Ordering::SeqCst) == s1 {
+                    break Some(v);
+                }
+            };
+            if let Some(ev) = settled.and_then(|(k, d, i)| GpuEvent::decode(k, d, i)) {
+                out.push(ev);
+            }
+            idx += 1;
+        }
+        (out, idx)
+    }
+
+    /// The machine-wide event count, to pass to [`Sim::wait_events`].
+    pub fn event_generation(&self) -> u32 {
+        self.sh().events.raised.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps until an event is raised on any device after `seen` was read, or `timeout`
+    /// passes (it may return early; callers re-check).
+    pub fn wait_events(&self, seen: u32, timeout: std::time::Duration) {
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        let w = &self.sh().events.raised;
+        // SAFETY: a futex wait on a word of the shared mapping, bounded by the timeout.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                w.as_ptr(),
+                libc::FUTEX_WAIT,
+                seen,
+                &ts as *const libc::timespec,
+                0usize,
+                0u32,
+            );
+        }
+    }
+
+    /// Makes `dev` fall off the bus (NVML answers `GPU_IS_LOST` for it) or come back.
+    pub fn set_lost(&self, dev: usize, lost: bool) {
+        self.dev_events(dev)
+            .lost
+            .store(u64::from(lost), Ordering::SeqCst);
+        // Waiters re-check and see the lost device.
+        self.sh().events.raised.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn is_lost(&self, dev: usize) -> bool {
+        self.dev_events(dev).lost.load(Ordering::SeqCst) != 0
     }
 }
 

@@ -369,3 +369,69 @@ fn a_writer_killed_mid_update_strands_nothing() {
     );
     assert!(s.mig(0).enabled);
 }
+
+#[test]
+fn events_reach_readers_in_other_processes_and_wake_waiters() {
+    let (s, _t) = sim("events", "count=2");
+    let uuid1 = s.spec(1).uuid;
+    assert_eq!(s.device_by_uuid(&uuid1), Some(1));
+    assert!(s.inject_xid("GPU-nope", 79).is_err());
+    // Only what happens after a reader starts is its to see.
+    s.inject_xid(&uuid1, 13).unwrap();
+    let from = s.event_head(1);
+    assert_eq!(s.events_since(1, from), (vec![], from));
+
+    // A waiter here is woken by an event raised in another process.
+    let seen = s.event_generation();
+    let (pid, _) = child_holding(|| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        s.inject_ecc_dbe(&s.spec(1).uuid).unwrap()
+    });
+    let t0 = std::time::Instant::now();
+    while s.event_head(1) == from {
+        s.wait_events(seen, std::time::Duration::from_secs(10));
+    }
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+    kill(pid);
+    s.raise(
+        1,
+        GpuEvent::Xid {
+            code: 94,
+            gpu_instance: Some(1),
+            compute_instance: Some(0),
+        },
+    );
+    let (evs, next) = s.events_since(1, from);
+    assert_eq!(
+        evs,
+        [
+            GpuEvent::EccDoubleBit,
+            GpuEvent::Xid {
+                code: 94,
+                gpu_instance: Some(1),
+                compute_instance: Some(0)
+            }
+        ]
+    );
+    assert_eq!(next, from + 2);
+    assert_eq!(s.events_since(0, s.event_head(0)).0, []);
+
+    // A reader that falls a whole ring behind loses the oldest events, not the newest.
+    for code in 0..(EVENT_RING as u64 + 5) {
+        s.inject_xid(&uuid1, 1000 + code).unwrap();
+    }
+    let (evs, _) = s.events_since(1, next);
+    assert_eq!(evs.len(), EVENT_RING);
+    assert_eq!(
+        evs.last(),
+        Some(&GpuEvent::Xid {
+            code: 1000 + EVENT_RING as u64 + 4,
+            gpu_instance: None,
+            compute_instance: None
+        })
+    );
+
+    assert!(!s.is_lost(1));
+    s.set_lost(1, true);
+    assert!(s.is_lost(1) && !s.is_lost(0));
+}

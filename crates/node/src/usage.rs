@@ -1,0 +1,205 @@
+//! The tenants' compute share and throttled time: every GPU's compute region is read once a
+//! second (and at each scrape), and `gpuslice_core::usage` turns the per-process counters into
+//! per-tenant totals that never go backwards. The same reading feeds `gpuslice top`.
+//!
+//! A region entry names its tenant by the id the tenant's ledger holds, so an entry is matched
+//! to the ledger (and through it to the pod) by that id, not by its name, which is truncated in
+//! the region and need not be unique. Entries of tenants whose ledger the agent cannot see
+//! (`gpuslice run` under another user's state directory) are still reported, as
+//! `<name>#<id>`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use gpuslice_core::usage::{Reading, Usage};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// How often the regions are read, and so the share's window and the most of one process's
+/// time that can be lost when it dies and its entry is taken before the next reading.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// Shortest window a share is measured over: a little under the beat, so that every beat
+/// closes one even when a scrape read the regions just before.
+const WINDOW: Duration = Duration::from_millis(950);
+
+/// Every region in `dir` read now: the entries, and the tenant names they carry.
+pub fn read(dir: &Path) -> (Vec<Reading>, BTreeMap<u64, String>) {
+    let mut out = Vec::new();
+    let mut names = BTreeMap::new();
+    for (uuid, region) in gpuslice_compute::regions(dir) {
+        let gpu = gpuslice_ledger::format_uuid(&uuid);
+        for r in region.readings() {
+            names.entry(r.tenant_id).or_insert(r.name);
+            out.push(Reading {
+                gpu: gpu.clone(),
+                entry: r.entry,
+                pid: r.pid,
+                tenant: r.tenant_id,
+                used_ns: r.used_ns,
+                throttled_ns: r.throttled_ns,
+            });
+        }
+    }
+    (out, names)
+}
+
+struct Inner {
+    usage: Usage,
+    names: BTreeMap<u64, String>,
+    /// Tenants with a ledger at the last scrape: their totals are kept while it exists.
+    keep: BTreeSet<u64>,
+}
+
+/// The regions' totals over time, sampled on a beat.
+pub struct Sampler {
+    dir: PathBuf,
+    epoch: Instant,
+    inner: Mutex<Inner>,
+}
+
+impl Sampler {
+    fn new(dir: PathBuf) -> Sampler {
+        Sampler {
+            dir,
+            epoch: Instant::now(),
+            inner: Mutex::new(Inner {
+                usage: Usage::new(WINDOW.as_nanos() as u64),
+                names: BTreeMap::new(),
+                keep: BTreeSet::new(),
+            }),
+        }
+    }
+
+    fn sample(&self) {
+        let (readings, names) = read(&self.dir);
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let mut g = self.inner.lock().unwrap();
+        g.usage.observe(now, readings);
+        g.names.extend(names);
+        let keep = g.keep.clone();
+        g.usage.forget_except(&keep);
+        let live: BTreeSet<u64> = g.usage.totals().keys().map(|k| k.0).collect();
+        g.names.retain(|t, _| live.contains(t));
+    }
+}
+
+/// A tenant the metrics know from its ledger.
+pub struct Known {
+    pub id: u64,
+    /// tenant, namespace, pod, container (the gpu label is added per series).
+    pub labels: Vec<(String, String)>,
+    /// GPUs the tenant's other series name; each gets a share and a throttled time, zero until
+    /// it launches there.
+    pub gpus: Vec<String>,
+    /// Whether the tenant has compute limits (otherwise its launches are not gated and it
+    /// never has an entry).
+    pub gated: bool,
+}
+
+type Labels = Vec<(String, String)>;
+
+pub struct ComputeMetrics {
+    share: Family<Labels, Gauge<f64, AtomicU64>>,
+    throttled: Family<Labels, Counter<f64, AtomicU64>>,
+    sampler: Arc<Sampler>,
+}
+
+impl ComputeMetrics {
+    /// Registers the two families and starts reading the regions in `dir` on a beat, until
+    /// this is dropped.
+    pub fn register(r: &mut Registry, dir: PathBuf) -> ComputeMetrics {
+        let share = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        r.register(
+            "gpuslice_tenant_compute_share_ratio",
+            "Fraction of the GPU's time the tenant's work took over the last second",
+            share.clone(),
+        );
+        let throttled = Family::<Labels, Counter<f64, AtomicU64>>::default();
+        // The client appends `_total` to counters.
+        r.register(
+            "gpuslice_tenant_throttled_seconds",
+            "Time the tenant's processes were held back by the compute gate",
+            throttled.clone(),
+        );
+        let sampler = Arc::new(Sampler::new(dir));
+        spawn_beat(Arc::downgrade(&sampler));
+        ComputeMetrics {
+            share,
+            throttled,
+            sampler,
+        }
+    }
+
+    /// Reads the regions now and sets both families: the tenants in `known` under their labels,
+    /// any other tenant found in a region under `<name>#<id>`.
+    pub fn update(&self, known: &[Known]) {
+        self.share.clear();
+        self.throttled.clear();
+        {
+            let mut g = self.sampler.inner.lock().unwrap();
+            g.keep = known.iter().map(|k| k.id).filter(|&id| id != 0).collect();
+        }
+        self.sampler.sample();
+        let g = self.sampler.inner.lock().unwrap();
+        let mut done: BTreeSet<u64> = BTreeSet::new();
+        let series = |base: &Labels, gpu: &str, key: &(u64, String)| {
+            let mut l = base.clone();
+            l.push(("gpu".into(), gpu.to_string()));
+            let t = g.usage.totals().get(key).copied().unwrap_or_default();
+            self.throttled
+                .get_or_create(&l)
+                .inc_by(t.throttled_ns as f64 / 1e9);
+            if let Some(s) = g.usage.share(key) {
+                self.share.get_or_create(&l).set(s);
+            } else if g.usage.window().is_some() {
+                self.share.get_or_create(&l).set(0.0);
+            }
+        };
+        for k in known.iter().filter(|k| k.id != 0) {
+            done.insert(k.id);
+            let mut gpus: BTreeSet<&str> = g
+                .usage
+                .totals()
+                .keys()
+                .filter(|(t, _)| *t == k.id)
+                .map(|(_, gpu)| gpu.as_str())
+                .collect();
+            if k.gated {
+                gpus.extend(k.gpus.iter().map(String::as_str));
+            }
+            for gpu in gpus {
+                series(&k.labels, gpu, &(k.id, gpu.to_string()));
+            }
+        }
+        for key in g.usage.totals().keys().filter(|k| !done.contains(&k.0)) {
+            let name = g.names.get(&key.0).map_or("", String::as_str);
+            let base: Labels = vec![
+                ("tenant".into(), format!("{name}#{:016x}", key.0)),
+                ("namespace".into(), String::new()),
+                ("pod".into(), String::new()),
+                ("container".into(), String::new()),
+            ];
+            series(&base, &key.1, key);
+        }
+    }
+}
+
+/// Reads the regions every [`SAMPLE_EVERY`] while the sampler exists.
+fn spawn_beat(sampler: Weak<Sampler>) {
+    let _ = std::thread::Builder::new()
+        .name("gpuslice-usage".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(SAMPLE_EVERY);
+                match sampler.upgrade() {
+                    Some(s) => s.sample(),
+                    None => return,
+                }
+            }
+        });
+}
