@@ -11,17 +11,27 @@ use gpuslice_scheduler::extender::{Binder, Extender, MemoryBinder, system_clock}
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Serve the extender here, e.g. 0.0.0.0:8888.
-    #[arg(long, value_name = "ADDR", required_unless_present = "bench")]
+    #[arg(long, value_name = "ADDR", required_unless_present_any = ["bench", "webhook_listen"])]
     pub listen: Option<std::net::SocketAddr>,
     /// Watch nodes and pods and bind through the Kubernetes API with this kubeconfig.
-    #[arg(long, value_name = "FILE", conflicts_with = "cluster_file")]
+    #[arg(long, value_name = "FILE", conflicts_with = "cluster_file", requires = "listen")]
     pub kubeconfig: Option<PathBuf>,
     /// Take the cluster from this file instead (offline; binds stay in memory).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "listen")]
     pub cluster_file: Option<PathBuf>,
     /// Scheduler config (JSON): nodePolicy, gpuPolicy, gangTimeoutSeconds, fairShare.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "listen")]
     pub config: Option<PathBuf>,
+    /// Also (or only) serve the admission webhook that routes gpuslice pods to the
+    /// gpuslice-scheduler profile, over HTTPS here, e.g. 0.0.0.0:8443.
+    #[arg(long, value_name = "ADDR", requires_all = ["webhook_tls_cert", "webhook_tls_key"])]
+    pub webhook_listen: Option<std::net::SocketAddr>,
+    /// The webhook's serving certificate (PEM, then its chain); re-read when it changes.
+    #[arg(long, value_name = "FILE", requires = "webhook_listen")]
+    pub webhook_tls_cert: Option<PathBuf>,
+    /// The webhook's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "webhook_listen")]
+    pub webhook_tls_key: Option<PathBuf>,
     /// Instead of serving: time filter + prioritize for one pod over a large half-full cluster.
     #[arg(long)]
     pub bench: bool,
@@ -41,26 +51,22 @@ pub fn main(a: Args) -> i32 {
     crate::init_logging();
     if a.bench {
         let r = gpuslice_scheduler::bench::run(a.bench_nodes, 8, a.bench_iterations.max(1));
-        println!(
-            "gpuslice scheduler bench: one pod (1 slice, 20 GiB, 25 %) over {} nodes x {} GPUs, half the memory assigned",
-            r.nodes, r.gpus_per_node
-        );
-        println!(
-            "  filter+prioritize   p50 {:>8.0} us   p99 {:>8.0} us   max {:>8.0} us   ({} rounds, {} nodes pass)",
-            r.p50_us, r.p99_us, r.max_us, r.iterations, r.passed
-        );
-        println!(
-            "  over HTTP + JSON    p50 {:>8.0} us   p99 {:>8.0} us   (loopback, both requests, client encode/decode included)",
-            r.http_p50_us, r.http_p99_us
-        );
-        println!("  target              p99 {:>8.0} us", 2000.0);
-        println!(
-            "  cluster state       {:>8.1} MiB resident (target 200 MiB), built in {:.0} ms",
-            r.cluster_bytes as f64 / 1048576.0,
-            r.build_ms
-        );
+        println!("{r}");
         return 0;
     }
+    // Every file is checked before anything is served.
+    let webhook = match (&a.webhook_listen, &a.webhook_tls_cert, &a.webhook_tls_key) {
+        (Some(addr), Some(cert), Some(key)) => {
+            match gpuslice_scheduler::webhook::tls_config(cert, key) {
+                Ok(tls) => Some((*addr, tls)),
+                Err(e) => {
+                    eprintln!("gpuslice scheduler: {e}");
+                    return 2;
+                }
+            }
+        }
+        _ => None,
+    };
     let cfg = match &a.config {
         Some(p) => match read("--config", p)
             .and_then(|s| gpuslice_scheduler::parse_config(&s).map_err(|e| e.to_string()))
@@ -84,54 +90,41 @@ pub fn main(a: Args) -> i32 {
         }
     };
     rt.block_on(async move {
-        let (cluster, binder, client): (Cluster, Arc<dyn Binder>, _) = match &a.cluster_file {
-            Some(p) => match read("--cluster-file", p).and_then(|s| {
-                ClusterSpec::parse(&s)
-                    .and_then(|c| c.build())
-                    .map_err(|e| e.to_string())
-            }) {
-                Ok(c) => (c, Arc::new(MemoryBinder), None),
+        let webhook = match webhook {
+            Some((addr, tls)) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    eprintln!(
+                        "gpuslice scheduler: serving the webhook on https://{}{}",
+                        l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                        gpuslice_scheduler::webhook::PATH
+                    );
+                    Some(gpuslice_scheduler::webhook::serve(
+                        l,
+                        tls,
+                        gpuslice_scheduler::webhook::DEFAULT_SCHEDULER_NAME,
+                    ))
+                }
                 Err(e) => {
-                    eprintln!("gpuslice scheduler: {e}");
+                    eprintln!("gpuslice scheduler: --webhook-listen {addr}: {e}");
                     return 2;
                 }
             },
-            None => match gpuslice_scheduler::kube::client(a.kubeconfig.as_deref()).await {
-                Ok(c) => (
-                    Cluster::new(),
-                    Arc::new(gpuslice_scheduler::kube::KubeBinder { client: c.clone() }),
-                    Some(c),
-                ),
-                Err(e) => {
-                    eprintln!("gpuslice scheduler: {e}");
-                    return 2;
-                }
+            None => None,
+        };
+        let extender = match a.listen {
+            Some(addr) => match extender(&a, cfg, addr).await {
+                Ok(f) => Some(f),
+                Err(code) => return code,
             },
+            None => None,
         };
-        let ext = Arc::new(Extender::new(cluster, cfg, binder, system_clock()));
-        if let Some(c) = client {
-            tokio::spawn(gpuslice_scheduler::kube::watch_nodes(
-                c.clone(),
-                ext.clone(),
-            ));
-            tokio::spawn(gpuslice_scheduler::kube::watch_pods(c, ext.clone()));
-        }
-        let addr = a.listen.expect("clap requires --listen");
-        let listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("gpuslice scheduler: --listen {addr}: {e}");
-                return 2;
-            }
+        // Serve until either server fails; each one absent waits forever.
+        let r = tokio::select! {
+            r = async { extender.unwrap().await }, if extender.is_some() => r,
+            r = async { webhook.unwrap().await }, if webhook.is_some() => r,
+            else => Ok(()),
         };
-        eprintln!(
-            "gpuslice scheduler: serving the extender on {}",
-            listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default()
-        );
-        match gpuslice_scheduler::server::serve(listener, ext).await {
+        match r {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("gpuslice scheduler: {e}");
@@ -139,4 +132,60 @@ pub fn main(a: Args) -> i32 {
             }
         }
     })
+}
+
+/// Builds the extender's cluster, starts its watches and binds its listener; the future serves
+/// it. Errors are exit codes, already reported.
+async fn extender(
+    a: &Args,
+    cfg: gpuslice_core::sched::Config,
+    addr: std::net::SocketAddr,
+) -> Result<impl std::future::Future<Output = std::io::Result<()>> + use<>, i32> {
+    let (cluster, binder, client): (Cluster, Arc<dyn Binder>, _) = match &a.cluster_file {
+        Some(p) => match read("--cluster-file", p).and_then(|s| {
+            ClusterSpec::parse(&s)
+                .and_then(|c| c.build())
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(c) => (c, Arc::new(MemoryBinder), None),
+            Err(e) => {
+                eprintln!("gpuslice scheduler: {e}");
+                return Err(2);
+            }
+        },
+        None => match gpuslice_scheduler::kube::client(a.kubeconfig.as_deref()).await {
+            Ok(c) => (
+                Cluster::new(),
+                Arc::new(gpuslice_scheduler::kube::KubeBinder { client: c.clone() }),
+                Some(c),
+            ),
+            Err(e) => {
+                eprintln!("gpuslice scheduler: {e}");
+                return Err(2);
+            }
+        },
+    };
+    let ext = Arc::new(Extender::new(cluster, cfg, binder, system_clock()));
+    if let Some(c) = client {
+        tokio::spawn(gpuslice_scheduler::kube::watch_nodes(
+            c.clone(),
+            ext.clone(),
+        ));
+        tokio::spawn(gpuslice_scheduler::kube::watch_pods(c, ext.clone()));
+    }
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("gpuslice scheduler: --listen {addr}: {e}");
+            return Err(2);
+        }
+    };
+    eprintln!(
+        "gpuslice scheduler: serving the extender on {}",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
+    Ok(gpuslice_scheduler::server::serve(listener, ext))
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use gpuslice_core::protocol::Assignment;
 use gpuslice_core::sched::{
-    Candidate, Cluster, Config, GangDecision, GangTracker, MigHint, PodSpec, Reservation, Verdict,
+    Candidate, Cluster, Config, GangDecision, GangTracker, MigHint, PodSpec, Refusal, Reservation,
     dominant_share, fit_node, fit_verdict, mig_hint, quota::fair_share_blocker, select_victims,
 };
 
@@ -81,52 +81,78 @@ fn node_at(c: &Cluster, k: usize, name: &str) -> Option<usize> {
     }
 }
 
-/// Below this many nodes a second thread costs more than it saves.
-const PARALLEL_MIN_NODES: usize = 1024;
-
-/// The node index and fit verdict for each name, in order; `None` for names without
-/// inventory. Fitting only reads the cluster, so large clusters are split over two threads.
-fn fit_all(
-    c: &Cluster,
-    cand: &Candidate,
-    names: &[String],
-) -> Vec<Option<(usize, Result<Verdict, String>)>> {
-    let run = |names: &[String]| {
-        let mut guess = 0usize;
-        names
-            .iter()
-            .map(|n| {
-                let i = node_at(c, guess, n)?;
-                guess = i + 1;
-                Some((i, fit_verdict(&c.nodes[i], cand)))
-            })
-            .collect::<Vec<_>>()
-    };
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if cores < 2 || names.len() < PARALLEL_MIN_NODES {
-        return run(names);
-    }
-    let (a, b) = names.split_at(names.len() / 2);
-    std::thread::scope(|s| {
-        let h = s.spawn(|| run(b));
-        let mut out = run(a);
-        out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
-        out
-    })
-}
-
 pub struct Extender {
     pub state: Mutex<State>,
     pub binder: Arc<dyn Binder>,
     pub clock: Clock,
 }
 
+/// Why one node was refused: a fit refusal, made text only when written (most refusals of
+/// one pod read the same), or one of the outcome's notes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Fit(Refusal),
+    /// Index into [`FilterOutcome::notes`].
+    Note(u32),
+}
+
+#[derive(Debug, Default)]
 pub struct FilterOutcome {
     /// Indices into the node names asked about.
     pub passed: Vec<usize>,
-    pub failed: BTreeMap<String, String>,
-    pub unresolvable: BTreeMap<String, String>,
+    /// (index into the names, why), in the order asked.
+    pub failed: Vec<(usize, Reason)>,
+    pub unresolvable: Vec<(usize, Reason)>,
+    /// Texts that [`Reason::Note`]s point at; one per distinct reason, not per node.
+    pub notes: Vec<String>,
+}
+
+impl FilterOutcome {
+    /// A note for the reason text, reusing the last one when it reads the same.
+    fn note(&mut self, text: String) -> Reason {
+        if self.notes.last() != Some(&text) {
+            self.notes.push(text);
+        }
+        Reason::Note(self.notes.len() as u32 - 1)
+    }
+
+    /// The text of a reason; `pod` is the pod filtered (fit refusals name its containers).
+    pub fn text(&self, r: Reason, pod: Option<&PodSpec>) -> String {
+        match (r, pod) {
+            (Reason::Note(i), _) => self.notes[i as usize].clone(),
+            (Reason::Fit(f), Some(p)) => f.describe(p).to_string(),
+            (Reason::Fit(f), None) => format!("{f:?}"),
+        }
+    }
+
+    /// Failed nodes by name with their reasons, as `FailedNodes` carries them.
+    pub fn failed_by_name<S: AsRef<str>>(
+        &self,
+        names: &[S],
+        pod: Option<&PodSpec>,
+    ) -> BTreeMap<String, String> {
+        self.by_name(&self.failed, names, pod)
+    }
+
+    /// Unresolvable nodes by name, as `FailedAndUnresolvableNodes` carries them.
+    pub fn unresolvable_by_name<S: AsRef<str>>(
+        &self,
+        names: &[S],
+        pod: Option<&PodSpec>,
+    ) -> BTreeMap<String, String> {
+        self.by_name(&self.unresolvable, names, pod)
+    }
+
+    fn by_name<S: AsRef<str>>(
+        &self,
+        list: &[(usize, Reason)],
+        names: &[S],
+        pod: Option<&PodSpec>,
+    ) -> BTreeMap<String, String> {
+        list.iter()
+            .map(|&(k, r)| (names[k].as_ref().to_string(), self.text(r, pod)))
+            .collect()
+    }
 }
 
 impl Extender {
@@ -160,25 +186,20 @@ impl Extender {
     }
 
     /// A pod with malformed gpuslice fields fails every node with the reason.
-    pub fn refuse_all(names: &[String], reason: &str) -> FilterOutcome {
-        FilterOutcome {
-            passed: Vec::new(),
-            failed: BTreeMap::new(),
-            unresolvable: names
-                .iter()
-                .map(|n| (n.clone(), reason.to_string()))
-                .collect(),
-        }
+    pub fn refuse_all(nodes: usize, reason: &str) -> FilterOutcome {
+        let mut out = FilterOutcome::default();
+        let r = out.note(reason.to_string());
+        out.unresolvable = (0..nodes).map(|k| (k, r)).collect();
+        out
     }
 
-    pub fn filter(&self, pod: PodSpec, names: &[String]) -> FilterOutcome {
+    /// Decides every node named for the pod. Fitting reads compact per-GPU records and makes
+    /// no text for refusals, so one pass over thousands of nodes stays well under a
+    /// millisecond on one core.
+    pub fn filter<S: AsRef<str>>(&self, pod: &PodSpec, names: &[S]) -> FilterOutcome {
         let mut st = self.lock();
         self.expire(&mut st);
-        let mut out = FilterOutcome {
-            passed: Vec::new(),
-            failed: BTreeMap::new(),
-            unresolvable: BTreeMap::new(),
-        };
+        let mut out = FilterOutcome::default();
         if !pod.wants_gpus() {
             out.passed = (0..names.len()).collect();
             return out;
@@ -191,46 +212,46 @@ impl Extender {
             .pods
             .get(&pod.uid)
             .map(|p| p.assignment.node.clone());
-        let cand = Candidate::new(&st.cluster, &pod, &st.cfg);
+        let cand = Candidate::new(&st.cluster, pod, &st.cfg);
         let quota = st.cluster.quotas.get(&pod.namespace).cloned();
         let used = st.cluster.namespace_usage(&pod.namespace);
         let mut first_demand = None;
         let mut scores = vec![-1i8; st.cluster.nodes.len()];
-        let holder = reserved.as_ref().or(bound.as_ref());
-        let mut fits = if holder.is_some() {
-            Vec::new()
-        } else {
-            fit_all(&st.cluster, &cand, names)
-        };
-        for (k, name) in names.iter().enumerate() {
-            if let Some(r) = holder {
-                if r == name {
+        if let Some(r) = reserved.as_ref().or(bound.as_ref()) {
+            let why = out.note(format!("pod holds a reservation on {r}"));
+            for (k, name) in names.iter().enumerate() {
+                if name.as_ref() == r {
                     out.passed.push(k);
                 } else {
-                    out.failed
-                        .insert(name.clone(), format!("pod holds a reservation on {r}"));
+                    out.failed.push((k, why));
                 }
-                continue;
             }
-            let Some((i, fit)) = fits[k].take() else {
-                out.unresolvable
-                    .insert(name.clone(), "node publishes no gpuslice inventory".into());
-                continue;
-            };
-            match fit {
-                Ok(f) => {
-                    if let Some(q) = &quota
-                        && let Err(e) = q.check(used, f.demand)
-                    {
-                        out.failed.insert(name.clone(), e.to_string());
-                        continue;
+        } else {
+            let mut no_inventory = None;
+            let mut guess = 0usize;
+            for (k, name) in names.iter().enumerate() {
+                let Some(i) = node_at(&st.cluster, guess, name.as_ref()) else {
+                    let r = *no_inventory.get_or_insert_with(|| {
+                        out.note("node publishes no gpuslice inventory".into())
+                    });
+                    out.unresolvable.push((k, r));
+                    continue;
+                };
+                guess = i + 1;
+                match fit_verdict(&st.cluster.nodes[i], &cand) {
+                    Ok(f) => {
+                        if let Some(q) = &quota
+                            && let Err(e) = q.check(used, f.demand)
+                        {
+                            let r = out.note(e.to_string());
+                            out.failed.push((k, r));
+                            continue;
+                        }
+                        first_demand.get_or_insert(f.demand);
+                        scores[i] = f.score10() as i8;
+                        out.passed.push(k);
                     }
-                    first_demand.get_or_insert(f.demand);
-                    scores[i] = f.score10() as i8;
-                    out.passed.push(k);
-                }
-                Err(e) => {
-                    out.failed.insert(name.clone(), e);
+                    Err(e) => out.failed.push((k, Reason::Fit(e))),
                 }
             }
         }
@@ -263,15 +284,16 @@ impl Extender {
                     )
                 });
             if let Some(b) = fair_share_blocker(share, active.len(), waiting) {
-                let reason = format!(
+                let reason = out.note(format!(
                     "fair share: namespace {} would hold a dominant share of {:.2} (fair {:.2}) while namespace {b} waits",
                     pod.namespace,
                     share,
                     1.0 / active.len() as f64
-                );
-                for k in out.passed.drain(..) {
-                    out.failed.insert(names[k].clone(), reason.clone());
-                }
+                ));
+                let passed = std::mem::take(&mut out.passed);
+                out.failed.extend(passed.into_iter().map(|k| (k, reason)));
+                // In the order asked, as every other list.
+                out.failed.sort_by_key(|&(k, _)| k);
             }
         }
         if out.passed.is_empty() {
@@ -285,12 +307,12 @@ impl Extender {
             st.mig_pending.remove(&pod.uid);
         }
         st.scores = Some((pod.uid.clone(), st.cluster.generation, scores));
-        st.seen.insert(pod.uid.clone(), pod);
+        st.seen.insert(pod.uid.clone(), pod.clone());
         out
     }
 
     /// Scores 0–10 per node, in the order asked; nodes where the pod does not fit get 0.
-    pub fn prioritize(&self, pod: &PodSpec, names: &[String]) -> Vec<i64> {
+    pub fn prioritize<S: AsRef<str>>(&self, pod: &PodSpec, names: &[S]) -> Vec<i64> {
         let st = self.lock();
         let cached = st
             .scores
@@ -302,7 +324,7 @@ impl Extender {
         names
             .iter()
             .map(|n| {
-                let Some(i) = node_at(&st.cluster, guess, n) else {
+                let Some(i) = node_at(&st.cluster, guess, n.as_ref()) else {
                     return 0;
                 };
                 guess = i + 1;

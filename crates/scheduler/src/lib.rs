@@ -6,6 +6,7 @@ pub mod bench;
 pub mod extender;
 pub mod kube;
 pub mod server;
+pub mod webhook;
 pub mod wire;
 
 use gpuslice_core::protocol::{Policy, ProtocolError};

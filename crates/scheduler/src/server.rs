@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,6 +25,15 @@ fn reply(code: StatusCode, v: Value) -> Response {
         .into_response()
 }
 
+fn json_bytes(body: Vec<u8>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
 fn bad(e: BadRequest) -> Response {
     (
         StatusCode::BAD_REQUEST,
@@ -34,6 +43,9 @@ fn bad(e: BadRequest) -> Response {
         .into_response()
 }
 
+/// The largest request read: 10,000 Node objects of 25 KB each.
+pub const MAX_BODY_BYTES: usize = 256 << 20;
+
 pub fn router(ext: Arc<Extender>) -> Router {
     Router::new()
         .route("/filter", post(filter))
@@ -42,58 +54,44 @@ pub fn router(ext: Arc<Extender>) -> Router {
         .route("/preempt", post(preempt))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/mig-hint", get(mig_hint))
+        // Without nodeCacheCapable every request carries all candidate Node objects: tens of
+        // megabytes on a large cluster, far past axum's 2 MB default.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ext)
 }
 
 async fn filter(State(ext): State<Arc<Extender>>, body: Bytes) -> Response {
-    let r = (|| {
-        let args = wire::parse_body(&body)?;
-        let (_, pod) = wire::pod(args.get("Pod"), "ExtenderArgs.Pod")?;
-        let (names, objects) = wire::node_names(&args)?;
-        Ok::<_, BadRequest>((pod, names, objects))
-    })();
-    let (pod, names, objects) = match r {
-        Ok(x) => x,
+    let args = match wire::extender_args(&body) {
+        Ok(a) => a,
         Err(e) => return bad(e),
     };
-    let out = match pod {
-        Ok(pod) => ext.filter(pod, &names),
-        Err(reason) => Extender::refuse_all(&names, &reason),
+    let out = match &args.pod {
+        Ok(pod) => ext.filter(pod, &args.names),
+        Err(reason) => Extender::refuse_all(args.names.len(), reason),
     };
-    let passed: Vec<&str> = out.passed.iter().map(|&k| names[k].as_str()).collect();
-    reply(
-        StatusCode::OK,
-        wire::filter_result(
-            &passed,
-            objects.as_deref(),
-            &out.failed,
-            &out.unresolvable,
-            "",
-        ),
-    )
+    let mut buf = Vec::with_capacity(64 + args.names.len() * 24);
+    wire::write_filter_result(
+        &mut buf,
+        &args.names,
+        args.items.as_deref(),
+        &out,
+        args.pod.as_ref().ok(),
+    );
+    json_bytes(buf)
 }
 
 async fn prioritize(State(ext): State<Arc<Extender>>, body: Bytes) -> Response {
-    let r = (|| {
-        let args = wire::parse_body(&body)?;
-        let (_, pod) = wire::pod(args.get("Pod"), "ExtenderArgs.Pod")?;
-        let (names, _) = wire::node_names(&args)?;
-        Ok::<_, BadRequest>((pod, names))
-    })();
-    let (pod, names) = match r {
-        Ok(x) => x,
+    let args = match wire::extender_args(&body) {
+        Ok(a) => a,
         Err(e) => return bad(e),
     };
-    let scores = match pod {
-        Ok(pod) => ext.prioritize(&pod, &names),
-        Err(_) => vec![0; names.len()],
+    let scores = match &args.pod {
+        Ok(pod) => ext.prioritize(pod, &args.names),
+        Err(_) => vec![0; args.names.len()],
     };
-    let list: Vec<Value> = names
-        .iter()
-        .zip(scores)
-        .map(|(h, s)| json!({"Host": h, "Score": s}))
-        .collect();
-    reply(StatusCode::OK, Value::Array(list))
+    let mut buf = Vec::with_capacity(2 + args.names.len() * 40);
+    wire::write_priorities(&mut buf, &args.names, &scores);
+    json_bytes(buf)
 }
 
 async fn bind(State(ext): State<Arc<Extender>>, body: Bytes) -> Response {

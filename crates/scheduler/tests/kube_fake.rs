@@ -289,7 +289,7 @@ fn bind_writes_the_assignment_with_a_precondition_then_creates_the_binding() {
     let rt = rt();
     let _in_rt = rt.enter();
     let ext = extender_on(&url);
-    let out = ext.filter(slice_pod("p"), &["n1".to_string()]);
+    let out = ext.filter(&slice_pod("p"), &["n1"]);
     assert_eq!(out.passed, vec![0]);
     rt.block_on(async { ext.bind("ns", "p", "uid-p", "n1").await })
         .unwrap();
@@ -334,7 +334,7 @@ fn a_pod_bound_elsewhere_is_reported_and_its_devices_given_back() {
     let rt = rt();
     let _in_rt = rt.enter();
     let ext = extender_on(&url);
-    ext.filter(slice_pod("q"), &["n1".to_string()]);
+    ext.filter(&slice_pod("q"), &["n1"]);
     let e = rt
         .block_on(async { ext.bind("ns", "q", "uid-q", "n1").await })
         .unwrap_err();

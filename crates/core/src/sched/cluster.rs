@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::protocol::{AssignedGpu, Assignment, ContainerAssignment, GpuInfo, GpuMode, Inventory};
+use crate::protocol::{
+    AssignedGpu, Assignment, ContainerAssignment, GpuInfo, GpuMode, Inventory, default_share,
+};
 
 use super::fit::{Fit, PodSpec};
 use super::quota::{Demand, Quota};
@@ -19,15 +21,27 @@ pub struct GpuUsage {
     pub mig_taken: u64,
 }
 
+/// One GPU of a node. Fitting reads only the copies at the top (one cache line per GPU);
+/// the inventory entry is boxed so that the node's GPU array stays compact.
 #[derive(Debug, Clone)]
 pub struct Gpu {
-    pub info: GpuInfo,
+    /// `info.memory_mib`.
+    pub memory_mib: u64,
+    /// `info.slices`.
+    pub slices: u32,
     /// Interned model id (index into [`Cluster::models`]).
     pub model: u32,
+    /// `info.mode`.
+    pub mode: GpuMode,
+    /// `info.healthy`.
+    pub healthy: bool,
+    /// The even share (memory MiB, compute %) a slice without explicit sizes gets.
+    pub share: (u64, u32),
     /// Bit j set: GPU j of the same node is an NVLink peer.
     pub nvlink: u64,
     /// Interned PCIe switch id, unique within the node.
     pub switch: Option<u32>,
+    pub info: Box<GpuInfo>,
 }
 
 #[derive(Debug, Clone)]
@@ -153,10 +167,15 @@ impl Cluster {
                         }
                     });
             gpus.push(Gpu {
-                info: g.clone(),
+                memory_mib: g.memory_mib,
+                slices: g.slices,
                 model,
+                mode: g.mode,
+                healthy: g.healthy,
+                share: default_share(g),
                 nvlink: 0,
                 switch,
+                info: Box::new(g.clone()),
             });
         }
         for i in 0..gpus.len() {

@@ -1,7 +1,7 @@
 //! Does a pod fit on a node, where exactly, and how good is that placement.
 
 use crate::protocol::{
-    ContainerRequest, GangSpec, GpuMode, PodAnnotations, Policy, ProtocolError, default_share,
+    ContainerRequest, GangSpec, GpuMode, PodAnnotations, Policy, ProtocolError,
 };
 
 use super::cluster::{Cluster, GpuUsage, Node};
@@ -149,7 +149,7 @@ impl<'a> Candidate<'a> {
 
     fn gpu_allowed(&self, node: &Node, i: usize) -> bool {
         let g = &node.gpus[i];
-        g.info.healthy
+        g.healthy
             && self
                 .allowed_models
                 .get(g.model as usize)
@@ -221,7 +221,8 @@ const TIERS: f64 = 3.0;
 /// Fits the pod on the node. On failure, the reason says what is short.
 pub fn fit_node(node: &Node, c: &Candidate) -> Result<Fit, String> {
     let mut takes: Vec<(u16, Take)> = Vec::new();
-    let v = fit_inner(node, c, |ci, t| takes.push((ci, t)))?;
+    let v = fit_inner(node, c, |ci, t| takes.push((ci, t)))
+        .map_err(|r| r.describe(c.pod).to_string())?;
     Ok(Fit {
         takes,
         score: v.score,
@@ -244,8 +245,78 @@ impl Verdict {
     }
 }
 
+/// Why a pod does not fit a node, without the text: the filter refuses thousands of nodes
+/// per pod and most refusals read the same, so the text is made only when it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Container `container` found `fit` GPUs for its slices.
+    Slices { container: u16, fit: u32 },
+    /// Container `container` found `free` whole GPUs.
+    Whole { container: u16, free: u32 },
+    /// Container `container` found `got` free MIG devices of its `profile`-th profile.
+    Mig { container: u16, profile: u16, got: u32 },
+}
+
+impl Refusal {
+    /// The reason as [`fit_node`] gives it, for the pod that was refused.
+    pub fn describe<'a>(&self, pod: &'a PodSpec) -> impl std::fmt::Display + 'a {
+        RefusalText { r: *self, pod }
+    }
+}
+
+struct RefusalText<'a> {
+    r: Refusal,
+    pod: &'a PodSpec,
+}
+
+impl std::fmt::Display for RefusalText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = |i: u16| self.pod.containers.get(i as usize);
+        match self.r {
+            Refusal::Slices { container, fit } => {
+                let Some(req) = c(container) else {
+                    return write!(f, "container {container}: {fit} GPUs fit");
+                };
+                write!(f, "container {}: {} of {} slices fit (", req.name, fit, req.slices)?;
+                match req.memory_mib {
+                    Some(m) => write!(f, "{m}")?,
+                    None => f.write_str("even-share")?,
+                }
+                f.write_str(" MiB, ")?;
+                match req.compute_percent {
+                    Some(k) => write!(f, "{k}")?,
+                    None => f.write_str("even-share")?,
+                }
+                f.write_str(" % each)")
+            }
+            Refusal::Whole { container, free } => match c(container) {
+                Some(req) => write!(
+                    f,
+                    "container {}: {} of {} whole GPUs free",
+                    req.name, free, req.whole
+                ),
+                None => write!(f, "container {container}: {free} whole GPUs free"),
+            },
+            Refusal::Mig {
+                container,
+                profile,
+                got,
+            } => match c(container)
+                .and_then(|req| Some((req, req.mig.iter().nth(profile as usize)?)))
+            {
+                Some((req, (p, count))) => write!(
+                    f,
+                    "container {}: {} of {} MIG {} devices free",
+                    req.name, got, count, p
+                ),
+                None => write!(f, "container {container}: {got} MIG devices free"),
+            },
+        }
+    }
+}
+
 /// [`fit_node`] without allocating: runs once per node per pod on the filter path.
-pub fn fit_verdict(node: &Node, c: &Candidate) -> Result<Verdict, String> {
+pub fn fit_verdict(node: &Node, c: &Candidate) -> Result<Verdict, Refusal> {
     fit_inner(node, c, |_, _| {})
 }
 
@@ -254,7 +325,7 @@ fn fit_inner(
     node: &Node,
     c: &Candidate,
     mut take: impl FnMut(u16, Take),
-) -> Result<Verdict, String> {
+) -> Result<Verdict, Refusal> {
     // Scratch usage on the stack for ordinary nodes: this runs once per node per pod.
     let mut stack = [GpuUsage::default(); STACK_GPUS];
     let mut heap: Vec<GpuUsage>;
@@ -272,38 +343,29 @@ fn fit_inner(
     for (ci, req) in c.pod.containers.iter().enumerate() {
         if req.slices > 0 {
             cands.clear();
-            for i in 0..node.gpus.len() {
-                let g = &node.gpus[i].info;
-                let u = &usage[i];
-                if g.mode != GpuMode::Shared
-                    || u.exclusive
-                    || !c.gpu_allowed(node, i)
-                    || u.slices >= g.slices
-                {
+            for (i, (g, u)) in node.gpus.iter().zip(usage.iter()).enumerate() {
+                if g.mode != GpuMode::Shared || u.exclusive || u.slices >= g.slices {
                     continue;
                 }
-                let (dm, dc) = default_share(g);
-                let m = req.memory_mib.unwrap_or(dm);
-                let k = req.compute_percent.unwrap_or(dc);
-                if u.memory_mib + m <= g.memory_mib && u.compute + k <= 100 {
+                let m = req.memory_mib.unwrap_or(g.share.0);
+                let k = req.compute_percent.unwrap_or(g.share.1);
+                // The cheap arithmetic first: on a busy cluster most GPUs fail it.
+                if u.memory_mib + m <= g.memory_mib
+                    && u.compute + k <= 100
+                    && c.gpu_allowed(node, i)
+                {
                     cands.push(i as u16);
                 }
             }
             if (cands.len() as u32) < req.slices {
-                return Err(format!(
-                    "container {}: {} of {} slices fit ({} MiB, {} % each)",
-                    req.name,
-                    cands.len(),
-                    req.slices,
-                    req.memory_mib
-                        .map_or("even-share".into(), |m| m.to_string()),
-                    req.compute_percent
-                        .map_or("even-share".into(), |k| k.to_string()),
-                ));
+                return Err(Refusal::Slices {
+                    container: ci as u16,
+                    fit: cands.len() as u32,
+                });
             }
             let key = |i: u16| {
-                let g = &node.gpus[i as usize].info;
-                let (dm, _) = default_share(g);
+                let g = &node.gpus[i as usize];
+                let dm = g.share.0;
                 let free_after =
                     g.memory_mib - usage[i as usize].memory_mib - req.memory_mib.unwrap_or(dm);
                 match c.gpu_policy {
@@ -317,8 +379,7 @@ fn fit_inner(
                 topo_n += 1;
             }
             for &i in set.as_slice() {
-                let g = &node.gpus[i as usize].info;
-                let (dm, dc) = default_share(g);
+                let (dm, dc) = node.gpus[i as usize].share;
                 let t = Take {
                     gpu: i,
                     mig: None,
@@ -338,7 +399,7 @@ fn fit_inner(
         if req.whole > 0 {
             cands.clear();
             for i in 0..node.gpus.len() {
-                let g = &node.gpus[i].info;
+                let g = &node.gpus[i];
                 let u = &usage[i];
                 if g.mode == GpuMode::Whole
                     && u.slices == 0
@@ -349,12 +410,10 @@ fn fit_inner(
                 }
             }
             if (cands.len() as u32) < req.whole {
-                return Err(format!(
-                    "container {}: {} of {} whole GPUs free",
-                    req.name,
-                    cands.len(),
-                    req.whole
-                ));
+                return Err(Refusal::Whole {
+                    container: ci as u16,
+                    free: cands.len() as u32,
+                });
             }
             let (set, tier) = choose_set(node, cands.as_mut(), req.whole as usize, |i| i as i64);
             if req.whole > 1 {
@@ -362,7 +421,7 @@ fn fit_inner(
                 topo_n += 1;
             }
             for &i in set.as_slice() {
-                let g = &node.gpus[i as usize].info;
+                let g = &node.gpus[i as usize];
                 let t = Take {
                     gpu: i,
                     mig: None,
@@ -380,11 +439,11 @@ fn fit_inner(
                 take(ci as u16, t);
             }
         }
-        for (profile, &count) in &req.mig {
+        for (pi, (profile, &count)) in req.mig.iter().enumerate() {
             let mut got = 0u32;
             // Binpack: GPUs with most MIG devices already taken first; spread: fewest.
             let mut order: Vec<usize> = (0..node.gpus.len())
-                .filter(|&i| node.gpus[i].info.mode == GpuMode::Mig)
+                .filter(|&i| node.gpus[i].mode == GpuMode::Mig)
                 .collect();
             order.sort_by_key(|&i| {
                 let taken = usage[i].mig_taken.count_ones() as i64;
@@ -421,10 +480,11 @@ fn fit_inner(
                 }
             }
             if got < count {
-                return Err(format!(
-                    "container {}: {} of {} MIG {} devices free",
-                    req.name, got, count, profile
-                ));
+                return Err(Refusal::Mig {
+                    container: ci as u16,
+                    profile: pi as u16,
+                    got,
+                });
             }
         }
     }
@@ -522,12 +582,12 @@ pub fn score(node: &Node, usage: &[GpuUsage], policy: Policy, topo: f64) -> f64 
     let mut used = 0u64;
     let mut hole = 0u64;
     for (g, u) in node.gpus.iter().zip(usage) {
-        if g.info.mode == GpuMode::Mig {
+        if g.mode == GpuMode::Mig {
             continue;
         }
         used += u.memory_mib;
         if !u.exclusive {
-            hole = hole.max(g.info.memory_mib - u.memory_mib.min(g.info.memory_mib));
+            hole = hole.max(g.memory_mib - u.memory_mib.min(g.memory_mib));
         }
     }
     let util = if node.total_memory_mib == 0 {

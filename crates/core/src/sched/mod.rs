@@ -18,7 +18,9 @@ pub mod sim;
 mod tests;
 
 pub use cluster::{Cluster, ClusterError, GpuUsage, Node, PodRecord};
-pub use fit::{Candidate, Config, Fit, PodSpec, Take, Verdict, fit_node, fit_verdict, score};
+pub use fit::{
+    Candidate, Config, Fit, PodSpec, Refusal, Take, Verdict, fit_node, fit_verdict, score,
+};
 pub use gang::{GangDecision, GangTracker, Reservation};
 pub use hint::{MigHint, mig_hint, outstanding_mig};
 pub use preempt::{Victim, select_victims};

@@ -507,7 +507,7 @@ proptest! {
                 for node in &c.nodes {
                     match (fit_node(node, &cand), fit_verdict(node, &cand)) {
                         (Ok(f), Ok(v)) => prop_assert_eq!((f.score, f.demand, f.score10()), (v.score, v.demand, v.score10())),
-                        (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                        (Err(a), Err(b)) => prop_assert_eq!(a, b.describe(&pod).to_string()),
                         (a, b) => prop_assert!(false, "full fit {:?}, verdict {:?}", a, b),
                     }
                 }
