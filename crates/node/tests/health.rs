@@ -3,7 +3,8 @@
 //! shared state the way a GPU raises them, and a fake kubelet watching ListAndWatch. One test
 //! per process: the simulated NVML attaches to one state file per process.
 
-use std::path::PathBuf;
+mod common;
+use common::{kubelet, sim_nvml};
 use std::time::Duration;
 
 use gpuslice_node::agent::{self, Options};
@@ -15,45 +16,15 @@ use gpuslice_node::pb;
 use gpuslice_node::plugin::{socket_name, unix_channel};
 use gpuslice_sim_state::{GpuEvent, Sim};
 use tokio::sync::mpsc;
-use tonic::{Request, Response, Status};
 
 const GPU0: &str = "GPU-4ea10000-0000-4000-8000-4ea100000000";
 const GPU1: &str = "GPU-4ea10001-0000-4000-8000-4ea100000001";
 const H100: &str = "NVIDIA H100 80GB HBM3";
 const DEADLINE: Duration = Duration::from_secs(30);
 
-struct FakeKubelet(mpsc::UnboundedSender<pb::RegisterRequest>);
-
-#[tonic::async_trait]
-impl pb::registration_server::Registration for FakeKubelet {
-    async fn register(
-        &self,
-        r: Request<pb::RegisterRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        let _ = self.0.send(r.into_inner());
-        Ok(Response::new(pb::Empty {}))
-    }
-}
-
-/// The simulator's NVML, built beside this test (a dev-dependency).
-fn sim_nvml() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    [
-        deps.join("libnvidia_ml.so"),
-        deps.parent().unwrap().join("libnvidia_ml.so"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .expect("libnvidia_ml.so next to the test binary (cargo builds gpuslice-sim-nvml for it)")
-}
 
 async fn next_registration(rx: &mut mpsc::UnboundedReceiver<pb::RegisterRequest>) -> String {
-    tokio::time::timeout(DEADLINE, rx.recv())
-        .await
-        .expect("a registration in time")
-        .unwrap()
-        .resource_name
+    common::next_registration(rx, DEADLINE).await.resource_name
 }
 
 type Watch = tonic::Streaming<pb::ListAndWatchResponse>;
@@ -181,14 +152,7 @@ async fn nvml_faults_mark_devices_unhealthy_until_quiet_and_answering() {
     let interposer = tmp.path().join("libgpuslice.so");
     std::fs::write(&interposer, b"\x7fELF stand-in").unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let l = tokio::net::UnixListener::bind(sockets.join("kubelet.sock")).unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::registration_server::RegistrationServer::new(
-                FakeKubelet(tx),
-            ))
-            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(l)),
-    );
+    let _kubelet = kubelet(&sockets, tx);
     let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

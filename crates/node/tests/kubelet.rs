@@ -1,5 +1,7 @@
 //! The agent against a fake kubelet speaking the device plugin API over real Unix sockets.
 
+mod common;
+use common::kubelet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,44 +14,10 @@ use gpuslice_node::health::{EventSource, HealthEvent};
 use gpuslice_node::pb;
 use gpuslice_node::plugin::{socket_name, unix_channel};
 use tokio::sync::mpsc;
-use tonic::{Request, Response, Status};
 
 const GPU0: &str = "GPU-5e1f0000-0000-4000-8000-5e1f00000000";
 const GPU1: &str = "GPU-5e1f0001-0000-4000-8000-5e1f00000001";
 const DEADLINE: Duration = Duration::from_secs(20);
-
-struct FakeKubelet {
-    tx: mpsc::UnboundedSender<pb::RegisterRequest>,
-}
-
-#[tonic::async_trait]
-impl pb::registration_server::Registration for FakeKubelet {
-    async fn register(
-        &self,
-        r: Request<pb::RegisterRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        let _ = self.tx.send(r.into_inner());
-        Ok(Response::new(pb::Empty {}))
-    }
-}
-
-/// Starts a kubelet on `dir/kubelet.sock`; returns its task (abort = kubelet stops).
-fn kubelet(
-    dir: &Path,
-    tx: mpsc::UnboundedSender<pb::RegisterRequest>,
-) -> tokio::task::JoinHandle<()> {
-    let sock = dir.join("kubelet.sock");
-    let _ = std::fs::remove_file(&sock);
-    let l = tokio::net::UnixListener::bind(&sock).unwrap();
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(pb::registration_server::RegistrationServer::new(
-                FakeKubelet { tx },
-            ))
-            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(l))
-            .await;
-    })
-}
 
 fn gpus() -> Vec<Gpu> {
     [GPU0, GPU1]
@@ -142,10 +110,7 @@ fn slice(gpu: &str, mib: u64, pct: u32) -> serde_json::Value {
 async fn next_registration(
     rx: &mut mpsc::UnboundedReceiver<pb::RegisterRequest>,
 ) -> pb::RegisterRequest {
-    tokio::time::timeout(DEADLINE, rx.recv())
-        .await
-        .expect("a registration in time")
-        .unwrap()
+    common::next_registration(rx, DEADLINE).await
 }
 
 async fn registrations(

@@ -3,7 +3,8 @@
 //! `gpuslice.io/mig-<profile>` resources, and Allocate handing out a MIG device. One test per
 //! process: the simulated NVML attaches to one state file per process.
 
-use std::path::PathBuf;
+mod common;
+use common::{kubelet, sim_nvml};
 use std::time::Duration;
 
 use gpuslice_node::agent::{self, Options};
@@ -13,45 +14,15 @@ use gpuslice_node::gpu::NvmlGpus;
 use gpuslice_node::pb;
 use gpuslice_node::plugin::{socket_name, unix_channel};
 use tokio::sync::mpsc;
-use tonic::{Request, Response, Status};
 
 const GPU0: &str = "GPU-3a7c0000-0000-4000-8000-3a7c00000000";
 const GPU1: &str = "GPU-3a7c0001-0000-4000-8000-3a7c00000001";
 const H100: &str = "NVIDIA H100 80GB HBM3";
 const DEADLINE: Duration = Duration::from_secs(20);
 
-struct FakeKubelet(mpsc::UnboundedSender<pb::RegisterRequest>);
-
-#[tonic::async_trait]
-impl pb::registration_server::Registration for FakeKubelet {
-    async fn register(
-        &self,
-        r: Request<pb::RegisterRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        let _ = self.0.send(r.into_inner());
-        Ok(Response::new(pb::Empty {}))
-    }
-}
-
-/// The simulator's NVML, built beside this test (a dev-dependency).
-fn sim_nvml() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    [
-        deps.join("libnvidia_ml.so"),
-        deps.parent().unwrap().join("libnvidia_ml.so"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .expect("libnvidia_ml.so next to the test binary (cargo builds gpuslice-sim-nvml for it)")
-}
 
 async fn next(rx: &mut mpsc::UnboundedReceiver<pb::RegisterRequest>) -> String {
-    tokio::time::timeout(DEADLINE, rx.recv())
-        .await
-        .expect("a registration in time")
-        .unwrap()
-        .resource_name
+    common::next_registration(rx, DEADLINE).await.resource_name
 }
 
 async fn devices(sockets: &std::path::Path, resource: &str) -> Vec<pb::Device> {
@@ -104,15 +75,7 @@ async fn mig_devices_applied_out_of_band_are_advertised_and_allocated() {
     let interposer = tmp.path().join("libgpuslice.so");
     std::fs::write(&interposer, b"\x7fELF stand-in").unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let sock = sockets.join("kubelet.sock");
-    let l = tokio::net::UnixListener::bind(&sock).unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::registration_server::RegistrationServer::new(
-                FakeKubelet(tx),
-            ))
-            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(l)),
-    );
+    let _kubelet = kubelet(&sockets, tx);
     let state = tmp.path().join("state");
     let opts = Options {
         node_name: "node-a".into(),

@@ -2,6 +2,8 @@
 //! proto, tonic) on a Unix socket reports which devices running containers hold; a separate
 //! process stands in for a running tenant holding memory in its ledger.
 
+mod common;
+use common::kubelet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -118,29 +120,16 @@ fn pod(name: &str, container: &str, resource: &str, devices: &[&str]) -> v1::Pod
     }
 }
 
-struct FakeKubelet(mpsc::UnboundedSender<String>);
-
-#[tonic::async_trait]
-impl pb::registration_server::Registration for FakeKubelet {
-    async fn register(
-        &self,
-        r: Request<pb::RegisterRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        let _ = self.0.send(r.into_inner().resource_name);
-        Ok(Response::new(pb::Empty {}))
-    }
-}
-
+/// A device-plugin kubelet on `dir/kubelet.sock`; the receiver gets registered resource names.
 fn device_plugin_kubelet(dir: &Path) -> mpsc::UnboundedReceiver<String> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let l = tokio::net::UnixListener::bind(dir.join("kubelet.sock")).unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::registration_server::RegistrationServer::new(
-                FakeKubelet(tx),
-            ))
-            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(l)),
-    );
+    let (tx, mut regs) = mpsc::unbounded_channel();
+    let (names, rx) = mpsc::unbounded_channel();
+    kubelet(dir, tx);
+    tokio::spawn(async move {
+        while let Some(r) = regs.recv().await {
+            let _ = names.send(r.resource_name);
+        }
+    });
     rx
 }
 
