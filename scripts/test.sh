@@ -5,5 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # NVIDIA's genuine CUDA runtime, for the test of the runtime's interception path.
 bash scripts/fetch-cuda-runtime.sh >/dev/null
-cargo build --workspace --locked
+# --all-targets: the tests are built with the same features as the binaries they run, so
+# `cargo test` below compiles nothing again.
+cargo build --workspace --all-targets --locked
 cargo test --workspace --locked "$@"
