@@ -109,5 +109,23 @@ fn bad_input_exits_2_naming_the_field() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The webhook refuses to start without a usable certificate, naming the flag.
+    let out = gpuslice()
+        .args(["scheduler", "--webhook-listen", "127.0.0.1:0", "--webhook-tls-cert"])
+        .arg(dir.join("missing.crt"))
+        .arg("--webhook-tls-key")
+        .arg(dir.join("missing.key"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--webhook-tls-cert") && err.contains("missing.crt"), "{err}");
+    let out = gpuslice()
+        .args(["scheduler", "--webhook-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--webhook-tls-cert"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }

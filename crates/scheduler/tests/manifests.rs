@@ -83,3 +83,66 @@ fn scheduler_manifests_are_valid() {
         assert!(kinds.iter().any(|x| x == k), "no {k}");
     }
 }
+
+/// deploy/scheduler/webhook.yaml: typed objects that survive a round trip, a Deployment that
+/// starts the webhook with flags `gpuslice scheduler` accepts, a Service that reaches its port,
+/// and a webhook configuration that calls the path it serves for new pods only.
+#[test]
+fn webhook_manifests_are_valid_and_agree() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::core::v1::Service;
+    fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value, what: &str) -> T {
+        let t: T = typed(doc, what);
+        assert_eq!(&serde_json::to_value(&t).unwrap(), doc, "{what}: fields lost in a round trip");
+        t
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/scheduler/webhook.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (mut args, mut svc, mut mwc) = (None, None, None);
+    for (i, de) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+        let doc = Value::deserialize(de).unwrap();
+        let kind = doc["kind"].as_str().unwrap().to_string();
+        let what = format!("webhook.yaml doc {i} {kind}");
+        match kind.as_str() {
+            "Deployment" => {
+                let d: Deployment = round_trip(&doc, &what);
+                let c = d.spec.unwrap().template.spec.unwrap().containers.remove(0);
+                args = c.args;
+            }
+            "Service" => svc = Some(round_trip::<Service>(&doc, &what)),
+            "MutatingWebhookConfiguration" => {
+                mwc = Some(round_trip::<MutatingWebhookConfiguration>(&doc, &what))
+            }
+            other => panic!("{what}: no check for kind {other}"),
+        }
+    }
+    let args = args.expect("a Deployment");
+    assert_eq!(args[0], "scheduler");
+    let flag = |f: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("--{f}=")))
+            .unwrap_or_else(|| panic!("no --{f}"))
+            .to_string()
+    };
+    assert!(!args.iter().any(|a| a.starts_with("--listen")), "the webhook needs no cluster state");
+    let port: i32 = flag("webhook-listen").rsplit(':').next().unwrap().parse().unwrap();
+    assert!(flag("webhook-tls-cert").ends_with("tls.crt"));
+    assert!(flag("webhook-tls-key").ends_with("tls.key"));
+    let svc = svc.expect("a Service").spec.unwrap();
+    let p = &svc.ports.unwrap()[0];
+    assert_eq!(
+        p.target_port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port))
+    );
+    let w = &mwc.expect("a MutatingWebhookConfiguration").webhooks.unwrap()[0];
+    let to = w.client_config.service.as_ref().unwrap();
+    assert_eq!(to.path.as_deref(), Some(gpuslice_scheduler::webhook::PATH));
+    assert_eq!(to.port, Some(p.port));
+    assert_eq!(w.admission_review_versions, ["v1"]);
+    let rule = &w.rules.as_ref().unwrap()[0];
+    assert_eq!(rule.operations.as_deref(), Some(&["CREATE".to_string()][..]));
+    assert_eq!(rule.resources.as_deref(), Some(&["pods".to_string()][..]));
+    // Down or slow, it must not stop pods from being created (see the manifest's comment).
+    assert_eq!(w.failure_policy.as_deref(), Some("Ignore"));
+}
