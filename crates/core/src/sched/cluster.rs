@@ -44,13 +44,22 @@ pub struct Gpu {
     pub info: Box<GpuInfo>,
 }
 
+/// GPUs a node keeps inside its record before spilling to the heap: the common 8-GPU node.
+pub const INLINE_GPUS: usize = 8;
+
+/// A node's GPUs and their usage are stored inside the node record (up to [`INLINE_GPUS`]),
+/// so the filter's pass over thousands of nodes streams one contiguous array instead of taking
+/// a cache and TLB miss on a separate heap block per node.
+pub type Gpus = smallvec::SmallVec<[Gpu; INLINE_GPUS]>;
+pub type Usages = smallvec::SmallVec<[GpuUsage; INLINE_GPUS]>;
+
 #[derive(Debug, Clone)]
 pub struct Node {
     pub name: String,
     /// The name's first bytes, inside the node: see [`Node::is_named`].
     short_name: ShortName,
-    pub gpus: Vec<Gpu>,
-    pub usage: Vec<GpuUsage>,
+    pub gpus: Gpus,
+    pub usage: Usages,
     /// Memory of shared and whole-mode GPUs, for utilization scores.
     pub total_memory_mib: u64,
     pub max_gpu_memory_mib: u64,
@@ -192,13 +201,10 @@ impl Cluster {
     /// Pods whose devices vanished keep their record but no longer count on the node.
     pub fn upsert_node(&mut self, name: &str, inv: &Inventory) {
         self.generation += 1;
-        // The inventory copies first, so that the two arrays fitting reads are allocated
-        // next to each other (fewer pages touched per node on the filter's pass).
-        let mut infos: Vec<Box<GpuInfo>> = inv.gpus.iter().map(|g| Box::new(g.clone())).collect();
-        let mut gpus = Vec::with_capacity(inv.gpus.len());
-        let usage = vec![GpuUsage::default(); inv.gpus.len()];
+        let mut gpus = Gpus::with_capacity(inv.gpus.len());
+        let usage: Usages = smallvec::smallvec![GpuUsage::default(); inv.gpus.len()];
         let mut switches: Vec<&str> = Vec::new();
-        for (g, info) in inv.gpus.iter().zip(infos.drain(..)) {
+        for g in &inv.gpus {
             let model = self.intern_model(&g.model);
             let switch =
                 g.pcie_switch
@@ -219,7 +225,7 @@ impl Cluster {
                 share: default_share(g),
                 nvlink: 0,
                 switch,
-                info,
+                info: Box::new(g.clone()),
             });
         }
         for i in 0..gpus.len() {

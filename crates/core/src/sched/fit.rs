@@ -333,7 +333,7 @@ fn fit_inner(
         stack[..node.usage.len()].copy_from_slice(&node.usage);
         &mut stack[..node.usage.len()]
     } else {
-        heap = node.usage.clone();
+        heap = node.usage.to_vec();
         &mut heap
     };
     let mut topo_sum = 0.0;
