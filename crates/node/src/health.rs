@@ -158,29 +158,23 @@ impl NvmlEvents {
     }
 
     pub fn with(nvml: Arc<Nvml>) -> Result<NvmlEvents, String> {
-        let mut set = nvml.event_set().map_err(|e| e.to_string())?;
-        for i in 0..nvml.device_count().map_err(|e| e.to_string())? {
-            match set.register(i, FAULT_EVENTS) {
-                Ok(0) => tracing::warn!(
-                    gpu = i,
-                    "GPU reports neither XID nor ECC events; its health is not watched"
-                ),
-                Ok(types) => tracing::info!(
-                    gpu = i,
-                    types = format!("{types:#x}"),
-                    "watching GPU health events"
-                ),
-                Err(e) => {
-                    tracing::warn!(gpu = i, "GPU health events unavailable, not watched: {e}")
-                }
-            }
-        }
+        let set = register_all(&nvml)?;
         Ok(NvmlEvents {
             nvml,
             set,
             pending: VecDeque::new(),
             lost: BTreeSet::new(),
         })
+    }
+
+    /// A new event set of the GPUs that answer now. While any registered GPU is lost, NVML's
+    /// wait fails with GPU_IS_LOST and reports nothing for the others; a lost GPU fails to
+    /// register, so the new set leaves it out until it answers again.
+    fn rebuild(&mut self) {
+        match register_all(&self.nvml) {
+            Ok(set) => self.set = set,
+            Err(e) => tracing::warn!("re-registering GPU health events: {e}"),
+        }
     }
 
     /// The health events one NVML event stands for.
@@ -234,6 +228,29 @@ impl NvmlEvents {
     }
 }
 
+/// An event set with every GPU that answers registered for [`FAULT_EVENTS`]; a GPU without
+/// event support is skipped with a log line.
+fn register_all(nvml: &Arc<Nvml>) -> Result<gpuslice_nvml::EventSet, String> {
+    let mut set = nvml.event_set().map_err(|e| e.to_string())?;
+    for i in 0..nvml.device_count().map_err(|e| e.to_string())? {
+        match set.register(i, FAULT_EVENTS) {
+            Ok(0) => tracing::warn!(
+                gpu = i,
+                "GPU reports neither XID nor ECC events; its health is not watched"
+            ),
+            Ok(types) => tracing::info!(
+                gpu = i,
+                types = format!("{types:#x}"),
+                "watching GPU health events"
+            ),
+            Err(e) => {
+                tracing::warn!(gpu = i, "GPU health events unavailable, not watched: {e}")
+            }
+        }
+    }
+    Ok(set)
+}
+
 impl EventSource for NvmlEvents {
     fn next(&mut self, timeout_ms: u64) -> Option<HealthEvent> {
         if let Some(e) = self.pending.pop_front() {
@@ -254,6 +271,9 @@ impl EventSource for NvmlEvents {
                 std::thread::sleep(std::time::Duration::from_millis(timeout_ms));
                 if e.is_gpu_lost() {
                     let lost = self.newly_lost();
+                    if !lost.is_empty() {
+                        self.rebuild();
+                    }
                     self.pending.extend(lost);
                 }
             }
@@ -264,7 +284,10 @@ impl EventSource for NvmlEvents {
     fn probe(&mut self, uuid: &str) -> bool {
         match self.nvml.probe(uuid) {
             Ok(()) => {
-                self.lost.remove(uuid);
+                if self.lost.remove(uuid) {
+                    // Watch it again.
+                    self.rebuild();
+                }
                 true
             }
             // A MIG device removed since its fault has nothing left to advertise.

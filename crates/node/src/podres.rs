@@ -233,7 +233,7 @@ pub struct Report {
     pub unknown: Vec<Held>,
 }
 
-/// Reconciliation across passes: remembers what the last pass missed.
+/// Reconciliation across passes: remembers which grants the last pass missed.
 pub struct Reconciler {
     socket: PathBuf,
     missed: BTreeSet<String>,
@@ -299,8 +299,14 @@ impl Reconciler {
             let o = decide(&store.state.allocations, &held, &is_ours);
             let mut missed = BTreeSet::new();
             for t in o.orphaned {
-                if !at_start && !self.missed.contains(&t) {
-                    missed.insert(t);
+                // Keyed by the grant, not the tenant name alone: a pod recreated under the same
+                // name (a StatefulSet's) gets a new record that must be missed twice itself.
+                let key = store
+                    .find(&t)
+                    .map(|a| format!("{t}\n{}\n{}", a.pod_uid, a.device_ids.join(",")))
+                    .unwrap_or_else(|| t.clone());
+                if !at_start && !self.missed.contains(&key) {
+                    missed.insert(key);
                     continue;
                 }
                 if crate::allocate::release(&shared.paths, &mut store, &t) {

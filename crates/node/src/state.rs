@@ -9,6 +9,11 @@
 //! kills the containers the lost grants were for; when kubelet restarts them the agent allocates
 //! again, and a container started from kubelet's own checkpoint without its ledger fails closed
 //! (the interposer refuses CUDA without a ledger), never unlimited.
+//!
+//! A rename not yet flushed can come back from a power loss as an empty or zero-filled file on
+//! some filesystems (XFS, ext4 without `auto_da_alloc`). So each flush also writes what it made
+//! durable to `allocations.prev.json`, and a main file that reads as nothing but zero bytes
+//! is replaced by that copy, with a warning. Any other unreadable content refuses to start.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -55,7 +60,20 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let path = dir.join("allocations.json");
-        let state = match std::fs::read(&path) {
+        let read = match std::fs::read(&path) {
+            Ok(b) if b.iter().all(|&x| x == 0) => match std::fs::read(prev_path(&path)) {
+                Ok(p) => {
+                    tracing::warn!(
+                        "{}: empty or zero-filled (a write cut off by a crash); using the last flushed copy",
+                        path.display()
+                    );
+                    Ok(p)
+                }
+                Err(_) => Ok(b),
+            },
+            r => r,
+        };
+        let state = match read {
             Ok(b) => {
                 let s: StateFile =
                     serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -183,9 +201,20 @@ impl Flusher {
     }
 }
 
+fn prev_path(path: &Path) -> PathBuf {
+    path.with_extension("prev.json")
+}
+
+/// Makes the file and its name durable, then keeps that version (read from the very file that
+/// was synced, not the name, which a later save may have moved on) as the fallback copy.
 fn sync_file_and_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::File::open(path)?.sync_all()?;
-    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    f.sync_all()?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    write_atomic(&prev_path(path), &bytes).map_err(std::io::Error::other)
 }
 
 /// Replaces `path` with `bytes` so that readers see the old or the new file, never a torn one,
@@ -260,6 +289,16 @@ mod tests {
         );
         assert_eq!(Store::open(d.path()).unwrap().state.allocations.len(), 51);
         drop(s);
+        // A rename cut off by a power loss can leave a zero-filled file: the last flushed copy
+        // is used. Anything else unreadable refuses to start.
+        let main = d.path().join("allocations.json");
+        let len = std::fs::metadata(&main).unwrap().len() as usize;
+        std::fs::write(&main, vec![0u8; len]).unwrap();
+        assert_eq!(Store::open(d.path()).unwrap().state.allocations.len(), 51);
+        std::fs::write(&main, b"").unwrap();
+        assert_eq!(Store::open(d.path()).unwrap().state.allocations.len(), 51);
+        std::fs::write(&main, b"{\"version\":1,\"alloc").unwrap();
+        assert!(Store::open(d.path()).is_err());
         std::fs::write(
             d.path().join("allocations.json"),
             b"{\"version\":7,\"allocations\":[]}",

@@ -76,9 +76,11 @@ impl Sampler {
     }
 
     fn sample(&self) {
+        // Read under the lock: the beat and a scrape sample concurrently, and a reading older
+        // than one already observed would look like a counter restart and be added again.
+        let mut g = self.inner.lock().unwrap();
         let (readings, names) = read(&self.dir);
         let now = self.epoch.elapsed().as_nanos() as u64;
-        let mut g = self.inner.lock().unwrap();
         g.usage.observe(now, readings);
         g.names.extend(names);
         let keep = g.keep.clone();

@@ -313,6 +313,12 @@ async fn nvml_faults_mark_devices_unhealthy_until_quiet_and_answering() {
         "a lost GPU is reported once, then left to the probe: {body}"
     );
     assert!(shared.unhealthy().contains(GPU1));
+    // The lost GPU does not blind the agent to the others: a fault on GPU 0 is still seen.
+    sim.inject_xid(GPU0, 79).unwrap();
+    until(&mut w, "GPU 0 unhealthy while GPU 1 is lost", |h| {
+        gpu_healthy(h, GPU0) == Some(false)
+    })
+    .await;
     sim.set_lost(1, false);
     until(&mut w, "GPU 1 healthy once it answers again", all_healthy).await;
 
