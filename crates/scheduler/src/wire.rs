@@ -176,6 +176,9 @@ pub fn node_names(args: &Value) -> Result<(Vec<String>, Option<Vec<Value>>), Bad
         return Ok((names, None));
     }
     if let Some(nodes) = args.get("Nodes").filter(|v| !v.is_null()) {
+        if !nodes.is_object() {
+            return Err(bad("ExtenderArgs.Nodes must be a v1.NodeList object"));
+        }
         let items = match nodes.get("items") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(a)) => a.clone(),

@@ -222,6 +222,16 @@ fn malformed_requests_get_400_with_the_reason() {
             "one of Nodes or NodeNames",
         ),
         (
+            "/filter",
+            r#"{"Pod": {"metadata": {"name": "p"}, "spec": {"containers": []}}, "Nodes": 5}"#,
+            "Nodes must be a v1.NodeList",
+        ),
+        (
+            "/filter",
+            r#"{"Pod": {"metadata": {"name": "p"}, "spec": {"containers": []}}, "Nodes": [{"metadata": {"name": "a"}}]}"#,
+            "Nodes must be a v1.NodeList",
+        ),
+        (
             "/prioritize",
             r#"{"Pod": {"metadata": {}, "spec": {}}, "NodeNames": []}"#,
             "metadata.name",
