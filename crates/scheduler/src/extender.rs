@@ -85,9 +85,9 @@ fn node_at(c: &Cluster, k: usize, name: &str) -> Option<usize> {
 /// memory access at the cost of fitting a node or two.
 const PREFETCH_AHEAD: usize = 4;
 
-/// Starts loading what fitting node `i` reads besides the node itself: its GPUs and usage. They
-/// are heap blocks scattered over the tens of megabytes a large cluster takes, so a pass over
-/// thousands of nodes would otherwise wait on two cache misses for each.
+/// Starts loading what fitting node `i` reads: its GPUs and usage (inside the node record for up
+/// to 8 GPUs, a heap block beyond). The pass over thousands of nodes is bound by memory, and
+/// loads started a few nodes ahead overlap with fitting the ones before.
 #[inline(always)]
 fn prefetch_node(c: &Cluster, i: usize) {
     #[cfg(target_arch = "x86_64")]
@@ -257,9 +257,9 @@ impl Extender {
         out
     }
 
-    /// Decides every node named for the pod. Fitting reads compact per-GPU records and makes
-    /// no text for refusals, so one pass over thousands of nodes stays well under a
-    /// millisecond on one core.
+    /// Decides every node named for the pod. Fitting reads the compact per-GPU records kept in
+    /// each node and makes no text for refusals (see `docs/scheduler.md` for what a pass over
+    /// 5,000 nodes costs).
     pub fn filter<S: AsRef<str> + Sync>(&self, pod: &PodSpec, names: &[S]) -> FilterOutcome {
         let mut st = self.lock();
         self.expire(&mut st);
