@@ -14,7 +14,12 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", required_unless_present_any = ["bench", "webhook_listen"])]
     pub listen: Option<std::net::SocketAddr>,
     /// Watch nodes and pods and bind through the Kubernetes API with this kubeconfig.
-    #[arg(long, value_name = "FILE", conflicts_with = "cluster_file", requires = "listen")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "cluster_file",
+        requires = "listen"
+    )]
     pub kubeconfig: Option<PathBuf>,
     /// Take the cluster from this file instead (offline; binds stay in memory).
     #[arg(long, value_name = "FILE", requires = "listen")]

@@ -53,7 +53,8 @@ fn namespaces_available() -> bool {
 /// then execs `args`.
 fn container_script(mounts: &[pb::Mount], etc: &Path, args: &[String]) -> String {
     let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-    let mut s = String::from("set -e\nmount -t tmpfs tmpfs /run\nmount -t tmpfs tmpfs /usr/local\n");
+    let mut s =
+        String::from("set -e\nmount -t tmpfs tmpfs /run\nmount -t tmpfs tmpfs /usr/local\n");
     for m in mounts {
         let c = m.container_path.replace("/var/run/", "/run/");
         let target = match c.strip_prefix("/etc/") {
@@ -259,7 +260,11 @@ fn allocate_through_the_binary_caps_the_container() {
             cap,
             "the container sees its cap as the GPU's memory (LD_PRELOAD kept: {keep_preload_env}): {r}"
         );
-        assert_eq!(u(&r, "error"), 2, "refused with CUDA_ERROR_OUT_OF_MEMORY: {r}");
+        assert_eq!(
+            u(&r, "error"),
+            2,
+            "refused with CUDA_ERROR_OUT_OF_MEMORY: {r}"
+        );
         let got = u(&r, "bytes");
         assert!(
             got <= cap && got + (64 << 20) > cap - gpuslice_node::allocate::CONTEXT_OVERHEAD,

@@ -27,7 +27,10 @@ fn scrape(addr: std::net::SocketAddr) -> String {
                 .unwrap();
             let mut out = String::new();
             s.read_to_string(&mut out).unwrap();
-            assert!(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"), "{out}");
+            assert!(
+                out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+                "{out}"
+            );
             return out;
         }
         assert!(t.elapsed() < DEADLINE, "metrics server never came up");
@@ -94,7 +97,11 @@ fn container_process(
         let host = resp.mounts.iter().find_map(|mount| {
             let rest = Path::new(v).strip_prefix(&mount.container_path).ok()?;
             let p = Path::new(&mount.host_path);
-            Some(if rest.as_os_str().is_empty() { p.to_path_buf() } else { p.join(rest) })
+            Some(if rest.as_os_str().is_empty() {
+                p.to_path_buf()
+            } else {
+                p.join(rest)
+            })
         });
         match host {
             Some(p) => c.env(k, p),
@@ -226,7 +233,9 @@ fn compute_share_and_throttled_time_per_tenant_in_metrics() {
     // The container's series carry its pod; the host tenant's, its run directory's name.
     assert!(
         second.lines().any(|l| l.starts_with(share)
-            && l.contains("tenant=\"team.c30.main\",namespace=\"team\",pod=\"c30\",container=\"main\"")
+            && l.contains(
+                "tenant=\"team.c30.main\",namespace=\"team\",pod=\"c30\",container=\"main\""
+            )
             && l.contains(&format!("gpu=\"{uuid}\""))),
         "{second}"
     );
@@ -241,16 +250,24 @@ fn compute_share_and_throttled_time_per_tenant_in_metrics() {
     kill(&mut c30);
     let third = scrape(addr);
     let t3 = value(&third, throttled, "team.c30.main");
-    assert!(t3 >= t2, "throttled time went back from {t2} to {t3} when the process died");
+    assert!(
+        t3 >= t2,
+        "throttled time went back from {t2} to {t3} when the process died"
+    );
     // A new process of the container takes the freed entry with counters from zero; the
     // tenant's total still only grows.
     let mut again = container_process(&m, &resp, &["saturate", "60"]);
     let pid = again.id();
-    wait_for("the new process's first launch", || attached(&compute).contains(&pid));
+    wait_for("the new process's first launch", || {
+        attached(&compute).contains(&pid)
+    });
     std::thread::sleep(Duration::from_millis(1500));
     let fourth = scrape(addr);
     let t4 = value(&fourth, throttled, "team.c30.main");
-    assert!(t4 >= t3, "throttled time went back from {t3} to {t4} after the entry was reused");
+    assert!(
+        t4 >= t3,
+        "throttled time went back from {t3} to {t4} after the entry was reused"
+    );
     assert!(
         value(&fourth, share, "team.c30.main") > 0.05,
         "the new process runs again:\n{fourth}"

@@ -111,7 +111,12 @@ fn bad_input_exits_2_naming_the_field() {
     );
     // The webhook refuses to start without a usable certificate, naming the flag.
     let out = gpuslice()
-        .args(["scheduler", "--webhook-listen", "127.0.0.1:0", "--webhook-tls-cert"])
+        .args([
+            "scheduler",
+            "--webhook-listen",
+            "127.0.0.1:0",
+            "--webhook-tls-cert",
+        ])
         .arg(dir.join("missing.crt"))
         .arg("--webhook-tls-key")
         .arg(dir.join("missing.key"))
@@ -119,7 +124,10 @@ fn bad_input_exits_2_naming_the_field() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--webhook-tls-cert") && err.contains("missing.crt"), "{err}");
+    assert!(
+        err.contains("--webhook-tls-cert") && err.contains("missing.crt"),
+        "{err}"
+    );
     let out = gpuslice()
         .args(["scheduler", "--webhook-listen", "127.0.0.1:0"])
         .output()

@@ -224,7 +224,10 @@ mod tests {
     #[test]
     fn deltas_add_up_per_tenant_across_processes() {
         let mut u = Usage::new(S);
-        u.observe(0, [r(0, 10, 1, 100, 5), r(1, 11, 1, 50, 0), r(2, 20, 2, 7, 9)]);
+        u.observe(
+            0,
+            [r(0, 10, 1, 100, 5), r(1, 11, 1, 50, 0), r(2, 20, 2, 7, 9)],
+        );
         assert_eq!(
             total(&u, 1),
             Times {
@@ -232,7 +235,10 @@ mod tests {
                 throttled_ns: 5
             }
         );
-        u.observe(S, [r(0, 10, 1, 160, 8), r(1, 11, 1, 50, 0), r(2, 20, 2, 9, 9)]);
+        u.observe(
+            S,
+            [r(0, 10, 1, 160, 8), r(1, 11, 1, 50, 0), r(2, 20, 2, 9, 9)],
+        );
         assert_eq!(
             total(&u, 1),
             Times {
@@ -298,11 +304,17 @@ mod tests {
         u.observe(0, [r(0, 10, 1, 5 * S, 0), r(1, 20, 2, 0, 0)]);
         assert_eq!(u.share(&k1), None, "no window yet");
         // Half a second later: the window is still open.
-        u.observe(S / 2, [r(0, 10, 1, 5 * S + S / 10, 0), r(1, 20, 2, S / 5, 0)]);
+        u.observe(
+            S / 2,
+            [r(0, 10, 1, 5 * S + S / 10, 0), r(1, 20, 2, S / 5, 0)],
+        );
         assert_eq!(u.share(&k1), None);
         u.observe(
             2 * S,
-            [r(0, 10, 1, 5 * S + 6 * S / 10, 0), r(1, 20, 2, 14 * S / 10, 0)],
+            [
+                r(0, 10, 1, 5 * S + 6 * S / 10, 0),
+                r(1, 20, 2, 14 * S / 10, 0),
+            ],
         );
         let (a, b) = (u.share(&k1).unwrap(), u.share(&k2).unwrap());
         assert!((a - 0.3).abs() < 1e-9 && (b - 0.7).abs() < 1e-9, "{a} {b}");
@@ -310,7 +322,10 @@ mod tests {
         // An idle window: both at zero, not missing.
         u.observe(
             3 * S,
-            [r(0, 10, 1, 5 * S + 6 * S / 10, 0), r(1, 20, 2, 14 * S / 10, 0)],
+            [
+                r(0, 10, 1, 5 * S + 6 * S / 10, 0),
+                r(1, 20, 2, 14 * S / 10, 0),
+            ],
         );
         assert_eq!(u.share(&k1), Some(0.0));
         assert_eq!(u.share(&(9, G.to_string())), None, "never read");

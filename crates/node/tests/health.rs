@@ -22,7 +22,6 @@ const GPU1: &str = "GPU-4ea10001-0000-4000-8000-4ea100000001";
 const H100: &str = "NVIDIA H100 80GB HBM3";
 const DEADLINE: Duration = Duration::from_secs(30);
 
-
 async fn next_registration(rx: &mut mpsc::UnboundedReceiver<pb::RegisterRequest>) -> String {
     common::next_registration(rx, DEADLINE).await.resource_name
 }

@@ -20,7 +20,6 @@ const GPU1: &str = "GPU-3a7c0001-0000-4000-8000-3a7c00000001";
 const H100: &str = "NVIDIA H100 80GB HBM3";
 const DEADLINE: Duration = Duration::from_secs(20);
 
-
 async fn next(rx: &mut mpsc::UnboundedReceiver<pb::RegisterRequest>) -> String {
     common::next_registration(rx, DEADLINE).await.resource_name
 }

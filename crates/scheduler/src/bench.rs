@@ -203,7 +203,11 @@ fn node_json(name: &str, gpus: usize) -> String {
     let images: Vec<String> = (0..8)
         .map(|i| format!(r#"{{"names":["registry.example.com/team/image-{i}@sha256:{:064x}","registry.example.com/team/image-{i}:v1.{i}"],"sizeBytes":{}}}"#, i * 7919, 100_000_000 + i * 1_234_567))
         .collect();
-    let cond = |t: &str, s: &str| format!(r#"{{"type":"{t}","status":"{s}","lastHeartbeatTime":"2025-01-01T00:00:00Z","lastTransitionTime":"2025-01-01T00:00:00Z","reason":"Kubelet{t}","message":"kubelet reports {t} is {s}"}}"#);
+    let cond = |t: &str, s: &str| {
+        format!(
+            r#"{{"type":"{t}","status":"{s}","lastHeartbeatTime":"2025-01-01T00:00:00Z","lastTransitionTime":"2025-01-01T00:00:00Z","reason":"Kubelet{t}","message":"kubelet reports {t} is {s}"}}"#
+        )
+    };
     format!(
         r#"{{"metadata":{{"name":"{name}","uid":"6f1c2a3b-{name}","resourceVersion":"987654","creationTimestamp":"2025-01-01T00:00:00Z","labels":{{"beta.kubernetes.io/arch":"amd64","beta.kubernetes.io/os":"linux","kubernetes.io/arch":"amd64","kubernetes.io/hostname":"{name}","kubernetes.io/os":"linux","node.kubernetes.io/instance-type":"p5.48xlarge","topology.kubernetes.io/region":"us-east-1","topology.kubernetes.io/zone":"us-east-1a","nvidia.com/gpu.product":"NVIDIA-H100-80GB-HBM3"}},"annotations":{{"node.alpha.kubernetes.io/ttl":"0","volumes.kubernetes.io/controller-managed-attach-detach":"true","gpuslice.io/inventory":"{{\"version\":1,\"gpus\":[{}]}}"}}}},"spec":{{"podCIDR":"10.0.1.0/24","providerID":"aws:///us-east-1a/i-0123456789abcdef0"}},"status":{{"capacity":{{"cpu":"192","ephemeral-storage":"3750000000Ki","memory":"2097152000Ki","pods":"110","gpuslice.io/gpu":"32"}},"allocatable":{{"cpu":"191450m","ephemeral-storage":"3455000000Ki","memory":"2090000000Ki","pods":"110","gpuslice.io/gpu":"32"}},"conditions":[{},{},{},{},{}],"addresses":[{{"type":"InternalIP","address":"10.0.1.17"}},{{"type":"Hostname","address":"{name}"}}],"daemonEndpoints":{{"kubeletEndpoint":{{"Port":10250}}}},"nodeInfo":{{"machineID":"ec2a8b1c9d0e4f","systemUUID":"ec2a8b1c-9d0e-4f00","bootID":"7d1e2f3a","kernelVersion":"6.1.0","osImage":"Ubuntu 22.04.4 LTS","containerRuntimeVersion":"containerd://1.7.13","kubeletVersion":"v1.31.2","kubeProxyVersion":"v1.31.2","operatingSystem":"linux","architecture":"amd64"}},"images":[{}]}}}}"#,
         inv.join(","),
@@ -356,10 +360,7 @@ impl Http {
     fn connect(&self) -> Option<Client> {
         let s = std::net::TcpStream::connect(self.addr).ok()?;
         s.set_nodelay(true).ok()?;
-        Some(Client {
-            s,
-            buf: Vec::new(),
-        })
+        Some(Client { s, buf: Vec::new() })
     }
 }
 
@@ -387,7 +388,9 @@ impl Client {
             }
             self.buf.extend_from_slice(&chunk[..n]);
             if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = std::str::from_utf8(&self.buf[..end]).ok()?.to_ascii_lowercase();
+                let head = std::str::from_utf8(&self.buf[..end])
+                    .ok()?
+                    .to_ascii_lowercase();
                 if !head.starts_with("http/1.1 200") {
                     return None;
                 }

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use gpuslice_core::protocol::Assignment;
 use gpuslice_core::sched::{
-    Candidate, Cluster, Config, GangDecision, GangTracker, MigHint, PodSpec, Refusal, Reservation, Verdict,
-    dominant_share, fit_node, fit_verdict, mig_hint, quota::fair_share_blocker, select_victims,
+    Candidate, Cluster, Config, GangDecision, GangTracker, MigHint, PodSpec, Refusal, Reservation,
+    Verdict, dominant_share, fit_node, fit_verdict, mig_hint, quota::fair_share_blocker,
+    select_victims,
 };
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -21,8 +21,7 @@ use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::core::DynamicObject;
 use kube::core::admission::{
-    AdmissionRequest, AdmissionResponse, AdmissionReview, META_API_VERSION_V1, META_KIND,
-    Operation,
+    AdmissionRequest, AdmissionResponse, AdmissionReview, META_API_VERSION_V1, META_KIND, Operation,
 };
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -126,8 +125,13 @@ fn bad(field: impl Into<String>, reason: impl Into<String>) -> BadReview {
 /// Answers one AdmissionReview body with the AdmissionReview to send back.
 pub fn review(body: &[u8], scheduler: &str) -> Result<Value, BadReview> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    let rev: AdmissionReview<DynamicObject> = serde_path_to_error::deserialize(de)
-        .map_err(|e| bad(format!("AdmissionReview.{}", e.path()), e.inner().to_string()))?;
+    let rev: AdmissionReview<DynamicObject> =
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            bad(
+                format!("AdmissionReview.{}", e.path()),
+                e.inner().to_string(),
+            )
+        })?;
     if rev.types.kind != META_KIND || rev.types.api_version != META_API_VERSION_V1 {
         return Err(bad(
             "AdmissionReview.apiVersion/kind",
@@ -148,7 +152,8 @@ pub fn review(body: &[u8], scheduler: &str) -> Result<Value, BadReview> {
             .object
             .as_ref()
             .ok_or_else(|| bad("AdmissionReview.request.object", "missing on CREATE"))?;
-        let v = serde_json::to_value(obj).map_err(|e| bad("AdmissionReview.request.object", e.to_string()))?;
+        let v = serde_json::to_value(obj)
+            .map_err(|e| bad("AdmissionReview.request.object", e.to_string()))?;
         let pod: Pod = serde_path_to_error::deserialize(v).map_err(|e| {
             bad(
                 format!("AdmissionReview.request.object.{}", e.path()),
@@ -167,8 +172,7 @@ pub fn review(body: &[u8], scheduler: &str) -> Result<Value, BadReview> {
             Route::Warn(w) => resp.warnings = Some(vec![w]),
         }
     }
-    let mut out =
-        serde_json::to_value(resp.into_review()).expect("an AdmissionReview serializes");
+    let mut out = serde_json::to_value(resp.into_review()).expect("an AdmissionReview serializes");
     // kube's type holds the patch as bytes and serde writes bytes as an array of numbers;
     // the API server reads Go's []byte, which on the JSON wire is a base64 string.
     if let Some(p) = out.pointer_mut("/response/patch") {
@@ -312,7 +316,10 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError
 /// A listener whose connections have finished the TLS handshake. Handshakes run in tasks of
 /// their own, so one slow client does not hold up the others.
 struct TlsListener {
-    rx: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, std::net::SocketAddr)>,
+    rx: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<TcpStream>,
+        std::net::SocketAddr,
+    )>,
     addr: std::net::SocketAddr,
 }
 
@@ -415,24 +422,41 @@ mod tests {
         }
         // Another configured name is honoured, and then the shipped name is "another".
         assert_eq!(route(&gpu_pod(None), "gpu-sched"), Route::SetScheduler);
-        assert!(matches!(route(&gpu_pod(Some(s)), "gpu-sched"), Route::Warn(_)));
+        assert!(matches!(
+            route(&gpu_pod(Some(s)), "gpu-sched"),
+            Route::Warn(_)
+        ));
     }
 
     #[test]
     fn any_gpuslice_resource_in_any_container_counts() {
         let with = |containers: Value, init: Value| {
-            wants_gpuslice(&pod(json!({"spec": {"containers": containers, "initContainers": init}})))
+            wants_gpuslice(&pod(
+                json!({"spec": {"containers": containers, "initContainers": init}}),
+            ))
         };
         let c = |res: Value| json!([{"name": "c"}, {"name": "d", "resources": res}]);
-        assert!(with(c(json!({"requests": {"gpuslice.io/gpu-memory": "4096"}})), json!([])));
-        assert!(with(c(json!({"limits": {"gpuslice.io/mig-1g.10gb": "1"}})), json!([])));
+        assert!(with(
+            c(json!({"requests": {"gpuslice.io/gpu-memory": "4096"}})),
+            json!([])
+        ));
+        assert!(with(
+            c(json!({"limits": {"gpuslice.io/mig-1g.10gb": "1"}})),
+            json!([])
+        ));
         // Unknown names too: the extender then refuses them with a reason naming them.
-        assert!(with(c(json!({"limits": {"gpuslice.io/gpus": "1"}})), json!([])));
+        assert!(with(
+            c(json!({"limits": {"gpuslice.io/gpus": "1"}})),
+            json!([])
+        ));
         assert!(with(
             c(json!({})),
             json!([{"name": "i", "resources": {"limits": {"gpuslice.io/whole-gpu": "1"}}}])
         ));
-        assert!(!with(c(json!({"limits": {"nvidia.com/gpu": "1", "cpu": "2"}})), json!([])));
+        assert!(!with(
+            c(json!({"limits": {"nvidia.com/gpu": "1", "cpu": "2"}})),
+            json!([])
+        ));
         assert!(!with(c(json!({})), json!([])));
         // Placement annotations alone do not route.
         assert!(!wants_gpuslice(&pod(json!({
@@ -460,7 +484,11 @@ mod tests {
     #[test]
     fn review_patches_with_base64_and_echoes_the_uid() {
         let obj = serde_json::to_value(gpu_pod(Some("default-scheduler"))).unwrap();
-        let out = review(&review_of("Pod", "CREATE", obj.clone()), "gpuslice-scheduler").unwrap();
+        let out = review(
+            &review_of("Pod", "CREATE", obj.clone()),
+            "gpuslice-scheduler",
+        )
+        .unwrap();
         assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
         assert_eq!(out["kind"], "AdmissionReview");
         let r = &out["response"];
@@ -497,8 +525,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.reason.contains("admission.k8s.io/v1"), "{e}");
-        let e = review(br#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}"#, "s")
-            .unwrap_err();
+        let e = review(
+            br#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}"#,
+            "s",
+        )
+        .unwrap_err();
         assert_eq!(e.field, "AdmissionReview.request", "{e}");
         let mut v: Value = serde_json::from_slice(&review_of("Pod", "CREATE", json!({}))).unwrap();
         v["request"]["uid"] = json!(7);

@@ -390,7 +390,9 @@ fn pod_from_wire(p: PodWire<'_>) -> Option<Result<PodSpec, String>> {
                 r.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect(),
             )
         }),
-        annotations.iter().map(|(k, v)| (k.0.as_ref(), v.0.as_ref())),
+        annotations
+            .iter()
+            .map(|(k, v)| (k.0.as_ref(), v.0.as_ref())),
     )
     .map_err(|e| format!("pod {namespace}/{name}: {e}"));
     Some(spec)
@@ -816,7 +818,9 @@ mod tests {
                     fast += 1;
                     assert_eq!(seen(&f), seen(g), "{b}");
                 }
-                (Some(f), Err(e)) => panic!("typed reader took what the general refuses ({e}): {f:?}"),
+                (Some(f), Err(e)) => {
+                    panic!("typed reader took what the general refuses ({e}): {f:?}")
+                }
                 (None, _) => {}
             }
             // The one entry point agrees with the general reader, refusals included.

@@ -93,7 +93,11 @@ fn webhook_manifests_are_valid_and_agree() {
     use k8s_openapi::api::core::v1::Service;
     fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value, what: &str) -> T {
         let t: T = typed(doc, what);
-        assert_eq!(&serde_json::to_value(&t).unwrap(), doc, "{what}: fields lost in a round trip");
+        assert_eq!(
+            &serde_json::to_value(&t).unwrap(),
+            doc,
+            "{what}: fields lost in a round trip"
+        );
         t
     }
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -125,8 +129,16 @@ fn webhook_manifests_are_valid_and_agree() {
             .unwrap_or_else(|| panic!("no --{f}"))
             .to_string()
     };
-    assert!(!args.iter().any(|a| a.starts_with("--listen")), "the webhook needs no cluster state");
-    let port: i32 = flag("webhook-listen").rsplit(':').next().unwrap().parse().unwrap();
+    assert!(
+        !args.iter().any(|a| a.starts_with("--listen")),
+        "the webhook needs no cluster state"
+    );
+    let port: i32 = flag("webhook-listen")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(flag("webhook-tls-cert").ends_with("tls.crt"));
     assert!(flag("webhook-tls-key").ends_with("tls.key"));
     let svc = svc.expect("a Service").spec.unwrap();
@@ -135,13 +147,19 @@ fn webhook_manifests_are_valid_and_agree() {
         p.target_port,
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port))
     );
-    let w = &mwc.expect("a MutatingWebhookConfiguration").webhooks.unwrap()[0];
+    let w = &mwc
+        .expect("a MutatingWebhookConfiguration")
+        .webhooks
+        .unwrap()[0];
     let to = w.client_config.service.as_ref().unwrap();
     assert_eq!(to.path.as_deref(), Some(gpuslice_scheduler::webhook::PATH));
     assert_eq!(to.port, Some(p.port));
     assert_eq!(w.admission_review_versions, ["v1"]);
     let rule = &w.rules.as_ref().unwrap()[0];
-    assert_eq!(rule.operations.as_deref(), Some(&["CREATE".to_string()][..]));
+    assert_eq!(
+        rule.operations.as_deref(),
+        Some(&["CREATE".to_string()][..])
+    );
     assert_eq!(rule.resources.as_deref(), Some(&["pods".to_string()][..]));
     // Down or slow, it must not stop pods from being created (see the manifest's comment).
     assert_eq!(w.failure_policy.as_deref(), Some("Ignore"));

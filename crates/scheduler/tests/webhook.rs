@@ -96,7 +96,8 @@ async fn routes_pods_over_tls_and_picks_up_a_rotated_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let ca = ca();
     let first = issue(&ca, dir.path());
-    let tls = webhook::tls_config(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).unwrap();
+    let tls =
+        webhook::tls_config(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -126,7 +127,13 @@ async fn routes_pods_over_tls_and_picks_up_a_rotated_certificate() {
     assert_eq!(status, 200);
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert!(v["response"].get("patch").is_none(), "{v}");
-    assert!(v["response"]["warnings"][0].as_str().unwrap().contains("volcano"), "{v}");
+    assert!(
+        v["response"]["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("volcano"),
+        "{v}"
+    );
 
     // Garbage is a 400 naming the field, never an allowed-with-nothing.
     let (status, body, _) = post(&client, addr, webhook::PATH, b"{\"kind\": 3}").await;
@@ -139,7 +146,10 @@ async fn routes_pods_over_tls_and_picks_up_a_rotated_certificate() {
     assert_ne!(first, second);
     let (status, _, served) = post(&client, addr, webhook::PATH, &review(None)).await;
     assert_eq!(status, 200);
-    assert_eq!(served, second, "the rotated certificate is served without a restart");
+    assert_eq!(
+        served, second,
+        "the rotated certificate is served without a restart"
+    );
 
     // A rotation caught half-written keeps the last good pair in service.
     std::fs::write(dir.path().join("tls.key"), b"not a key").unwrap();
@@ -156,7 +166,11 @@ fn unusable_files_are_refused_naming_the_flag() {
     assert_eq!(e.flag, "--webhook-tls-cert", "{e}");
     let ca = ca();
     issue(&ca, dir.path());
-    std::fs::write(&key, b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+    std::fs::write(
+        &key,
+        b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     let e = webhook::tls_config(&crt, &key).unwrap_err();
     assert_eq!(e.flag, "--webhook-tls-key", "{e}");
     // A key that is not the certificate's.

@@ -1,8 +1,6 @@
 //! Does a pod fit on a node, where exactly, and how good is that placement.
 
-use crate::protocol::{
-    ContainerRequest, GangSpec, GpuMode, PodAnnotations, Policy, ProtocolError,
-};
+use crate::protocol::{ContainerRequest, GangSpec, GpuMode, PodAnnotations, Policy, ProtocolError};
 
 use super::cluster::{Cluster, GpuUsage, Node};
 use super::quota::Demand;
@@ -254,7 +252,11 @@ pub enum Refusal {
     /// Container `container` found `free` whole GPUs.
     Whole { container: u16, free: u32 },
     /// Container `container` found `got` free MIG devices of its `profile`-th profile.
-    Mig { container: u16, profile: u16, got: u32 },
+    Mig {
+        container: u16,
+        profile: u16,
+        got: u32,
+    },
 }
 
 impl Refusal {
@@ -277,7 +279,11 @@ impl std::fmt::Display for RefusalText<'_> {
                 let Some(req) = c(container) else {
                     return write!(f, "container {container}: {fit} GPUs fit");
                 };
-                write!(f, "container {}: {} of {} slices fit (", req.name, fit, req.slices)?;
+                write!(
+                    f,
+                    "container {}: {} of {} slices fit (",
+                    req.name, fit, req.slices
+                )?;
                 match req.memory_mib {
                     Some(m) => write!(f, "{m}")?,
                     None => f.write_str("even-share")?,
