@@ -103,7 +103,7 @@ pub enum GpuMode {
 }
 
 /// One MIG device as the agent found it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MigDevice {
     pub uuid: String,
@@ -124,7 +124,7 @@ fn yes() -> bool {
 }
 
 /// One physical GPU of a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GpuInfo {
     pub uuid: String,

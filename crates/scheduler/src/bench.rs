@@ -42,19 +42,26 @@ pub struct BenchReport {
     pub passed: usize,
     /// Filter + prioritize of a pod that fits, called in process.
     pub in_process: Latency,
+    /// The same over a cluster where every node has its own shape (see
+    /// [`half_full_cluster`]): every node fitted.
+    pub in_process_distinct: Latency,
     /// Filter of a pod that fits nowhere (every node refused with a reason), in process.
     pub refused_in_process: Latency,
     /// /filter then /prioritize over loopback HTTP on one kept-alive connection, as
     /// kube-scheduler calls a nodeCacheCapable extender: node names each way.
     pub http: Latency,
+    /// The same over the cluster of distinct shapes.
+    pub http_distinct: Latency,
     /// /filter of the pod that fits nowhere over HTTP: 5,000 reasons in the reply.
     pub refused_http: Latency,
     /// /filter then /prioritize carrying full Node objects (an extender without
     /// nodeCacheCapable), with the request size.
     pub http_objects: Latency,
     pub object_request_bytes: usize,
-    /// Resident memory the cluster state added, in bytes (from /proc/self/statm).
+    /// Resident memory the cluster state added, in bytes (from /proc/self/statm), for the
+    /// cluster of alike nodes and for the one of distinct shapes.
     pub cluster_bytes: u64,
+    pub cluster_distinct_bytes: u64,
     pub build_ms: f64,
 }
 
@@ -75,6 +82,12 @@ impl std::fmt::Display for BenchReport {
         row(f, "filter+prioritize, in process", &self.in_process, "")?;
         row(
             f,
+            "  every node a distinct shape",
+            &self.in_process_distinct,
+            ", every node fitted",
+        )?;
+        row(
+            f,
             "filter refusing every node, in proc",
             &self.refused_in_process,
             "",
@@ -84,6 +97,12 @@ impl std::fmt::Display for BenchReport {
             "HTTP nodeCacheCapable (node names)",
             &self.http,
             ", loopback, both requests, one connection",
+        )?;
+        row(
+            f,
+            "  every node a distinct shape",
+            &self.http_distinct,
+            ", every node fitted",
         )?;
         row(
             f,
@@ -108,8 +127,9 @@ impl std::fmt::Display for BenchReport {
         )?;
         write!(
             f,
-            "  cluster state {:>8.1} MiB resident (target 200 MiB), built in {:.0} ms",
+            "  cluster state {:>8.1} MiB resident, {:.1} MiB with distinct shapes (target 200 MiB), built in {:.0} ms",
             self.cluster_bytes as f64 / 1048576.0,
+            self.cluster_distinct_bytes as f64 / 1048576.0,
             self.build_ms
         )
     }
@@ -126,8 +146,10 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-/// `nodes` × `gpus` H100s, each GPU half its memory assigned to one pod.
-pub fn half_full_cluster(nodes: usize, gpus: usize) -> Cluster {
+/// `nodes` × `gpus` H100s, each GPU half its memory assigned to one pod. With `distinct`,
+/// each GPU's share differs a little (still half on average), so that no two nodes have the
+/// same shape and the filter fits every node: the worst case for its once-per-shape fitting.
+pub fn half_full_cluster(nodes: usize, gpus: usize, distinct: bool) -> Cluster {
     let mut c = Cluster::new();
     for n in 0..nodes {
         let name = format!("gpu-node-{n:05}");
@@ -155,13 +177,19 @@ pub fn half_full_cluster(nodes: usize, gpus: usize) -> Cluster {
         c.upsert_node(&name, &inv);
         for i in 0..gpus {
             let uid = format!("pod-{n}-{i}");
+            // 7 is prime to 5,000: GPU 0 alone tells the first 5,000 nodes apart.
+            let memory_mib = if distinct {
+                40960 - 2500 + ((7 * n + 613 * i) % 5000) as u64
+            } else {
+                40960
+            };
             let a = Assignment::new(
                 name.clone(),
                 vec![ContainerAssignment {
                     name: "main".into(),
                     gpus: vec![AssignedGpu {
                         uuid: format!("GPU-{n:05}-{i}"),
-                        memory_mib: 40960,
+                        memory_mib,
                         compute_percent: 50,
                         exclusive: false,
                         mig: None,
@@ -176,7 +204,7 @@ pub fn half_full_cluster(nodes: usize, gpus: usize) -> Cluster {
                 assignment: a,
                 gang: None,
                 demand: Demand {
-                    memory_mib: 40960,
+                    memory_mib,
                     compute_percent: 50,
                 },
             })
@@ -240,16 +268,8 @@ fn slice_pod(uid: &str, memory_mib: u64) -> PodSpec {
     .expect("bench pod parses")
 }
 
-/// Runs every figure of the report; `iterations` rounds of the in-process and node-name kinds,
-/// fewer of the Node-object kind (each moves tens of megabytes).
-pub fn run(nodes: usize, gpus: usize, iterations: usize) -> BenchReport {
-    let before = rss_bytes();
-    let t = Instant::now();
-    let cluster = half_full_cluster(nodes, gpus);
-    let build_ms = t.elapsed().as_secs_f64() * 1e3;
-    let cluster_bytes = rss_bytes().saturating_sub(before);
-    let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
-    let ext = Arc::new(Extender::new(
+fn extender(cluster: Cluster) -> Arc<Extender> {
+    Arc::new(Extender::new(
         cluster,
         Config {
             fair_share: false,
@@ -257,21 +277,66 @@ pub fn run(nodes: usize, gpus: usize, iterations: usize) -> BenchReport {
         },
         Arc::new(MemoryBinder),
         system_clock(),
-    ));
-    let pod = slice_pod("bench-uid", 20480);
-    // Half of every GPU's 80 GiB is taken: 60 GiB fits nowhere.
-    let too_big = slice_pod("bench-big", 61440);
-    let mut lat = Vec::with_capacity(iterations);
-    let mut refused = Vec::with_capacity(iterations);
+    ))
+}
+
+/// A cluster built and its resident cost, in ms and bytes.
+fn build(nodes: usize, gpus: usize, distinct: bool) -> (Cluster, f64, u64) {
+    let before = rss_bytes();
+    let t = Instant::now();
+    let cluster = half_full_cluster(nodes, gpus, distinct);
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    (cluster, ms, rss_bytes().saturating_sub(before))
+}
+
+/// `rounds` of filter then prioritize over the nodes that passed, in process; the latencies
+/// and how many nodes passed.
+fn in_process(ext: &Extender, pod: &PodSpec, names: &[String], rounds: usize) -> (Vec<f64>, usize) {
+    let mut lat = Vec::with_capacity(rounds);
     let mut passed = 0;
-    for _ in 0..iterations {
+    for _ in 0..rounds {
         let t = Instant::now();
-        let out = ext.filter(&pod, &names);
+        let out = ext.filter(pod, names);
         let passing: Vec<&str> = out.passed.iter().map(|&k| names[k].as_str()).collect();
-        let scores = ext.prioritize(&pod, &passing);
+        let scores = ext.prioritize(pod, &passing);
         lat.push(t.elapsed().as_secs_f64() * 1e6);
         passed = out.passed.len();
         std::hint::black_box(scores);
+    }
+    (lat, passed)
+}
+
+/// `n` rounds of `body` to /filter (and with `follow`, /prioritize) on one connection.
+fn http_rounds(http: Option<&Http>, n: usize, body: &str, follow: bool) -> Vec<f64> {
+    let Some(mut c) = http.and_then(Http::connect) else {
+        return Vec::new();
+    };
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let Some(r) = c.filter_prioritize(body, follow) else {
+            return Vec::new();
+        };
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        std::hint::black_box(r);
+    }
+    lat
+}
+
+/// Runs every figure of the report; `iterations` rounds of the in-process and node-name kinds,
+/// fewer of the Node-object kind (each moves tens of megabytes).
+pub fn run(nodes: usize, gpus: usize, iterations: usize) -> BenchReport {
+    // Both built first, so that neither's resident figure counts memory the requests freed.
+    let (cluster, build_ms, cluster_bytes) = build(nodes, gpus, false);
+    let (distinct, _, cluster_distinct_bytes) = build(nodes, gpus, true);
+    let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    let ext = extender(cluster);
+    let pod = slice_pod("bench-uid", 20480);
+    // Half of every GPU's 80 GiB is taken: 60 GiB fits nowhere.
+    let too_big = slice_pod("bench-big", 61440);
+    let (lat, passed) = in_process(&ext, &pod, &names, iterations);
+    let mut refused = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
         let t = Instant::now();
         let out = ext.filter(&too_big, &names);
         refused.push(t.elapsed().as_secs_f64() * 1e6);
@@ -279,54 +344,44 @@ pub fn run(nodes: usize, gpus: usize, iterations: usize) -> BenchReport {
     }
     let http = Http::start(ext.clone());
     let names_json = serde_json::to_string(&names).unwrap_or_default();
-    let rounds = |n: usize, body: &dyn Fn() -> String, follow: bool| -> Vec<f64> {
-        let Some(mut c) = http.as_ref().and_then(Http::connect) else {
-            return Vec::new();
-        };
-        let body = body();
-        let mut lat = Vec::with_capacity(n);
-        for _ in 0..n {
-            let t = Instant::now();
-            let Some(r) = c.filter_prioritize(&body, follow) else {
-                return Vec::new();
-            };
-            lat.push(t.elapsed().as_secs_f64() * 1e6);
-            std::hint::black_box(r);
-        }
-        lat
-    };
     let fits = pod_json(20480);
     let big = pod_json(61440).replace("bench-uid", "bench-big");
-    let http_lat = rounds(
+    let fits_body = format!(r#"{{"Pod":{fits},"NodeNames":{names_json},"Nodes":null}}"#);
+    let http_lat = http_rounds(http.as_ref(), iterations, &fits_body, true);
+    let refused_http = http_rounds(
+        http.as_ref(),
         iterations,
-        &|| format!(r#"{{"Pod":{fits},"NodeNames":{names_json},"Nodes":null}}"#),
-        true,
-    );
-    let refused_http = rounds(
-        iterations,
-        &|| format!(r#"{{"Pod":{big},"NodeNames":{names_json},"Nodes":null}}"#),
+        &format!(r#"{{"Pod":{big},"NodeNames":{names_json},"Nodes":null}}"#),
         false,
     );
-    let objects = || {
+    let objects = {
         let items: Vec<String> = names.iter().map(|n| node_json(n, gpus)).collect();
         format!(
             r#"{{"Pod":{fits},"Nodes":{{"metadata":{{}},"items":[{}]}},"NodeNames":null}}"#,
             items.join(",")
         )
     };
-    let object_request_bytes = objects().len();
-    let http_objects = rounds((iterations / 10).max(3), &objects, true);
+    let object_request_bytes = objects.len();
+    let http_objects = http_rounds(http.as_ref(), (iterations / 10).max(3), &objects, true);
+    drop(objects);
+    let ext = extender(distinct);
+    let (lat_distinct, _) = in_process(&ext, &pod, &names, iterations);
+    let http = Http::start(ext);
+    let http_distinct = http_rounds(http.as_ref(), iterations, &fits_body, true);
     BenchReport {
         nodes,
         gpus_per_node: gpus,
         passed,
         in_process: Latency::of(lat),
+        in_process_distinct: Latency::of(lat_distinct),
         refused_in_process: Latency::of(refused),
         http: Latency::of(http_lat),
+        http_distinct: Latency::of(http_distinct),
         refused_http: Latency::of(refused_http),
         http_objects: Latency::of(http_objects),
         object_request_bytes,
         cluster_bytes,
+        cluster_distinct_bytes,
         build_ms,
     }
 }
@@ -424,7 +479,11 @@ impl Client {
         let nodes_at = b"{\"Nodes\":".len();
         let nodes_end = crate::wire::skip_value(&r, nodes_at)?;
         let names_at = nodes_end + b",\"NodeNames\":".len();
-        let names_end = crate::wire::skip_value(&r, names_at)?;
+        // Node names (DNS names) hold no bracket: the array ends at the first one.
+        let names_end = match r.get(names_at) {
+            Some(b'[') => names_at + memchr::memchr(b']', &r[names_at..])? + 1,
+            _ => crate::wire::skip_value(&r, names_at)?,
+        };
         let pod_at = body.find("\"Pod\":")? + 6;
         let pod_end = crate::wire::skip_value(body.as_bytes(), pod_at)?;
         let mut next = Vec::with_capacity(r.len() + pod_end);

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use gpuslice_core::protocol::Assignment;
 use gpuslice_core::sched::{
     Candidate, Cluster, Config, GangDecision, GangTracker, MigHint, PodSpec, Refusal, Reservation,
-    Verdict, dominant_share, fit_node, fit_verdict, mig_hint, quota::fair_share_blocker,
+    ShapeMemo, Verdict, dominant_share, fit_node, fit_verdict, mig_hint, quota::fair_share_blocker,
     select_victims,
 };
 
@@ -82,20 +82,21 @@ fn node_at(c: &Cluster, k: usize, name: &str) -> Option<usize> {
     }
 }
 
-/// How many nodes ahead of the one being fitted [`prefetch_node`] reaches: enough to cover a
-/// memory access at the cost of fitting a node or two.
+/// How many nodes ahead of the one being looked at [`prefetch_node`] reaches.
 const PREFETCH_AHEAD: usize = 4;
 
-/// Starts loading what fitting node `i` reads: its GPUs and usage (inside the node record for up
-/// to 8 GPUs, a heap block beyond). The pass over thousands of nodes is bound by memory, and
-/// loads started a few nodes ahead overlap with fitting the ones before.
+/// Starts loading what deciding node `i` reads: its name and shape, and its GPUs and usage
+/// (inside the node record for up to 8 GPUs, a heap block beyond), which fitting a shape not
+/// seen yet reads.
+/// The pass over thousands of nodes is bound by memory, and loads started a few nodes ahead
+/// overlap with the nodes before.
 #[inline(always)]
 fn prefetch_node(c: &Cluster, i: usize) {
     #[cfg(target_arch = "x86_64")]
     if let Some(n) = c.nodes.get(i) {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        fn lines<T>(v: &[T]) {
-            let p = v.as_ptr() as *const i8;
+        fn lines<T: ?Sized>(v: &T) {
+            let p = v as *const T as *const i8;
             for off in (0..std::mem::size_of_val(v)).step_by(64) {
                 // SAFETY: a prefetch is a hint; it never faults, and the address is in `v`.
                 #[allow(unused_unsafe)]
@@ -104,23 +105,28 @@ fn prefetch_node(c: &Cluster, i: usize) {
                 };
             }
         }
-        lines(&n.gpus);
-        lines(&n.usage);
+        lines(n);
+        if n.gpus.spilled() {
+            lines(&n.gpus[..]);
+            lines(&n.usage[..]);
+        }
     }
 }
 
-/// Below this many nodes a second thread costs more than it saves.
-const PARALLEL_MIN_NODES: usize = 1024;
+/// Below this many node shapes to fit, a second thread costs more than it saves.
+const PARALLEL_MIN_SHAPES: usize = 1024;
 
 /// The cluster index and fit verdict of each name, in order; `None` for a name without
-/// inventory. Fitting only reads the cluster, so a large one is split over two threads, each
-/// half in order (the lookups' guesses and the prefetches stay right).
+/// inventory. Each node shape is fitted once ([`ShapeMemo`]). Fitting only reads the cluster,
+/// so a cluster of many shapes is split over two threads, each half in order (the lookups'
+/// guesses and the prefetches stay right).
 fn fit_all<S: AsRef<str> + Sync>(
     c: &Cluster,
     cand: &Candidate,
     names: &[S],
 ) -> Vec<Option<(usize, Result<Verdict, Refusal>)>> {
     let run = |names: &[S]| {
+        let mut memo = ShapeMemo::new(c, cand);
         let mut guess = 0usize;
         names
             .iter()
@@ -128,13 +134,13 @@ fn fit_all<S: AsRef<str> + Sync>(
                 prefetch_node(c, guess + PREFETCH_AHEAD);
                 let i = node_at(c, guess, n.as_ref())?;
                 guess = i + 1;
-                Some((i, fit_verdict(&c.nodes[i], cand)))
+                Some((i, memo.verdict(&c.nodes[i], cand)))
             })
             .collect::<Vec<_>>()
     };
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if cores < 2 || names.len() < PARALLEL_MIN_NODES {
+    if cores < 2 || names.len().min(c.shape_bound()) < PARALLEL_MIN_SHAPES {
         return run(names);
     }
     let (a, b) = names.split_at(names.len() / 2);

@@ -321,7 +321,7 @@ pub fn fast_args(body: &[u8]) -> Option<ExtenderArgs<'_>> {
     if let Some(names) = w.node_names {
         return Some(ExtenderArgs {
             pod,
-            names: names.into_iter().map(|s| s.0).collect(),
+            names: names.0,
             items: None,
         });
     }
@@ -424,6 +424,57 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     }
 }
 
+/// `NodeNames`: thousands of short strings per request, on the path kube-scheduler waits on.
+/// serde_json checks the array as one raw value (skipping strings is its fast loop); the
+/// names are then cut out of it, borrowed ([`split_names`]), and an array that holds escapes
+/// or anything but strings is read element by element.
+#[derive(Debug)]
+struct Names<'a>(Vec<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Names<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <&'de serde_json::value::RawValue>::deserialize(d)?.get();
+        if let Some(names) = split_names(text) {
+            return Ok(Names(names.into_iter().map(Cow::Borrowed).collect()));
+        }
+        let names: Vec<Str<'de>> = serde_json::from_str(text).map_err(de::Error::custom)?;
+        Ok(Names(names.into_iter().map(|s| s.0).collect()))
+    }
+}
+
+/// The strings of `text`, a JSON array already checked to be valid, when it is a flat array
+/// of strings without escapes; `None` otherwise. Without backslashes every quote opens or
+/// closes a string, so the strings lie between pairs of quotes, and the gaps between them
+/// decide the rest: `[`, then `,` between strings, then `]`, with whitespace around.
+fn split_names(text: &str) -> Option<Vec<&str>> {
+    let b = text.as_bytes();
+    if memchr::memchr(b'\\', b).is_some() {
+        return None;
+    }
+    let gap = |g: &[u8], want: u8| {
+        let mut it = g.iter().filter(|c| !c.is_ascii_whitespace());
+        it.next() == Some(&want) && it.next().is_none()
+    };
+    let mut names = Vec::with_capacity(b.len() / 16);
+    let mut quotes = memchr::memchr_iter(b'"', b);
+    let mut at = 0;
+    while let Some(open) = quotes.next() {
+        if !gap(&b[at..open], if at == 0 { b'[' } else { b',' }) {
+            return None;
+        }
+        let close = quotes.next()?;
+        names.push(&text[open + 1..close]);
+        at = close + 1;
+    }
+    if at == 0 {
+        // No strings: `[]` with whitespace is all the checked JSON can be here.
+        let mut it = b.iter().filter(|c| !c.is_ascii_whitespace());
+        return (it.next() == Some(&b'[') && it.next() == Some(&b']') && it.next().is_none())
+            .then(Vec::new);
+    }
+    gap(&b[at..], b']').then_some(names)
+}
+
 /// A JSON object read into a struct of optional fields: `null` reads as absent, unknown
 /// fields are skipped unread, a repeated field is an error. Unlike serde's derive it takes
 /// objects only (derive also takes arrays, which the general reader refuses).
@@ -470,7 +521,7 @@ macro_rules! wire_object {
 wire_object!(ArgsWire {
     "Pod" => pod: PodWire<'a>,
     "Nodes" => nodes: NodesWire<'a>,
-    "NodeNames" => node_names: Vec<Str<'a>>,
+    "NodeNames" => node_names: Names<'a>,
 });
 wire_object!(PodWire {
     "metadata" => metadata: MetaWire<'a>,
@@ -640,10 +691,17 @@ pub fn skip_value(b: &[u8], i: usize) -> Option<usize> {
     }
 }
 
-/// Appends `s` as a JSON string.
+/// Appends `s` as a JSON string. Node names never need escaping (DNS names); they are copied
+/// between quotes, and anything else goes through serde_json.
 fn push_str(out: &mut Vec<u8>, s: &str) {
-    // Writing into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    if s.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
 }
 
 /// Writes `ExtenderFilterResult`: node names (or the passing node objects, as they came),
@@ -734,7 +792,14 @@ pub fn write_priorities<S: AsRef<str>>(out: &mut Vec<u8>, names: &[S], scores: &
         out.extend_from_slice(b"{\"Host\":");
         push_str(out, h.as_ref());
         out.extend_from_slice(b",\"Score\":");
-        let _ = std::io::Write::write_fmt(out, format_args!("{s}"));
+        match u8::try_from(*s) {
+            // Scores are 0–10: one or two digits, without the formatter.
+            Ok(d @ 0..=9) => out.push(b'0' + d),
+            Ok(10) => out.extend_from_slice(b"10"),
+            _ => {
+                let _ = std::io::Write::write_fmt(out, format_args!("{s}"));
+            }
+        }
         out.push(b'}');
     }
     out.push(b']');
@@ -774,6 +839,17 @@ mod tests {
         let bodies = [
             format!(r#"{{"Pod": {pod}, "NodeNames": ["a", "b\u0063", "gpu-node-1"]}}"#),
             format!(r#"{{"Pod": {pod}, "NodeNames": [], "Nodes": null}}"#),
+            // Names cut out of the text, or read one by one where quotes alone can't tell.
+            format!(r#"{{"Pod": {pod}, "NodeNames": [ "a" ,"b",	"ñode" , "", "x y" ] }}"#),
+            format!(r#"{{"Pod": {pod}, "NodeNames": [ ] }}"#),
+            format!(r#"{{"Pod": {pod}, "NodeNames": ["a\"b", "c"]}}"#),
+            format!(r#"{{"Pod": {pod}, "NodeNames": [["a"], "b"]}}"#),
+            format!(r#"{{"Pod": {pod}, "NodeNames": ["a", ["b"]]}}"#),
+            format!(r#"{{"Pod": {pod}, "NodeNames": ["a", null]}}"#),
+            format!(r#"{{"Pod": {pod}, "NodeNames": ["a", {{"b": "c"}}]}}"#),
+            format!(r#"{{"Pod": {pod}, "NodeNames": ["a",, "b"]}}"#),
+            format!(r#"{{"Pod": {pod}, "NodeNames": ["a\u0000"]}}"#),
+            format!("{{\"Pod\": {pod}, \"NodeNames\": [\"a\u{1}b\"]}}"),
             format!(r#"{{"Pod": {pod}, "NodeNames": null, "Nodes": {{"items": [
                 {{"metadata": {{"name": "a", "labels": {{"x": "y \"q\" ]}}"}}}}, "status": {{"images": [[1, 2], {{}}]}}}},
                 {{"metadata": {{"name": "b\n"}}, "spec": {{}}}}]}}}}"#),
@@ -832,6 +908,21 @@ mod tests {
         }
         // The shapes kube-scheduler sends go the typed way.
         assert!(fast >= 10, "only {fast} requests took the typed reader");
+    }
+
+    #[test]
+    fn names_are_cut_only_out_of_flat_arrays_of_plain_strings() {
+        assert_eq!(
+            split_names(r#" [ "a" , "b-1.x" ] "#),
+            Some(vec!["a", "b-1.x"])
+        );
+        assert_eq!(split_names("[]"), Some(vec![]));
+        assert_eq!(split_names(r#"["a\"b"]"#), None);
+        assert_eq!(split_names(r#"[["a"]]"#), None);
+        assert_eq!(split_names(r#"["a", 1]"#), None);
+        assert_eq!(split_names(r#"[1, "a"]"#), None);
+        assert_eq!(split_names(r#"["a" "b"]"#), None);
+        assert_eq!(split_names("[1]"), None);
     }
 
     #[test]

@@ -656,7 +656,7 @@ fn mig_hint_suggests_a_layout_for_pods_refused_for_lack_of_mig_devices() {
 #[test]
 fn filter_over_a_large_cluster_decides_each_node_like_the_full_fit() {
     use gpuslice_core::sched::{Candidate, PodSpec, fit_node};
-    let mut cluster = gpuslice_scheduler::bench::half_full_cluster(1500, 1);
+    let mut cluster = gpuslice_scheduler::bench::half_full_cluster(1500, 1, true);
     for n in (0..1500).step_by(3) {
         cluster.remove_pod(&format!("pod-{n}-0"));
     }

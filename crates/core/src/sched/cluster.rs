@@ -3,45 +3,63 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::protocol::{
-    AssignedGpu, Assignment, ContainerAssignment, GpuInfo, GpuMode, Inventory, default_share,
-};
+#[cfg(doc)]
+use crate::protocol::default_share;
+use crate::protocol::{AssignedGpu, Assignment, ContainerAssignment, GpuInfo, GpuMode, Inventory};
 
 use super::fit::{Fit, PodSpec};
 use super::quota::{Demand, Quota};
 
-/// What is taken of one GPU. `Copy` so fitting works on scratch copies.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What is taken of one GPU: 16 bytes, since the filter reads every GPU of every node for
+/// each pod. `Copy` so fitting works on scratch copies. Charging never exceeds the GPU's
+/// [`Gpu`] figures, which bound each field's width.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct GpuUsage {
-    pub memory_mib: u64,
-    pub compute: u32,
-    pub slices: u32,
-    pub exclusive: bool,
     /// Bit i set: the GPU's MIG device i is taken.
     pub mig_taken: u64,
+    pub memory_mib: u32,
+    pub slices: u16,
+    /// Percent, at most 100.
+    pub compute: u8,
+    pub exclusive: bool,
 }
 
-/// One GPU of a node. Fitting reads only the copies at the top (one cache line per GPU);
+/// One GPU of a node. Fitting reads only the copies at the top (32 bytes per GPU);
 /// the inventory entry is boxed so that the node's GPU array stays compact.
 #[derive(Debug, Clone)]
 pub struct Gpu {
-    /// `info.memory_mib`.
-    pub memory_mib: u64,
-    /// `info.slices`.
-    pub slices: u32,
+    /// Bit j set: GPU j of the same node is an NVLink peer.
+    pub nvlink: u64,
+    pub info: Box<GpuInfo>,
+    /// `info.memory_mib`, capped at `u32::MAX` MiB (4 PiB).
+    pub memory_mib: u32,
     /// Interned model id (index into [`Cluster::models`]).
     pub model: u32,
+    /// `info.slices`, capped at `u16::MAX`.
+    pub slices: u16,
     /// `info.mode`.
     pub mode: GpuMode,
     /// `info.healthy`.
     pub healthy: bool,
-    /// The even share (memory MiB, compute %) a slice without explicit sizes gets.
-    pub share: (u64, u32),
-    /// Bit j set: GPU j of the same node is an NVLink peer.
-    pub nvlink: u64,
-    /// Interned PCIe switch id, unique within the node.
-    pub switch: Option<u32>,
-    pub info: Box<GpuInfo>,
+    /// Interned PCIe switch id, unique within the node (`None` past 255 switches, which
+    /// only costs such a node the switch tier of its topology score).
+    pub switch: Option<u8>,
+}
+
+// What the filter streams per GPU; the figures in ARCHITECTURE.md and docs/scheduler.md.
+const _: () = assert!(std::mem::size_of::<Gpu>() == 32 && std::mem::size_of::<GpuUsage>() == 16);
+
+impl Gpu {
+    /// The even share (memory MiB, compute %) a slice without explicit sizes gets:
+    /// [`default_share`] of the inventory entry, from the copies at the top.
+    #[inline]
+    pub fn share(&self) -> (u64, u32) {
+        let n = self.slices.max(1);
+        (
+            (self.memory_mib as u64 / n as u64).max(1),
+            (100 / n as u32).max(1),
+        )
+    }
 }
 
 /// GPUs a node keeps inside its record before spilling to the heap: the common 8-GPU node.
@@ -60,6 +78,10 @@ pub struct Node {
     short_name: ShortName,
     pub gpus: Gpus,
     pub usage: Usages,
+    /// See [`Node::shape`].
+    shape: u32,
+    /// Its hardware class id (the shape without the usage).
+    class: u32,
     /// Memory of shared and whole-mode GPUs, for utilization scores.
     pub total_memory_mib: u64,
     pub max_gpu_memory_mib: u64,
@@ -88,6 +110,34 @@ impl ShortName {
 }
 
 impl Node {
+    /// Equal for two nodes whose GPUs read the same to fitting: same hardware (models,
+    /// memory, slices, modes, health, NVLink and PCIe layout, MIG devices) and the same usage
+    /// on each GPU. Names and UUIDs are not part of it, so only pods that pin UUIDs can tell
+    /// two nodes of one shape apart. Ids are below [`Cluster::shape_bound`].
+    #[inline]
+    pub fn shape(&self) -> u32 {
+        self.shape
+    }
+
+    /// The hardware half of the shape: what upsert saw, with UUIDs, indices and switch names
+    /// replaced by the node-local masks and ids that fitting reads.
+    fn class_key(&self) -> ClassKey {
+        self.gpus
+            .iter()
+            .map(|g| {
+                let mut info = (*g.info).clone();
+                info.uuid.clear();
+                info.index = 0;
+                info.nvlink_peers.clear();
+                info.pcie_switch = None;
+                for m in &mut info.mig {
+                    m.uuid.clear();
+                }
+                (info, g.nvlink, g.switch)
+            })
+            .collect()
+    }
+
     /// Whether the node is called `name`. Names that fit [`ShortName`] are compared without
     /// reading the `String`'s heap block: a pass over thousands of nodes in order would
     /// otherwise take a cache miss per node just to confirm each one's name.
@@ -105,7 +155,7 @@ impl Node {
     }
 
     pub fn used_memory_mib(&self) -> u64 {
-        self.usage.iter().map(|u| u.memory_mib).sum()
+        self.usage.iter().map(|u| u.memory_mib as u64).sum()
     }
 
     fn locate(&self, uuid: &str) -> Option<(usize, Option<usize>)> {
@@ -118,6 +168,52 @@ impl Node {
             }
         }
         None
+    }
+}
+
+type ClassKey = Vec<(GpuInfo, u64, Option<u8>)>;
+
+/// Ids for equal keys, counted by holder and reused once no holder is left, so a scheduler
+/// that runs for months keeps only the shapes its nodes have now.
+#[derive(Debug, Clone)]
+struct Interner<K> {
+    ids: HashMap<K, (u32, u32)>,
+    free: Vec<u32>,
+    bound: u32,
+}
+
+impl<K> Default for Interner<K> {
+    fn default() -> Self {
+        Self {
+            ids: HashMap::new(),
+            free: Vec::new(),
+            bound: 0,
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Interner<K> {
+    fn acquire(&mut self, k: K) -> u32 {
+        if let Some((id, refs)) = self.ids.get_mut(&k) {
+            *refs += 1;
+            return *id;
+        }
+        let id = self.free.pop().unwrap_or_else(|| {
+            self.bound += 1;
+            self.bound - 1
+        });
+        self.ids.insert(k, (id, 1));
+        id
+    }
+
+    fn release(&mut self, k: &K) {
+        if let Some((id, refs)) = self.ids.get_mut(k) {
+            *refs -= 1;
+            if *refs == 0 {
+                self.free.push(*id);
+                self.ids.remove(k);
+            }
+        }
     }
 }
 
@@ -157,6 +253,8 @@ pub enum ClusterError {
 /// The whole picture. Nodes are addressed by index on hot paths and by name at the edges.
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
+    /// Read freely; changed only through the methods below, which keep each node's shape id
+    /// (what the filter's once-per-shape fitting trusts) current.
     pub nodes: Vec<Node>,
     index: HashMap<String, usize>,
     pub models: Vec<String>,
@@ -167,6 +265,8 @@ pub struct Cluster {
     pub generation: u64,
     /// Pod uids by the node their assignment names, so a node update re-applies only its own.
     by_node: HashMap<String, std::collections::BTreeSet<String>>,
+    classes: Interner<ClassKey>,
+    shapes: Interner<(u32, Usages)>,
 }
 
 impl Cluster {
@@ -177,6 +277,38 @@ impl Cluster {
 
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Every [`Node::shape`] is below this; it is at most the number of nodes' distinct shapes
+    /// at their peak, so a per-shape table indexed by id stays small.
+    pub fn shape_bound(&self) -> usize {
+        self.shapes.bound as usize
+    }
+
+    /// Gives up node `i`'s shape and class ids (before it changes or goes).
+    fn unshape(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        self.shapes.release(&(n.class, n.usage.clone()));
+        let key = n.class_key();
+        self.classes.release(&key);
+    }
+
+    /// Charges or gives back an assignment on node `i`, keeping its shape id current.
+    fn apply_at(
+        &mut self,
+        i: usize,
+        pod: &str,
+        a: &Assignment,
+        sign: i64,
+    ) -> Result<(), ClusterError> {
+        let n = &mut self.nodes[i];
+        let old = n.usage.clone();
+        apply(n, pod, a, sign)?;
+        if n.usage != old {
+            self.shapes.release(&(n.class, old));
+            n.shape = self.shapes.acquire((n.class, n.usage.clone()));
+        }
+        Ok(())
     }
 
     pub fn node_index(&self, name: &str) -> Option<usize> {
@@ -217,15 +349,14 @@ impl Cluster {
                         }
                     });
             gpus.push(Gpu {
-                memory_mib: g.memory_mib,
-                slices: g.slices,
+                nvlink: 0,
+                info: Box::new(g.clone()),
+                memory_mib: u32::try_from(g.memory_mib).unwrap_or(u32::MAX),
                 model,
+                slices: u16::try_from(g.slices).unwrap_or(u16::MAX),
                 mode: g.mode,
                 healthy: g.healthy,
-                share: default_share(g),
-                nvlink: 0,
-                switch,
-                info: Box::new(g.clone()),
+                switch: switch.and_then(|i| u8::try_from(i).ok()),
             });
         }
         for i in 0..gpus.len() {
@@ -246,16 +377,21 @@ impl Cluster {
             .map(|g| g.memory_mib)
             .sum();
         let max = inv.gpus.iter().map(|g| g.memory_mib).max().unwrap_or(0);
-        let node = Node {
+        let mut node = Node {
             name: name.to_string(),
             short_name: ShortName::new(name),
             usage,
             gpus,
+            shape: 0,
+            class: 0,
             total_memory_mib: total,
             max_gpu_memory_mib: max,
         };
+        node.class = self.classes.acquire(node.class_key());
+        node.shape = self.shapes.acquire((node.class, node.usage.clone()));
         let idx = match self.index.get(name) {
             Some(&i) => {
+                self.unshape(i);
                 self.nodes[i] = node;
                 i
             }
@@ -265,11 +401,15 @@ impl Cluster {
                 self.nodes.len() - 1
             }
         };
-        if let Some(uids) = self.by_node.get(name) {
-            for uid in uids {
-                if let Some(p) = self.pods.get(uid) {
-                    let _ = apply(&mut self.nodes[idx], &p.uid, &p.assignment, 1);
-                }
+        let uids: Vec<String> = self
+            .by_node
+            .get(name)
+            .map(|u| u.iter().cloned().collect())
+            .unwrap_or_default();
+        for uid in uids {
+            if let Some(p) = self.pods.get(&uid) {
+                let a = p.assignment.clone();
+                let _ = self.apply_at(idx, &uid, &a, 1);
             }
         }
     }
@@ -277,6 +417,7 @@ impl Cluster {
     pub fn remove_node(&mut self, name: &str) {
         self.generation += 1;
         if let Some(i) = self.index.remove(name) {
+            self.unshape(i);
             self.nodes.swap_remove(i);
             if i < self.nodes.len() {
                 let moved = self.nodes[i].name.clone();
@@ -294,7 +435,7 @@ impl Cluster {
         let i = self
             .node_index(&rec.assignment.node)
             .ok_or_else(|| ClusterError::UnknownNode(rec.assignment.node.clone()))?;
-        apply(&mut self.nodes[i], &rec.uid, &rec.assignment, 1)?;
+        self.apply_at(i, &rec.uid, &rec.assignment, 1)?;
         self.generation += 1;
         let u = self.ns_usage.entry(rec.namespace.clone()).or_default();
         u.add(rec.demand);
@@ -317,7 +458,7 @@ impl Cluster {
             }
         }
         if let Some(i) = self.node_index(&rec.assignment.node) {
-            let _ = apply(&mut self.nodes[i], uid, &rec.assignment, -1);
+            let _ = self.apply_at(i, uid, &rec.assignment, -1);
         }
         if let Some(u) = self.ns_usage.get_mut(&rec.namespace) {
             u.sub(rec.demand);
@@ -393,6 +534,8 @@ impl Cluster {
 
 /// Charges (`sign` = 1) or gives back (`sign` = -1) an assignment on a node. Charging checks
 /// every device first, so a refused assignment changes nothing.
+/// The node's shape id is left as it was: that suits scratch copies, which are fitted
+/// directly; nodes of the cluster change through `Cluster::apply_at`.
 pub(crate) fn apply(
     node: &mut Node,
     pod: &str,
@@ -410,7 +553,8 @@ pub(crate) fn apply(
                     uuid: g.uuid.clone(),
                 })?;
             let u = &mut scratch[i];
-            let info = &node.gpus[i].info;
+            let gpu = &node.gpus[i];
+            let info = &gpu.info;
             let over = |what: String| ClusterError::Overcommit {
                 pod: pod.to_string(),
                 uuid: info.uuid.clone(),
@@ -427,23 +571,24 @@ pub(crate) fn apply(
                 if u.exclusive || (g.exclusive && u.slices > 0) {
                     return Err(over("exclusive use".into()));
                 }
-                if u.memory_mib + g.memory_mib > info.memory_mib {
+                // Checked against the GPU's capped copies, so each sum fits its field.
+                if u.memory_mib as u64 + g.memory_mib > gpu.memory_mib as u64 {
                     return Err(over(format!(
                         "memory {} + {} > {} MiB",
-                        u.memory_mib, g.memory_mib, info.memory_mib
+                        u.memory_mib, g.memory_mib, gpu.memory_mib
                     )));
                 }
-                if u.compute + g.compute_percent > 100 {
+                if u.compute as u64 + g.compute_percent as u64 > 100 {
                     return Err(over(format!(
                         "compute {} + {} > 100 %",
                         u.compute, g.compute_percent
                     )));
                 }
-                if u.slices + 1 > info.slices {
-                    return Err(over(format!("slices {} + 1 > {}", u.slices, info.slices)));
+                if u.slices >= gpu.slices {
+                    return Err(over(format!("slices {} + 1 > {}", u.slices, gpu.slices)));
                 }
-                u.memory_mib += g.memory_mib;
-                u.compute += g.compute_percent;
+                u.memory_mib += g.memory_mib as u32;
+                u.compute += g.compute_percent as u8;
                 u.slices += 1;
                 u.exclusive |= g.exclusive;
             } else {
@@ -451,8 +596,8 @@ pub(crate) fn apply(
                     u.mig_taken &= !(1 << j);
                     continue;
                 }
-                u.memory_mib = u.memory_mib.saturating_sub(g.memory_mib);
-                u.compute = u.compute.saturating_sub(g.compute_percent);
+                u.memory_mib = (u.memory_mib as u64).saturating_sub(g.memory_mib) as u32;
+                u.compute = (u.compute as u32).saturating_sub(g.compute_percent) as u8;
                 u.slices = u.slices.saturating_sub(1);
                 if g.exclusive {
                     u.exclusive = false;

@@ -145,6 +145,7 @@ impl<'a> Candidate<'a> {
         }
     }
 
+    #[inline]
     fn gpu_allowed(&self, node: &Node, i: usize) -> bool {
         let g = &node.gpus[i];
         g.healthy
@@ -321,7 +322,36 @@ impl std::fmt::Display for RefusalText<'_> {
     }
 }
 
-/// [`fit_node`] without allocating: runs once per node per pod on the filter path.
+/// [`fit_verdict`] over many nodes of one cluster, once per node shape: nodes of one
+/// [`Node::shape`] get the same verdict unless the pod pins UUIDs, and a cluster is mostly
+/// nodes in a few shapes (empty, full, alike). Only for the cluster's own nodes, whose shape
+/// ids are current.
+pub struct ShapeMemo {
+    /// Per shape id; empty when the pod pins UUIDs.
+    slots: Vec<Option<Result<Verdict, Refusal>>>,
+}
+
+impl ShapeMemo {
+    pub fn new(cluster: &Cluster, c: &Candidate) -> Self {
+        let slots = if c.pod.annotations.uuids.is_empty() {
+            vec![None; cluster.shape_bound()]
+        } else {
+            Vec::new()
+        };
+        Self { slots }
+    }
+
+    #[inline]
+    pub fn verdict(&mut self, node: &Node, c: &Candidate) -> Result<Verdict, Refusal> {
+        match self.slots.get_mut(node.shape() as usize) {
+            Some(Some(v)) => *v,
+            Some(slot) => *slot.insert(fit_verdict(node, c)),
+            None => fit_verdict(node, c),
+        }
+    }
+}
+
+/// [`fit_node`] without allocating: runs once per node shape per pod on the filter path.
 pub fn fit_verdict(node: &Node, c: &Candidate) -> Result<Verdict, Refusal> {
     fit_inner(node, c, |_, _| {})
 }
@@ -353,11 +383,16 @@ fn fit_inner(
                 if g.mode != GpuMode::Shared || u.exclusive || u.slices >= g.slices {
                     continue;
                 }
-                let m = req.memory_mib.unwrap_or(g.share.0);
-                let k = req.compute_percent.unwrap_or(g.share.1);
+                let (m, k) = match (req.memory_mib, req.compute_percent) {
+                    (Some(m), Some(k)) => (m, k),
+                    (m, k) => {
+                        let (dm, dk) = g.share();
+                        (m.unwrap_or(dm), k.unwrap_or(dk))
+                    }
+                };
                 // The cheap arithmetic first: on a busy cluster most GPUs fail it.
-                if u.memory_mib + m <= g.memory_mib
-                    && u.compute + k <= 100
+                if u.memory_mib as u64 + m <= g.memory_mib as u64
+                    && u.compute as u32 + k <= 100
                     && c.gpu_allowed(node, i)
                 {
                     cands.push(i as u16);
@@ -371,9 +406,9 @@ fn fit_inner(
             }
             let key = |i: u16| {
                 let g = &node.gpus[i as usize];
-                let dm = g.share.0;
-                let free_after =
-                    g.memory_mib - usage[i as usize].memory_mib - req.memory_mib.unwrap_or(dm);
+                let m = req.memory_mib.unwrap_or_else(|| g.share().0);
+                // Candidates fit, so this does not underflow.
+                let free_after = g.memory_mib as u64 - usage[i as usize].memory_mib as u64 - m;
                 match c.gpu_policy {
                     Policy::Binpack => free_after as i64,
                     Policy::Spread => -(free_after as i64),
@@ -385,7 +420,7 @@ fn fit_inner(
                 topo_n += 1;
             }
             for &i in set.as_slice() {
-                let (dm, dc) = node.gpus[i as usize].share;
+                let (dm, dc) = node.gpus[i as usize].share();
                 let t = Take {
                     gpu: i,
                     mig: None,
@@ -394,8 +429,9 @@ fn fit_inner(
                     exclusive: false,
                 };
                 let u = &mut usage[i as usize];
-                u.memory_mib += t.memory_mib;
-                u.compute += t.compute;
+                // The GPU was a candidate: the sums stay within its capped figures.
+                u.memory_mib += t.memory_mib as u32;
+                u.compute += t.compute as u8;
                 u.slices += 1;
                 demand.memory_mib += t.memory_mib;
                 demand.compute_percent += t.compute as u64;
@@ -431,12 +467,12 @@ fn fit_inner(
                 let t = Take {
                     gpu: i,
                     mig: None,
-                    memory_mib: g.memory_mib,
+                    memory_mib: g.memory_mib as u64,
                     compute: 100,
                     exclusive: true,
                 };
                 let u = &mut usage[i as usize];
-                u.memory_mib += t.memory_mib;
+                u.memory_mib = u.memory_mib.saturating_add(g.memory_mib);
                 u.compute = 100;
                 u.slices += 1;
                 u.exclusive = true;
@@ -556,7 +592,7 @@ fn choose_set(node: &Node, cands: &mut [u16], n: usize, key: impl Fn(u16) -> i64
     if let Some(set) = group(&|i| node.gpus[i as usize].info.numa) {
         return (Set::from(&set[..]), 2);
     }
-    if let Some(set) = group(&|i| node.gpus[i as usize].switch) {
+    if let Some(set) = group(&|i| node.gpus[i as usize].switch.map(u32::from)) {
         return (Set::from(&set[..]), 1);
     }
     (Set::from(&cands[..n]), 0)
@@ -591,9 +627,9 @@ pub fn score(node: &Node, usage: &[GpuUsage], policy: Policy, topo: f64) -> f64 
         if g.mode == GpuMode::Mig {
             continue;
         }
-        used += u.memory_mib;
+        used += u.memory_mib as u64;
         if !u.exclusive {
-            hole = hole.max(g.memory_mib - u.memory_mib.min(g.memory_mib));
+            hole = hole.max(g.memory_mib.saturating_sub(u.memory_mib) as u64);
         }
     }
     let util = if node.total_memory_mib == 0 {

@@ -19,7 +19,8 @@ mod tests;
 
 pub use cluster::{Cluster, ClusterError, GpuUsage, Node, PodRecord};
 pub use fit::{
-    Candidate, Config, Fit, PodSpec, Refusal, Take, Verdict, fit_node, fit_verdict, score,
+    Candidate, Config, Fit, PodSpec, Refusal, ShapeMemo, Take, Verdict, fit_node, fit_verdict,
+    score,
 };
 pub use gang::{GangDecision, GangTracker, Reservation};
 pub use hint::{MigHint, mig_hint, outstanding_mig};

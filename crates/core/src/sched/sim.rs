@@ -333,7 +333,7 @@ pub fn fragmentation(c: &Cluster) -> f64 {
             if g.info.mode == GpuMode::Mig || u.exclusive {
                 continue;
             }
-            let f = g.info.memory_mib.saturating_sub(u.memory_mib);
+            let f = g.info.memory_mib.saturating_sub(u.memory_mib as u64);
             free += f;
             if u.slices > 0 {
                 stranded += f;

@@ -428,14 +428,14 @@ fn check_no_overcommit(c: &Cluster) {
     for n in &c.nodes {
         for (g, u) in n.gpus.iter().zip(&n.usage) {
             assert!(
-                u.memory_mib <= g.info.memory_mib,
+                u64::from(u.memory_mib) <= g.info.memory_mib,
                 "{}: memory {} > {}",
                 g.info.uuid,
                 u.memory_mib,
                 g.info.memory_mib
             );
             assert!(u.compute <= 100, "{}: compute {}", g.info.uuid, u.compute);
-            assert!(u.slices <= g.info.slices);
+            assert!(u32::from(u.slices) <= g.info.slices);
         }
     }
     // Usage equals the sum of recorded assignments, GPU by GPU.
@@ -452,7 +452,12 @@ fn check_no_overcommit(c: &Cluster) {
     for n in &c.nodes {
         for (g, u) in n.gpus.iter().zip(&n.usage) {
             let (m, k) = sum.get(&g.info.uuid).copied().unwrap_or_default();
-            assert_eq!((u.memory_mib, u.compute), (m, k), "{}", g.info.uuid);
+            assert_eq!(
+                (u64::from(u.memory_mib), u32::from(u.compute)),
+                (m, k),
+                "{}",
+                g.info.uuid
+            );
             if u.exclusive {
                 assert_eq!(u.slices, 1, "{}: an exclusive GPU is shared", g.info.uuid);
             }
@@ -471,6 +476,78 @@ fn check_no_overcommit(c: &Cluster) {
             }
         }
     }
+}
+
+/// Two nodes share a shape exactly when their GPUs read the same to fitting, and the filter's
+/// once-per-shape verdict is each node's own.
+fn check_shapes(c: &Cluster, cand: &Candidate) {
+    let seen = |n: &crate::sched::Node| {
+        let hw: Vec<_> = n
+            .gpus
+            .iter()
+            .map(|g| {
+                (
+                    g.info.model.clone(),
+                    g.info.memory_mib,
+                    g.info.slices,
+                    g.info.mode,
+                    g.info.healthy,
+                    g.info.mig.len(),
+                )
+            })
+            .collect();
+        (hw, n.usage.clone())
+    };
+    for a in &c.nodes {
+        assert!((a.shape() as usize) < c.shape_bound());
+        for b in &c.nodes {
+            assert_eq!(
+                a.shape() == b.shape(),
+                seen(a) == seen(b),
+                "{} vs {}",
+                a.name,
+                b.name
+            );
+        }
+    }
+    let mut memo = crate::sched::ShapeMemo::new(c, cand);
+    for n in &c.nodes {
+        assert_eq!(memo.verdict(n, cand), fit_verdict(n, cand), "{}", n.name);
+    }
+}
+
+#[test]
+fn shape_ids_are_reused_once_no_node_holds_them() {
+    let mut c = Cluster::new();
+    node8(&mut c, "a");
+    node8(&mut c, "b");
+    assert_eq!(
+        c.nodes[0].shape(),
+        c.nodes[1].shape(),
+        "alike nodes share a shape"
+    );
+    let cfg = Config::default();
+    for k in 0..500 {
+        let p = pod(
+            &format!("p{k}"),
+            "ns",
+            &[
+                ("gpuslice.io/gpu", "1"),
+                ("gpuslice.io/gpu-memory", &format!("{}", 1000 + k)),
+            ],
+            &[],
+        );
+        place(&mut c, &p, &cfg).unwrap();
+        assert_ne!(c.nodes[0].shape(), c.nodes[1].shape());
+        c.remove_pod(&p.uid);
+    }
+    assert_eq!(c.nodes[0].shape(), c.nodes[1].shape());
+    // Two shapes live at most at once: ids are reused, not minted per state ever seen.
+    assert!(c.shape_bound() <= 2, "{}", c.shape_bound());
+    c.remove_node("a");
+    c.remove_node("b");
+    node8(&mut c, "c");
+    assert!(c.shape_bound() <= 2, "{}", c.shape_bound());
 }
 
 proptest! {
@@ -511,6 +588,7 @@ proptest! {
                         (a, b) => prop_assert!(false, "full fit {:?}, verdict {:?}", a, b),
                     }
                 }
+                check_shapes(&c, &cand);
                 if let Ok((n, f)) = best_node(&c, &cand) {
                     let rec = c.record(n, &pod, &f);
                     prop_assert!(c.add_pod(rec).is_ok());
@@ -527,6 +605,13 @@ proptest! {
                         }
                     }
                 }
+            } else if victim % 5 == 0 {
+                // The agent republishes a node with one GPU's health flipped: its hardware
+                // class changes and its pods are charged again.
+                let n = c.nodes[victim % c.nodes.len()].clone();
+                let mut gpus: Vec<GpuInfo> = n.gpus.iter().map(|g| (*g.info).clone()).collect();
+                gpus[victim % 4].healthy ^= true;
+                c.upsert_node(&n.name, &Inventory::new(gpus));
             } else {
                 let uids: Vec<String> = c.pods.keys().cloned().collect();
                 if !uids.is_empty() {
