@@ -629,10 +629,11 @@ impl PodAnnotations {
     }
 }
 
-/// Memory and compute a slice gets on `gpu` when the request leaves them out: an even share.
-pub fn default_share(gpu: &GpuInfo) -> (u64, u32) {
-    let n = gpu.slices.max(1);
-    ((gpu.memory_mib / n as u64).max(1), (100 / n).max(1))
+/// Memory (MiB) and compute (%) a slice gets on a GPU of `memory_mib` offered as `slices`
+/// slices, when the request leaves them out: an even share.
+pub fn even_share(memory_mib: u64, slices: u32) -> (u64, u32) {
+    let n = slices.max(1);
+    ((memory_mib / n as u64).max(1), (100 / n).max(1))
 }
 
 #[cfg(test)]

@@ -3,9 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-#[cfg(doc)]
-use crate::protocol::default_share;
-use crate::protocol::{AssignedGpu, Assignment, ContainerAssignment, GpuInfo, GpuMode, Inventory};
+use crate::protocol::{
+    AssignedGpu, Assignment, ContainerAssignment, GpuInfo, GpuMode, Inventory, even_share,
+};
 
 use super::fit::{Fit, PodSpec};
 use super::quota::{Demand, Quota};
@@ -50,15 +50,11 @@ pub struct Gpu {
 const _: () = assert!(std::mem::size_of::<Gpu>() == 32 && std::mem::size_of::<GpuUsage>() == 16);
 
 impl Gpu {
-    /// The even share (memory MiB, compute %) a slice without explicit sizes gets:
-    /// [`default_share`] of the inventory entry, from the copies at the top.
+    /// The even share (memory MiB, compute %) a slice without explicit sizes gets, from the
+    /// copies at the top.
     #[inline]
     pub fn share(&self) -> (u64, u32) {
-        let n = self.slices.max(1);
-        (
-            (self.memory_mib as u64 / n as u64).max(1),
-            (100 / n as u32).max(1),
-        )
+        even_share(self.memory_mib as u64, self.slices as u32)
     }
 }
 
