@@ -1,6 +1,7 @@
-//! `gpuslice run`: one tenant, standalone. Creates the tenant's ledger, starts the command with
-//! the interposer loaded, returns dead processes' memory to the tenant while it runs, and exits
-//! with the command's status.
+//! `gpuslice run`: one tenant, standalone. Creates the tenant's ledger, becomes the tenant's
+//! warden (the authority its processes take their limits from: `gpuslice_warden`), starts the
+//! command with the interposer loaded, returns dead processes' memory to the tenant while it
+//! runs, and exits with the command's status.
 
 use gpuslice_core::compute::{ComputeLimits, ComputeQuota, Priority, ShareMode};
 use gpuslice_core::{ByteSize, DeviceList, TenantLimits};
@@ -8,9 +9,7 @@ use gpuslice_ledger::{ComputeSpec, Ledger, TenantSpec};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::install::{Install, compute_dir, prepend, state_dir};
 
@@ -22,7 +21,8 @@ pub struct RunArgs {
     /// Device memory cap per GPU, e.g. 4GiB, 512MiB, 4Gi, 1.5GiB or a number of bytes.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub gpu_memory: ByteSize,
-    /// GPUs the tenant may use, by index (sets CUDA_VISIBLE_DEVICES), e.g. 0 or 0,2.
+    /// GPUs the tenant may use, by NVML index, e.g. 0 or 0,2. Others get a cap of zero, and
+    /// CUDA_VISIBLE_DEVICES names the chosen ones by UUID.
     #[arg(long, value_name = "LIST", value_parser = parse_devices)]
     pub devices: Option<DeviceList>,
     /// Share of each GPU's time, 1-100 percent (without it: a full share, weight 100).
@@ -177,22 +177,47 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let dir = TenantDir(dir);
     let ledger_path = dir.0.join("ledger");
+    let chosen = match &args.devices {
+        Some(devs) => gpu_uuids(&install, args.sim, devs)?,
+        None => Vec::new(),
+    };
     let spec = TenantSpec {
         name: name.clone(),
         memory_cap: limits.memory.bytes(),
         context_overhead: limits.context_overhead.bytes(),
-        allowed: Vec::new(),
+        allowed: chosen.iter().map(|(u, _)| *u).collect(),
     };
     let ledger = Ledger::create(&ledger_path, &spec)
         .map_err(|e| format!("cannot create the tenant ledger: {e}"))?;
     ledger
         .set_compute(compute_spec(&compute))
         .map_err(|e| format!("cannot record the compute limits: {e}"))?;
+    let granted = ledger
+        .limits()
+        .map_err(|e| format!("cannot read back the tenant's limits: {e}"))?;
+
+    // Orphaned processes of the tenant (double forks, daemons) stay in our tree, so that the
+    // warden still answers them and nobody outside the tree can pose as one of them.
+    // SAFETY: prctl with these arguments only sets a flag of this process.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // The tenant's processes take their limits from here, never from their environment. A
+    // process's exit (its connection closing) returns its memory at once; the tick also
+    // covers processes that died before connecting.
+    gpuslice_warden::server::start(
+        gpuslice_warden::server::Grant {
+            limits: granted,
+            ledger: ledger_path.clone(),
+            arbiter: None,
+        },
+        move || {
+            ledger.reclaim_dead(None);
+        },
+    )
+    .map_err(|e| format!("cannot serve the tenant's limits: {e}"))?;
 
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..])
         .env("LD_PRELOAD", prepend("LD_PRELOAD", &install.interposer()))
-        .env("GPUSLICE_LEDGER", &ledger_path)
         .env("GPUSLICE_TENANT", &name)
         .env("GPUSLICE_COMPUTE_DIR", &compute_dir);
     if args.sim {
@@ -200,9 +225,10 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
         install.link_simulator(&lib)?;
         cmd.env("LD_LIBRARY_PATH", prepend("LD_LIBRARY_PATH", &lib));
     }
-    if let Some(devs) = &args.devices {
-        cmd.env("CUDA_VISIBLE_DEVICES", devs.to_string())
-            .env("NVIDIA_VISIBLE_DEVICES", devs.to_string());
+    if !chosen.is_empty() {
+        let names: Vec<&str> = chosen.iter().map(|(_, n)| n.as_str()).collect();
+        cmd.env("CUDA_VISIBLE_DEVICES", names.join(","))
+            .env("NVIDIA_VISIBLE_DEVICES", names.join(","));
     }
 
     // The command never outlives its supervisor: without it, nobody reaps dead processes' memory.
@@ -218,7 +244,7 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", args.command[0].to_string_lossy()))?;
     CHILD.store(child.id() as i32, Ordering::SeqCst);
@@ -226,21 +252,59 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
         unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
     }
 
-    // Processes of the tenant that die (SIGKILL included) give their memory back within this period.
-    let done = Arc::new(AtomicBool::new(false));
-    let reaper = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            while !done.load(Ordering::SeqCst) {
-                ledger.reclaim_dead(None);
-                std::thread::sleep(Duration::from_millis(200));
+    wait_for(child.id() as libc::pid_t)
+}
+
+/// Waits for the command, reaping on the way any orphaned process of the tenant that was
+/// re-parented to us (we are the tenant's subreaper), and returns the command's status.
+fn wait_for(pid: libc::pid_t) -> Result<ExitStatus, String> {
+    use std::os::unix::process::ExitStatusExt;
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if r == pid {
+            return Ok(ExitStatus::from_raw(status));
+        }
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(format!("waiting for the command: {e}"));
             }
-        })
-    };
-    let status = child
-        .wait()
-        .map_err(|e| format!("waiting for the command: {e}"))?;
-    done.store(true, Ordering::SeqCst);
-    let _ = reaper.join();
-    Ok(status)
+        }
+    }
+}
+
+/// The GPUs `devs` names (NVML indices), as (UUID, the name CUDA_VISIBLE_DEVICES takes).
+fn gpu_uuids(
+    install: &Install,
+    sim: bool,
+    devs: &DeviceList,
+) -> Result<Vec<([u8; 16], String)>, String> {
+    let nvml = if sim {
+        gpuslice_nvml::Nvml::from_path(&install.lib_dir.join(crate::install::SIM_NVML))
+    } else {
+        gpuslice_nvml::Nvml::system()
+    }
+    .map_err(|e| format!("--devices needs NVML to name the GPUs: {e}"))?;
+    let count = nvml
+        .device_count()
+        .map_err(|e| format!("--devices: cannot count the GPUs: {e}"))?;
+    let mut out = Vec::new();
+    for &i in &devs.0 {
+        if i >= count {
+            eprintln!(
+                "gpuslice run: --devices {devs}: there is no GPU {i} (this machine has {count}: 0-{})",
+                count.saturating_sub(1)
+            );
+            std::process::exit(2);
+        }
+        let g = nvml
+            .gpu(i)
+            .map_err(|e| format!("--devices: cannot read GPU {i}: {e}"))?;
+        let uuid = gpuslice_ledger::parse_uuid(&g.uuid)
+            .ok_or_else(|| format!("--devices: GPU {i} has an unreadable UUID '{}'", g.uuid))?;
+        out.push((uuid, g.uuid));
+    }
+    Ok(out)
 }

@@ -114,17 +114,15 @@ fn config() -> &'static Result<Option<Config>, String> {
     static CFG: OnceLock<Result<Option<Config>, String>> = OnceLock::new();
     CFG.get_or_init(|| {
         let t = tenant().map_err(|_| String::new())?;
-        match t.ledger.compute() {
-            Ok(None) => Ok(None),
-            Ok(Some(c)) => Ok(Some((
-                c.quota,
-                c.mode,
-                c.priority,
-                t.ledger.tenant_id(),
-                t.ledger.spec().name,
-            ))),
-            Err(e) => Err(e.to_string()),
-        }
+        Ok(t.compute.as_ref().map(|c| {
+            (
+                c.spec.quota,
+                c.spec.mode,
+                c.spec.priority,
+                c.tenant_id,
+                c.name.clone(),
+            )
+        }))
     })
 }
 

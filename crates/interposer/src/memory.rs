@@ -454,7 +454,7 @@ fn reconcile_one(t: &Tenant, pool: CUmemoryPool, pc: &mut PoolCharge) -> bool {
     };
     if now > pc.charged {
         // Memory the driver has already handed out; the next reservation sees it.
-        t.ledger.charge_unchecked(t.slot, dev, now - pc.charged);
+        t.charge_unchecked(dev, now - pc.charged);
     } else if now < pc.charged {
         t.release(dev, pc.charged - now);
     }
@@ -480,14 +480,14 @@ unsafe fn pool_alloc(
     call: impl FnOnce() -> CUresult,
 ) -> CUresult {
     // Settle other pools first, so a pool that has given memory back does not cause a refusal.
-    if t.ledger.cap(dev).saturating_sub(t.ledger.used(dev)) < bytes {
+    if t.available(dev) < bytes {
         reconcile_pools(t);
     }
     let mut pools = t.pools.lock().unwrap();
     let pc = pools.entry(pool as usize).or_default();
     pc.dev.get_or_insert(dev);
     reconcile_one(t, pool, pc);
-    if t.ledger.reserve(t.slot, dev, bytes).is_err() {
+    if t.reserve_exact(dev, bytes).is_err() {
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     let r = call();
@@ -504,7 +504,7 @@ unsafe fn pool_alloc(
         return CUDA_SUCCESS;
     }
     // The pool grew by more than was asked (it reserves in chunks): that is its real footprint.
-    if t.ledger.reserve(t.slot, dev, growth - bytes).is_ok() {
+    if t.reserve_exact(dev, growth - bytes).is_ok() {
         pc.charged = now;
         return CUDA_SUCCESS;
     }
@@ -871,11 +871,7 @@ pub unsafe extern "C" fn cuGraphExecDestroy(exec: CUgraphExec) -> CUresult {
 /// The tenant's view of a device: total = its cap (never more than the device), free = what is
 /// left of the cap (never more than the device really has free).
 pub fn tenant_view(t: &Tenant, dev: Dev, real_free: u64, real_total: u64) -> (u64, u64) {
-    let cap = t.ledger.cap(dev);
-    let used = t.ledger.used(dev);
-    let total = cap.min(real_total);
-    let free = total.saturating_sub(used).min(real_free);
-    (free, total)
+    t.view(dev, real_free, real_total)
 }
 
 #[unsafe(no_mangle)]
@@ -919,7 +915,7 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -
         }
         let t = tenant_or_return!();
         match t.dev(dev) {
-            Ok(d) => *bytes = (*bytes as u64).min(t.ledger.cap(d)) as usize,
+            Ok(d) => *bytes = (*bytes as u64).min(t.cap(d)) as usize,
             Err(e) => return e,
         }
         r

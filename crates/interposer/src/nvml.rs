@@ -14,7 +14,7 @@ fn tenant_dev(t: &Tenant, device: nvmlDevice_t) -> Option<gpuslice_ledger::Dev> 
         return None;
     }
     let s = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy();
-    gpuslice_ledger::parse_uuid(&s).and_then(|u| t.ledger.device_for(&u).ok())
+    gpuslice_ledger::parse_uuid(&s).and_then(|u| t.dev_for_uuid(&u).ok())
 }
 
 /// (total, used, free) as the tenant sees them; `None` when the device is not the tenant's
@@ -26,7 +26,7 @@ fn view(
 ) -> Result<(u64, u64, u64), nvmlReturn_t> {
     let t = crate::tenant::tenant().map_err(|_| NVML_ERROR_NO_PERMISSION)?;
     let dev = tenant_dev(t, device).ok_or(NVML_ERROR_UNKNOWN)?;
-    let used = t.ledger.used(dev);
+    let used = t.used(dev);
     let (free, total) = crate::memory::tenant_view(t, dev, real_free, real_total);
     Ok((total, used.min(total), free))
 }

@@ -2,18 +2,16 @@
 //! what it has allocated (so frees give back exactly what was charged).
 
 use gpuslice_cuda_abi::driver::*;
-use gpuslice_ledger::{Dev, Ledger, SlotId};
+use gpuslice_ledger::{ComputeSpec, Dev, Ledger, SlotId};
+use gpuslice_warden::client::Authority;
 use std::collections::HashMap;
 use std::ffi::c_int;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 use crate::real::call_real;
-
-/// Where the node agent mounts a container's ledger; used when `GPUSLICE_LEDGER` is unset, so
-/// that programs which clear their environment are still governed.
-pub const DEFAULT_LEDGER: &str = "/run/gpuslice/ledger";
 
 /// The error every governed call returns when the tenant's limits cannot be read: the process
 /// must not run unlimited.
@@ -36,9 +34,34 @@ pub struct PoolCharge {
     pub charged: u64,
 }
 
+/// The tenant's compute settings as its outermost authority gave them.
+#[derive(Debug, Clone)]
+pub struct ComputeLimits {
+    pub spec: ComputeSpec,
+    pub tenant_id: u64,
+    pub name: String,
+}
+
+/// A ledger the process is charged in besides its own: an enclosing tenant's (a nested
+/// `gpuslice run`, or a `gpuslice run` inside a container).
+struct Outer {
+    ledger: Ledger,
+    slot: SlotId,
+}
+
 pub struct Tenant {
+    /// The ledger of the nearest authority: the tenant the process belongs to.
     pub ledger: Ledger,
     pub slot: SlotId,
+    /// Enclosing tenants, outermost first; every charge is made in each of them too.
+    outer: Vec<Outer>,
+    /// A device entry of `ledger` → the same GPU's entry in each of `outer`.
+    outer_devs: Mutex<HashMap<usize, Vec<Dev>>>,
+    /// Every authority, outermost first; they hold the connections that tell a warden when
+    /// this process exits.
+    authorities: Vec<Authority>,
+    /// From the outermost authority that sets compute limits: nesting never widens a share.
+    pub compute: Option<ComputeLimits>,
     ordinals: Mutex<HashMap<CUdevice, Dev>>,
     pub owned: Mutex<HashMap<Owner, (Dev, u64)>>,
     /// Keyed by pool handle. Also serialises allocations from one pool, so the growth seen
@@ -53,30 +76,59 @@ static CURRENT: AtomicPtr<Result<Tenant, String>> = AtomicPtr::new(std::ptr::nul
 static INITIALIZING: AtomicBool = AtomicBool::new(false);
 
 pub extern "C" fn after_fork_in_child() {
-    // The parent's state (and any lock another thread held in it) is abandoned, not freed.
-    CURRENT.store(std::ptr::null_mut(), Ordering::SeqCst);
+    // The parent's state (and any lock another thread held in it) is abandoned, not freed. Its
+    // warden connections are the parent's: closing them here would tell a warden the parent
+    // exited, so they are only forgotten; the child makes its own.
+    let p = CURRENT.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    if !p.is_null() {
+        // SAFETY: `p` came from Box::into_raw in `tenant()` and is never freed, so it is valid;
+        // only the mutexes inside are touched, which `forget_connection` tolerates poisoned.
+        if let Ok(t) = unsafe { &*p } {
+            for a in &t.authorities {
+                a.forget_connection();
+            }
+        }
+    }
     INITIALIZING.store(false, Ordering::SeqCst);
     crate::compute::after_fork();
 }
 
 fn load() -> Result<Tenant, String> {
-    let (path, from_env) = match std::env::var_os("GPUSLICE_LEDGER") {
-        Some(p) if !p.is_empty() => (PathBuf::from(p), true),
-        _ => (PathBuf::from(DEFAULT_LEDGER), false),
-    };
-    let ledger = Ledger::open(&path).map_err(|e| {
-        if from_env {
-            format!("cannot use the tenant ledger GPUSLICE_LEDGER={}: {e}", path.display())
-        } else {
-            format!("no tenant ledger: GPUSLICE_LEDGER is unset and {DEFAULT_LEDGER} is unusable ({e}); start the program with `gpuslice run`")
-        }
-    })?;
-    let slot = ledger
-        .attach_process()
-        .map_err(|e| format!("tenant ledger {}: {e}", path.display()))?;
+    let mut auths = gpuslice_warden::client::discover()?;
+    if auths.is_empty() {
+        return Err(format!(
+            "no gpuslice limits: this process was not started by `gpuslice run` and no container limits are mounted at {}",
+            gpuslice_warden::CONTAINER_DIR
+        ));
+    }
+    let compute = auths.iter().find_map(|a| {
+        a.limits.compute.map(|spec| ComputeLimits {
+            spec,
+            tenant_id: a.limits.tenant_id,
+            name: a.limits.spec.name.clone(),
+        })
+    });
+    let mut members = Vec::with_capacity(auths.len());
+    for a in &mut auths {
+        let label = PathBuf::from(format!("the ledger of {}", a.source));
+        let fd: OwnedFd = a
+            .take_ledger()
+            .ok_or_else(|| format!("{} sent no ledger", a.source))?;
+        let ledger = Ledger::from_fd(fd, &label, a.limits.clone())
+            .map_err(|e| format!("{}: {e}", a.source))?;
+        let slot = ledger
+            .attach_process()
+            .map_err(|e| format!("tenant ledger of {}: {e}", a.source))?;
+        members.push(Outer { ledger, slot });
+    }
+    let Outer { ledger, slot } = members.pop().expect("at least one authority");
     Ok(Tenant {
         ledger,
         slot,
+        outer: members,
+        outer_devs: Mutex::default(),
+        authorities: auths,
+        compute,
         ordinals: Mutex::default(),
         owned: Mutex::default(),
         pools: Mutex::default(),
@@ -132,12 +184,111 @@ impl Tenant {
             return Ok(*d);
         }
         let uuid = device_uuid(ordinal)?;
-        let d = self.ledger.device_for(&uuid).map_err(|e| {
+        let d = self.dev_for_uuid(&uuid).map_err(|e| {
             eprintln!("gpuslice: {e}");
             CUDA_ERROR_OUT_OF_MEMORY
         })?;
         self.ordinals.lock().unwrap().insert(ordinal, d);
         Ok(d)
+    }
+
+    /// The ledger entry of the GPU with this UUID, in this tenant's ledger and every
+    /// enclosing one.
+    pub fn dev_for_uuid(&self, uuid: &[u8; 16]) -> Result<Dev, gpuslice_ledger::LedgerError> {
+        let d = self.ledger.device_for(uuid)?;
+        if !self.outer.is_empty() {
+            let mut m = self.outer_devs.lock().unwrap_or_else(|e| e.into_inner());
+            if !m.contains_key(&d.0) {
+                let devs = self
+                    .outer
+                    .iter()
+                    .map(|o| o.ledger.device_for(uuid))
+                    .collect::<Result<Vec<_>, _>>()?;
+                m.insert(d.0, devs);
+            }
+        }
+        Ok(d)
+    }
+
+    /// Each enclosing ledger with its entry for `dev`. Empty for a tenant that is not nested.
+    fn outer_of(&self, dev: Dev) -> Vec<(&Outer, Dev)> {
+        if self.outer.is_empty() {
+            return Vec::new();
+        }
+        let m = self.outer_devs.lock().unwrap_or_else(|e| e.into_inner());
+        match m.get(&dev.0) {
+            Some(devs) => self.outer.iter().zip(devs.iter().copied()).collect(),
+            // Unreachable: every Dev handed out went through dev_for_uuid. Charge nothing
+            // outside rather than guess an entry.
+            None => Vec::new(),
+        }
+    }
+
+    /// The smallest cap on `dev` among this tenant and the ones enclosing it.
+    pub fn cap(&self, dev: Dev) -> u64 {
+        self.outer_of(dev)
+            .into_iter()
+            .map(|(o, d)| o.ledger.cap(d))
+            .fold(self.ledger.cap(dev), u64::min)
+    }
+
+    /// Bytes the tenant holds on `dev` (its own ledger).
+    pub fn used(&self, dev: Dev) -> u64 {
+        self.ledger.used(dev)
+    }
+
+    /// What can still be allocated on `dev`: the least headroom in the chain of ledgers.
+    pub fn available(&self, dev: Dev) -> u64 {
+        self.outer_of(dev)
+            .into_iter()
+            .map(|(o, d)| o.ledger.cap(d).saturating_sub(o.ledger.used(d)))
+            .fold(
+                self.ledger.cap(dev).saturating_sub(self.ledger.used(dev)),
+                u64::min,
+            )
+    }
+
+    /// The tenant's view of a device: total = its cap (never more than the device), free =
+    /// what is left of it in every enclosing tenant too (never more than the device has free).
+    pub fn view(&self, dev: Dev, real_free: u64, real_total: u64) -> (u64, u64) {
+        let total = self.cap(dev).min(real_total);
+        let free = self.available(dev).min(total).min(real_free);
+        (free, total)
+    }
+
+    /// Charges `bytes` in this tenant's ledger and every enclosing one, or in none.
+    pub fn reserve_exact(&self, dev: Dev, bytes: u64) -> Result<(), gpuslice_ledger::Refused> {
+        self.ledger.reserve(self.slot, dev, bytes)?;
+        let outer = self.outer_of(dev);
+        for (i, (o, d)) in outer.iter().enumerate() {
+            if let Err(e) = o.ledger.reserve(o.slot, *d, bytes) {
+                for (o, d) in &outer[..i] {
+                    o.ledger.release(o.slot, *d, bytes);
+                }
+                self.ledger.release(self.slot, dev, bytes);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds memory the driver already handed out, in every ledger of the chain.
+    pub fn charge_unchecked(&self, dev: Dev, bytes: u64) {
+        self.ledger.charge_unchecked(self.slot, dev, bytes);
+        for (o, d) in self.outer_of(dev) {
+            o.ledger.charge_unchecked(o.slot, d, bytes);
+        }
+    }
+
+    /// A new channel to the compute arbiter of the authority that set the compute limits.
+    #[allow(dead_code)] // The compute gate's arbiter client uses it.
+    pub fn arbiter_channel(&self) -> Result<OwnedFd, String> {
+        let a = self
+            .authorities
+            .iter()
+            .find(|a| a.limits.compute.is_some())
+            .ok_or_else(|| "this tenant has no compute limits".to_string())?;
+        a.arbiter_channel()
     }
 
     /// The ledger entry of the current context's device.
@@ -154,12 +305,10 @@ impl Tenant {
     /// Pools are re-measured first when that is what stands in the way: a pool may have
     /// returned memory to the device since we last looked.
     pub fn reserve(&self, dev: Dev, bytes: u64) -> Result<(), c_int> {
-        if self.ledger.reserve(self.slot, dev, bytes).is_ok() {
+        if self.reserve_exact(dev, bytes).is_ok() {
             return Ok(());
         }
-        if crate::memory::reconcile_pools(self)
-            && self.ledger.reserve(self.slot, dev, bytes).is_ok()
-        {
+        if crate::memory::reconcile_pools(self) && self.reserve_exact(dev, bytes).is_ok() {
             return Ok(());
         }
         Err(CUDA_ERROR_OUT_OF_MEMORY)
@@ -167,6 +316,9 @@ impl Tenant {
 
     pub fn release(&self, dev: Dev, bytes: u64) {
         self.ledger.release(self.slot, dev, bytes);
+        for (o, d) in self.outer_of(dev) {
+            o.ledger.release(o.slot, d, bytes);
+        }
     }
 
     /// Reserve, call the driver, then keep or roll back: the driver is never asked for memory the

@@ -20,6 +20,9 @@
 //! (as launchers of distributed jobs do) renumbers devices, but a GPU's UUID stays the same.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod limits;
+pub use limits::Limits;
+
 use gpuslice_shm::{Counter, MappedFile, Reservation};
 use std::io;
 use std::path::Path;
@@ -182,6 +185,13 @@ pub struct ProcessUsage {
 
 pub struct Ledger {
     file: MappedFile,
+    /// Limits from the tenant's authority. When present they, not the file's header (which the
+    /// tenant's processes can write), decide caps, the allow-list and compute settings.
+    authority: Option<Limits>,
+    /// Per device entry, as this process resolved it: 0 unknown, 1 allowed, 2 not allowed.
+    /// Kept locally so that a cap never depends on whether another process has finished
+    /// writing the entry's UUID.
+    resolved: [std::sync::atomic::AtomicU8; DEVICES],
 }
 
 fn uuid_key(uuid: &[u8; 16]) -> u64 {
@@ -235,7 +245,11 @@ impl Ledger {
                 path.display()
             )));
         }
-        Ok(Ledger { file })
+        Ok(Ledger {
+            file,
+            authority: None,
+            resolved: Default::default(),
+        })
     }
 }
 
@@ -267,14 +281,34 @@ fn init(h: &Header, spec: &TenantSpec) {
 impl Ledger {
     /// Opens an existing ledger, refusing anything that is not a complete ledger of this version.
     pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
-        let file = MappedFile::open(path, FILE_LEN).map_err(|e| match e.kind() {
+        Self::checked(MappedFile::open(path, FILE_LEN), path)
+    }
+
+    /// The ledger behind a descriptor handed over by the tenant's authority, bound to the
+    /// limits that came with it: from then on the file's header decides nothing.
+    pub fn from_fd(
+        fd: std::os::fd::OwnedFd,
+        label: &Path,
+        limits: Limits,
+    ) -> Result<Ledger, LedgerError> {
+        let mut l = Self::checked(MappedFile::from_fd(fd, FILE_LEN, label), label)?;
+        l.authority = Some(limits);
+        Ok(l)
+    }
+
+    fn checked(file: io::Result<MappedFile>, path: &Path) -> Result<Ledger, LedgerError> {
+        let file = file.map_err(|e| match e.kind() {
             io::ErrorKind::InvalidData => LedgerError::Invalid(format!(
                 "{} is not a gpuslice ledger (too short)",
                 path.display()
             )),
             _ => LedgerError::Io(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
         })?;
-        let l = Ledger { file };
+        let l = Ledger {
+            file,
+            authority: None,
+            resolved: Default::default(),
+        };
         let h = l.header();
         if h.magic.load(SeqCst) != MAGIC {
             return Err(LedgerError::Invalid(format!(
@@ -322,6 +356,9 @@ impl Ledger {
     }
 
     pub fn spec(&self) -> TenantSpec {
+        if let Some(a) = &self.authority {
+            return a.spec.clone();
+        }
         let h = self.header();
         let mut name = Vec::with_capacity(NAME_LEN);
         for w in &h.name {
@@ -360,19 +397,31 @@ impl Ledger {
 
     /// The tenant's compute limits; `Ok(None)` if none were recorded.
     pub fn compute(&self) -> Result<Option<ComputeSpec>, LedgerError> {
+        if let Some(a) = &self.authority {
+            return Ok(a.compute);
+        }
         ComputeSpec::unpack(self.header().compute.load(SeqCst))
             .map_err(|e| LedgerError::Invalid(format!("{}: {e}", self.path().display())))
     }
 
     pub fn tenant_id(&self) -> u64 {
+        if let Some(a) = &self.authority {
+            return a.tenant_id;
+        }
         self.header().tenant_id.load(SeqCst)
     }
 
     pub fn context_overhead(&self) -> u64 {
+        if let Some(a) = &self.authority {
+            return a.spec.context_overhead;
+        }
         self.header().context_overhead.load(SeqCst)
     }
 
     fn is_allowed(&self, uuid: &[u8; 16]) -> bool {
+        if let Some(a) = &self.authority {
+            return a.spec.allowed.is_empty() || a.spec.allowed.contains(uuid);
+        }
         let h = self.header();
         let n = (h.allowed_count.load(SeqCst) as usize).min(MAX_ALLOWED);
         let w = uuid_words(uuid);
@@ -385,6 +434,13 @@ impl Ledger {
     /// The entry for the GPU with this UUID, claimed on first use. A GPU outside the tenant's
     /// allow-list gets a cap of zero: it is visible, but nothing can be allocated on it.
     pub fn device_for(&self, uuid: &[u8; 16]) -> Result<Dev, LedgerError> {
+        let d = self.claim_device(uuid)?;
+        let flag = if self.is_allowed(uuid) { 1 } else { 2 };
+        self.resolved[d.0].store(flag, SeqCst);
+        Ok(d)
+    }
+
+    fn claim_device(&self, uuid: &[u8; 16]) -> Result<Dev, LedgerError> {
         let key = uuid_key(uuid);
         for i in 0..DEVICES {
             let e = self.device(Dev(i));
@@ -394,7 +450,7 @@ impl Ledger {
                     e.uuid[0].store(w[0], SeqCst);
                     e.uuid[1].store(w[1], SeqCst);
                     let cap = if self.is_allowed(uuid) {
-                        self.header().memory_cap.load(SeqCst)
+                        self.memory_cap()
                     } else {
                         0
                     };
@@ -415,6 +471,19 @@ impl Ledger {
     /// not allowed), so there is no window in which a device looks unlimited.
     pub fn cap(&self, d: Dev) -> u64 {
         let e = self.device(d);
+        if self.authority.is_some() {
+            match self.resolved[d.0].load(SeqCst) {
+                1 => return self.memory_cap(),
+                2 => return 0,
+                _ => {}
+            }
+            let uuid = words_uuid([e.uuid[0].load(SeqCst), e.uuid[1].load(SeqCst)]);
+            return if uuid != [0; 16] && self.is_allowed(&uuid) {
+                self.memory_cap()
+            } else {
+                0
+            };
+        }
         let c = e.cap.load(SeqCst);
         if c != 0 {
             return c;
@@ -425,6 +494,26 @@ impl Ledger {
         } else {
             0
         }
+    }
+
+    fn memory_cap(&self) -> u64 {
+        match &self.authority {
+            Some(a) => a.spec.memory_cap,
+            None => self.header().memory_cap.load(SeqCst),
+        }
+    }
+
+    /// The limits the file records, for whoever creates the tenant's authority from it.
+    pub fn limits(&self) -> Result<Limits, LedgerError> {
+        let tenant_id = match self.tenant_id() {
+            0 => 1,
+            id => id,
+        };
+        Ok(Limits {
+            spec: self.spec(),
+            compute: self.compute()?,
+            tenant_id,
+        })
     }
 
     fn high_water(&self) -> usize {

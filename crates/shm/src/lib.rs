@@ -74,6 +74,33 @@ impl MappedFile {
         Self::map(fd, len, path)
     }
 
+    /// Maps all of the file behind `fd`, which the mapping then owns (a descriptor handed over by
+    /// the tenant's authority, not opened by path). `label` names it in messages.
+    pub fn from_fd(fd: std::os::fd::OwnedFd, min_len: usize, label: &Path) -> io::Result<Self> {
+        use std::os::fd::IntoRawFd;
+        let fd = fd.into_raw_fd();
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `fd` is an open descriptor we own and `st` is a valid out-pointer.
+        if let Err(e) = cvt(unsafe { libc::fstat(fd, &mut st) }) {
+            // SAFETY: we own `fd` and nothing else refers to it.
+            unsafe { libc::close(fd) };
+            return Err(e);
+        }
+        let len = st.st_size as usize;
+        if len < min_len {
+            // SAFETY: as above.
+            unsafe { libc::close(fd) };
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is {len} bytes, expected at least {min_len}",
+                    label.display()
+                ),
+            ));
+        }
+        Self::map(fd, len, label)
+    }
+
     /// Opens `path`, or creates it with `len` zeroed bytes passed through `init` first. Creation
     /// is atomic: the file appears under `path` only once `init` has run, and when several
     /// processes race, exactly one file wins and everybody maps that one.

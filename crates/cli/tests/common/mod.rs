@@ -71,6 +71,17 @@ impl Machine {
         c
     }
 
+    /// `gpuslice run --sim OPTS… --gpu-memory CAP --name NAME -- ARGS…`
+    pub fn tenant_with(&self, opts: &[&str], name: &str, cap: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(gpuslice());
+        c.args(["run", "--sim"])
+            .args(opts)
+            .args(["--gpu-memory", cap, "--name", name, "--"])
+            .args(args);
+        self.env(&mut c);
+        c
+    }
+
     /// The ledger of the running tenant NAME.
     pub fn ledger(&self, name: &str) -> Option<gpuslice_ledger::Ledger> {
         let dir = self.dir.join("state/tenants");

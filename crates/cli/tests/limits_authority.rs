@@ -1,0 +1,236 @@
+//! A tenant's limits come from `gpuslice run` (its warden), never from anything the tenant can
+//! change: its environment, its ledger file, a nested `gpuslice run`, or `CUDA_VISIBLE_DEVICES`.
+//! Each test is what a careless or hostile tenant would try.
+
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Bytes a `fill alloc CHUNK` run was granted, and its report.
+fn granted(out: &std::process::Output) -> (u64, serde_json::Value) {
+    let r = report(out);
+    (u(&r, "bytes"), r)
+}
+
+#[test]
+fn the_environment_grants_nothing() {
+    let m = Machine::new("envforge");
+    // A well-formed ledger with a 64 GiB cap, as a tenant could make for itself.
+    let forged = m.dir.join("forged");
+    let l = gpuslice_ledger::Ledger::create(
+        &forged,
+        &gpuslice_ledger::TenantSpec {
+            name: "forged".into(),
+            memory_cap: 64 * GIB,
+            context_overhead: CTX,
+            allowed: vec![],
+        },
+    )
+    .unwrap();
+    drop(l);
+    let mut c = Command::new(probe());
+    c.args(["fill", "alloc", "256MiB"]);
+    m.env(&mut c);
+    c.env("LD_PRELOAD", artifact("libgpuslice.so"))
+        .env("LD_LIBRARY_PATH", m.sim_lib_dir())
+        .env("GPUSLICE_LEDGER", &forged);
+    let out = c.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("cuInit failed: 800"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no gpuslice limits"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_child_with_a_cleared_environment_keeps_the_tenant_cap() {
+    let m = Machine::new("envi");
+    let lib = artifact("libgpuslice.so");
+    let sim = m.sim_lib_dir();
+    // `env -i` drops every variable; the child re-adds only what it needs to find a driver.
+    let out = m
+        .tenant(
+            "e",
+            "1GiB",
+            &[
+                "env",
+                "-i",
+                &format!("LD_PRELOAD={}", lib.display()),
+                &format!("LD_LIBRARY_PATH={}", sim.display()),
+                &format!("GPUSLICE_SIM_STATE={}", m.dir.join("sim-gpu").display()),
+                &probe(),
+                "fill",
+                "alloc",
+                "256MiB",
+            ],
+        )
+        .output()
+        .unwrap();
+    let (bytes, r) = granted(&out);
+    assert_eq!(bytes, GIB - CTX, "capped as its tenant: {r}");
+    assert_eq!(u(&r, "total"), GIB, "{r}");
+}
+
+#[test]
+fn a_tenant_that_rewrites_its_ledger_gains_nothing() {
+    let m = Machine::new("rewrite");
+    let mut child = m
+        .tenant(
+            "w",
+            "1GiB",
+            &[
+                "sh",
+                "-c",
+                &format!("sleep 1; exec '{}' fill alloc 256MiB", probe()),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The tenant's processes can write their ledger file (same user): raise the header's cap
+    // to 64 GiB, as a tenant trying to lift its own limit would.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let path = loop {
+        if let Some(l) = m.ledger("w") {
+            break l.path().to_path_buf();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tenant's ledger never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        // Header: magic u64, version u32, allowed_count u32, memory_cap u64.
+        f.write_all_at(&(64 * GIB).to_le_bytes(), 16).unwrap();
+    }
+    assert_eq!(m.ledger("w").unwrap().spec().memory_cap, 64 * GIB);
+    let out = child.wait_with_output().unwrap();
+    let (bytes, r) = granted(&out);
+    assert_eq!(bytes, GIB - CTX, "the cap it was given still holds: {r}");
+}
+
+#[test]
+fn a_nested_run_stays_within_the_outer_cap() {
+    let m = Machine::new("nested");
+    let gs = gpuslice();
+    let gs = gs.to_str().unwrap();
+    let out = m
+        .tenant(
+            "outer",
+            "1GiB",
+            &[
+                gs,
+                "run",
+                "--sim",
+                "--gpu-memory",
+                "64GiB",
+                "--name",
+                "inner",
+                "--",
+                &probe(),
+                "fill",
+                "alloc",
+                "256MiB",
+            ],
+        )
+        .output()
+        .unwrap();
+    let (bytes, r) = granted(&out);
+    assert_eq!(bytes, GIB - CTX, "64 GiB asked inside a 1 GiB tenant: {r}");
+    assert_eq!(u(&r, "total"), GIB, "the view is the outer cap: {r}");
+
+    // Two nested tenants share the outer budget: the first holds 512 MiB (and a context), the
+    // second gets what is left of 1.5 GiB, not a fresh 1 GiB of its own.
+    let script = format!(
+        "'{gs}' run --sim --gpu-memory 1GiB --name a -- '{p}' hold 512MiB > /dev/null & \
+         sleep 1.5; '{gs}' run --sim --gpu-memory 1GiB --name b -- '{p}' fill alloc 128MiB; kill %1",
+        p = probe()
+    );
+    let out = m
+        .tenant("outer2", "1536MiB", &["bash", "-c", &script])
+        .output()
+        .unwrap();
+    let (bytes, r) = granted(&out);
+    assert_eq!(
+        bytes,
+        1536 * MIB - 2 * CTX - 512 * MIB,
+        "the second nested tenant gets only what the outer one has left: {r}"
+    );
+}
+
+#[test]
+fn a_warden_answers_only_its_own_processes() {
+    let m = Machine::new("foreign");
+    let mut child = m.tenant("f", "1GiB", &["sleep", "5"]).spawn().unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match gpuslice_warden::client::warden(pid) {
+            Err(e) => break e,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => panic!("the warden never listened"),
+            Ok(Some(_)) => panic!("a process outside the tenant got its limits"),
+        }
+    };
+    assert!(
+        err.contains("not a process of this gpuslice run tenant"),
+        "{err}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn devices_fill_the_allow_list() {
+    let m = Machine::new("allow").with_devices("count=2,memory=80GiB");
+    // Kept: the tenant sees GPU 1 only, as its device 0, with the whole cap.
+    let out = m
+        .tenant_with(
+            &["--devices", "1"],
+            "d",
+            "1GiB",
+            &[&probe(), "fill", "alloc", "256MiB"],
+        )
+        .output()
+        .unwrap();
+    let (bytes, r) = granted(&out);
+    assert_eq!(bytes, GIB - CTX, "{r}");
+    // Cleared: device 0 is now GPU 0, which the tenant was not given: nothing fits there, not
+    // even a context.
+    let out = m
+        .tenant_with(
+            &["--devices", "1"],
+            "d2",
+            "1GiB",
+            &[
+                "env",
+                "-u",
+                "CUDA_VISIBLE_DEVICES",
+                &probe(),
+                "fill",
+                "alloc",
+                "256MiB",
+            ],
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() || stdout.contains("\"granted\":0"),
+        "GPU 0 is outside the allow-list: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An index that does not exist is refused before anything starts.
+    let out = m
+        .tenant_with(&["--devices", "2"], "d3", "1GiB", &["true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("there is no GPU 2"));
+}
