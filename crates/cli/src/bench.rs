@@ -42,7 +42,6 @@ struct Bench {
     install: Install,
     dir: PathBuf,
     simlib: PathBuf,
-    ledger: PathBuf,
 }
 
 impl Bench {
@@ -52,8 +51,8 @@ impl Bench {
             .env("GPUSLICE_SIM_STATE", self.dir.join("sim-gpu"))
             .env_remove("LD_PRELOAD");
         if shim {
-            c.env("LD_PRELOAD", self.install.interposer())
-                .env("GPUSLICE_LEDGER", &self.ledger);
+            // The limits come from this process, the probes' warden (see `run`).
+            c.env("LD_PRELOAD", self.install.interposer());
         }
         c
     }
@@ -124,11 +123,24 @@ fn run(a: BenchArgs) -> Result<(), String> {
         allowed: vec![],
     };
     let l = Ledger::create(&ledger, &spec).map_err(|e| e.to_string())?;
+    // The benchmark's processes are its children: it serves their limits as `gpuslice run`
+    // would, so the measured start-up includes finding them.
+    let reaper = Ledger::open(&ledger).map_err(|e| e.to_string())?;
+    gpuslice_warden::server::start(
+        gpuslice_warden::server::Grant {
+            limits: l.limits().map_err(|e| e.to_string())?,
+            ledger: ledger.clone(),
+            arbiter: None,
+        },
+        move || {
+            reaper.reclaim_dead(None);
+        },
+    )
+    .map_err(|e| format!("cannot serve the probes' limits: {e}"))?;
     let b = Bench {
         install,
         dir: dir.clone(),
         simlib,
-        ledger,
     };
     let result = report(&b, &a, &l);
     let _ = std::fs::remove_dir_all(&dir);
@@ -183,6 +195,40 @@ fn report(b: &Bench, a: &BenchArgs, ledger: &Ledger) -> Result<(), String> {
     println!(
         "{:<44} {d:>12.3} {s:>12.3} {:>12.3}",
         "process start-up, no CUDA (ms)",
+        s - d
+    );
+    // A whole tenant around a command that does nothing: what wrapping a job costs.
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let starts = a.starts.clamp(1, 50);
+    let (mut d, mut s) = (Vec::new(), Vec::new());
+    for _ in 0..a.rounds {
+        for (wrapped, acc) in [(false, &mut d), (true, &mut s)] {
+            let t = Instant::now();
+            for _ in 0..starts {
+                let mut c = if wrapped {
+                    let mut c = Command::new(&exe);
+                    c.args(["run", "--sim", "--gpu-memory", "1GiB", "--", "/bin/true"])
+                        .env("GPUSLICE_STATE_DIR", b.dir.join("state"));
+                    c
+                } else {
+                    Command::new(&truth)
+                };
+                let st = c
+                    .env("GPUSLICE_SIM_STATE", b.dir.join("sim-gpu"))
+                    .env_remove("LD_PRELOAD")
+                    .status()
+                    .map_err(|e| e.to_string())?;
+                if !st.success() {
+                    return Err(format!("gpuslice run -- true exited with {st}"));
+                }
+            }
+            acc.push(t.elapsed().as_secs_f64() * 1e3 / starts as f64);
+        }
+    }
+    let (d, s) = (median(d), median(s));
+    println!(
+        "{:<44} {d:>12.3} {s:>12.3} {:>12.3}",
+        "`gpuslice run -- true` vs `true` (ms)",
         s - d
     );
     let (mut d, mut s) = (Vec::new(), Vec::new());

@@ -71,9 +71,17 @@ fn container_script(mounts: &[pb::Mount], etc: &Path, args: &[String]) -> String
             s += &format!("mkdir -p {}\n", q(&target));
         } else {
             let parent = Path::new(&target).parent().unwrap().display().to_string();
-            s += &format!("mkdir -p {}\ntouch {}\n", q(&parent), q(&target));
+            // A file mounted over one inside an earlier (read-only) mount already exists.
+            s += &format!(
+                "mkdir -p {p}\n[ -e {t} ] || touch {t}\n",
+                p = q(&parent),
+                t = q(&target)
+            );
         }
         s += &format!("mount --bind {} {}\n", q(&m.host_path), q(&target));
+        if m.read_only {
+            s += &format!("mount -o remount,bind,ro {}\n", q(&target));
+        }
     }
     // --rbind: the files mounted into `etc` above must come along.
     s += &format!("mount --rbind {} /etc\nexec", q(&etc.display().to_string()));
@@ -94,11 +102,21 @@ fn in_container(
 ) -> Output {
     let mut argv = vec![probe()];
     argv.extend(args.iter().map(|a| a.to_string()));
+    in_container_argv(m, resp, etc, keep_preload_env, &argv)
+}
+
+fn in_container_argv(
+    m: &Machine,
+    resp: &pb::ContainerAllocateResponse,
+    etc: &Path,
+    keep_preload_env: bool,
+    argv: &[String],
+) -> Output {
     let mut c = Command::new("unshare");
     c.arg("-rm")
         .arg("sh")
         .arg("-c")
-        .arg(container_script(&resp.mounts, etc, &argv))
+        .arg(container_script(&resp.mounts, etc, argv))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap())
         .env("LD_LIBRARY_PATH", m.sim_lib_dir())
@@ -242,7 +260,8 @@ fn allocate_through_the_binary_caps_the_container() {
         .map(|e| std::fs::read_to_string(e.path()).unwrap())
         .find(|s| s.contains(cdi_name))
         .expect("a CDI spec naming the device kubelet was told about");
-    assert!(spec.contains("GPUSLICE_LEDGER"), "{spec}");
+    assert!(!spec.contains("GPUSLICE_LEDGER"), "{spec}");
+    assert!(spec.contains("/var/run/gpuslice/ledger"), "{spec}");
 
     let etc = container_etc(&m.dir);
     let cap = CAP_MIB << 20;
@@ -271,6 +290,26 @@ fn allocate_through_the_binary_caps_the_container() {
             "allocated {got} of a {cap}-byte cap: {r}"
         );
     }
+
+    // A process in the container that tries to raise its cap: the limits file cannot be
+    // replaced or written, and a rewritten ledger header changes nothing.
+    let script = format!(
+        "if echo x > /var/run/gpuslice/limits 2>/dev/null || mv /var/run/gpuslice/ledger /var/run/gpuslice/x 2>/dev/null; \
+         then echo WRITABLE; exit 1; fi; \
+         printf '\\000\\000\\000\\000\\020\\000\\000\\000' | dd of=/var/run/gpuslice/ledger bs=1 seek=16 conv=notrunc 2>/dev/null; \
+         exec '{}' fill alloc 64MiB",
+        probe()
+    );
+    let out = in_container_argv(
+        &m,
+        &resp,
+        &etc,
+        true,
+        &["sh".to_string(), "-c".to_string(), script],
+    );
+    let r = report(&out);
+    assert_eq!(u(&r, "total"), cap, "the mounted limits still hold: {r}");
+    assert!(u(&r, "bytes") <= cap, "{r}");
 
     // Without the mounted preload file and without LD_PRELOAD nothing caps the program: the
     // check above is what made the difference.

@@ -21,7 +21,10 @@ use crate::state::{Allocation, Store};
 
 /// Where the container finds gpuslice's files.
 pub const CONTAINER_LIB: &str = "/usr/local/gpuslice/lib/libgpuslice.so";
-pub const CONTAINER_TENANT_DIR: &str = "/var/run/gpuslice";
+/// The tenant's directory, mounted read-only: the interposer takes the tenant's limits from the
+/// `limits` file there (`gpuslice_warden`), which no process in the container can change.
+pub const CONTAINER_TENANT_DIR: &str = gpuslice_warden::CONTAINER_DIR;
+/// The ledger, the one writable file, mounted over its read-only twin.
 pub const CONTAINER_LEDGER: &str = "/var/run/gpuslice/ledger";
 pub const PRELOAD_FILE: &str = "/etc/ld.so.preload";
 /// Memory charged per CUDA context, as for `gpuslice run`.
@@ -417,15 +420,35 @@ pub fn apply(
         })
         .map_err(|e| format!("{who}: cannot set the compute quota: {e}"))?;
     }
-    // Shared with the tenant's processes, which may run as any user in the container.
-    set_mode(&paths.tenants.join(&a.tenant), 0o777);
+    // The limits the interposer obeys, from the ledger the agent made (rewritten at every
+    // re-application, always to the same bytes: the tenant id lives in the ledger).
+    let limits = Ledger::open(&ledger_path)
+        .and_then(|l| l.limits())
+        .map_err(|e| format!("{who}: cannot read the ledger's limits: {e}"))?;
+    let limits_path = paths
+        .tenants
+        .join(&a.tenant)
+        .join(gpuslice_warden::LIMITS_FILE);
+    crate::state::write_atomic(&limits_path, &limits.encode())
+        .map_err(|e| format!("{who}: {e}"))?;
+    set_mode(&limits_path, 0o444);
+    // The compute regions are mounted inside the (read-only) tenant directory: their mount
+    // point must already exist there.
+    let point = paths.tenants.join(&a.tenant).join(
+        Path::new(CONTAINER_COMPUTE_DIR)
+            .strip_prefix("/run/gpuslice")
+            .unwrap_or(Path::new("compute")),
+    );
+    std::fs::create_dir_all(&point).map_err(|e| format!("{who}: {}: {e}", point.display()))?;
+    // The ledger is shared with the tenant's processes, which may run as any user in the
+    // container; the directory is mounted read-only, so nothing else in it can be replaced.
+    set_mode(&paths.tenants.join(&a.tenant), 0o755);
     set_mode(&ledger_path, 0o666);
 
     let visible = a.gpus.join(",");
     let mut env: Vec<(String, String)> = vec![
         ("CUDA_VISIBLE_DEVICES".into(), visible.clone()),
         ("NVIDIA_VISIBLE_DEVICES".into(), visible),
-        ("GPUSLICE_LEDGER".into(), CONTAINER_LEDGER.into()),
         ("GPUSLICE_TENANT".into(), a.tenant.clone()),
         ("GPUSLICE_COMPUTE_DIR".into(), CONTAINER_COMPUTE_DIR.into()),
         ("LD_PRELOAD".into(), CONTAINER_LIB.into()),
@@ -435,8 +458,9 @@ pub fn apply(
         (
             paths.tenants.join(&a.tenant),
             CONTAINER_TENANT_DIR.to_string(),
-            false,
+            true,
         ),
+        (ledger_path.clone(), CONTAINER_LEDGER.to_string(), false),
         (paths.interposer.clone(), CONTAINER_LIB.to_string(), true),
         (paths.preload.clone(), PRELOAD_FILE.to_string(), true),
         // Without the regions the interposer refuses every kernel launch of a tenant with a quota.

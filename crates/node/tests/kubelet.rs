@@ -272,7 +272,12 @@ async fn registration_devices_allocate_health_and_kubelet_restart() {
     let resp = &r.container_responses[0];
     assert_eq!(resp.envs["CUDA_VISIBLE_DEVICES"], GPU0);
     assert_eq!(resp.envs["NVIDIA_VISIBLE_DEVICES"], GPU0);
-    assert_eq!(resp.envs["GPUSLICE_LEDGER"], "/var/run/gpuslice/ledger");
+    // Limits never travel in the environment, which the tenant controls.
+    assert!(
+        !resp.envs.contains_key("GPUSLICE_LEDGER"),
+        "{:?}",
+        resp.envs
+    );
     assert_eq!(
         resp.envs["LD_PRELOAD"],
         "/usr/local/gpuslice/lib/libgpuslice.so"
@@ -295,7 +300,15 @@ async fn registration_devices_allocate_health_and_kubelet_restart() {
     assert!(!compute.read_only);
     assert!(PathBuf::from(&compute.host_path).is_dir());
     assert_eq!(resp.envs["GPUSLICE_COMPUTE_DIR"], "/run/gpuslice/compute");
+    // The tenant's directory (its limits) is read-only; only the ledger is writable.
+    assert!(mount("/var/run/gpuslice").read_only);
+    assert!(!mount("/var/run/gpuslice/ledger").read_only);
     let tenant_dir = PathBuf::from(&mount("/var/run/gpuslice").host_path);
+    let limits =
+        gpuslice_ledger::Limits::decode(&std::fs::read(tenant_dir.join("limits")).unwrap())
+            .unwrap();
+    assert_eq!(limits.spec.memory_cap, 1 << 30);
+    assert_eq!(limits.compute.unwrap().quota, 25);
     assert_eq!(resp.cdi_devices[0].name, "gpuslice.io/gpu=team.train.main");
     // The ledger exists with the assigned cap, GPU and compute quota.
     let l = gpuslice_ledger::Ledger::open(&tenant_dir.join("ledger")).unwrap();
