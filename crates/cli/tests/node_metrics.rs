@@ -84,14 +84,26 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 /// A process of the granted container: its environment as the agent answered, with the
-/// container's paths mapped back to the host's through the answer's mounts.
+/// container's paths mapped back to the host's through the answer's mounts, and the tenant's
+/// directory mounted where the interposer reads its limits (in a private mount namespace).
 fn container_process(
     m: &Machine,
     resp: &gpuslice_node::pb::ContainerAllocateResponse,
     args: &[&str],
 ) -> Child {
-    let mut c = Command::new(probe());
-    c.args(args);
+    let dir = &resp
+        .mounts
+        .iter()
+        .find(|m| m.container_path == gpuslice_node::allocate::CONTAINER_TENANT_DIR)
+        .expect("the tenant's directory is mounted")
+        .host_path;
+    let script = format!(
+        "set -e; mount -t tmpfs tmpfs /run; mkdir -p /run/gpuslice; \
+         mount --bind '{dir}' /run/gpuslice; mount -o remount,bind,ro /run/gpuslice; \
+         mount --bind '{dir}/ledger' /run/gpuslice/ledger; exec \"$0\" \"$@\""
+    );
+    let mut c = Command::new("unshare");
+    c.args(["-rm", "sh", "-c", &script, &probe()]).args(args);
     m.env(&mut c);
     for (k, v) in &resp.envs {
         let host = resp.mounts.iter().find_map(|mount| {
