@@ -21,12 +21,8 @@ pub const CONFIG_ERROR: c_int = CUDA_ERROR_NOT_PERMITTED;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Owner {
-    Ptr(u64),
-    VmmHandle(u64),
-    Array(usize),
-    Mipmap(usize),
+    /// Other objects are recorded in `book.rs`, with their owning context.
     Context(usize),
-    GraphExec(usize),
 }
 
 #[derive(Default)]
@@ -45,6 +41,8 @@ pub struct Tenant {
     /// around a call is that call's.
     pub pools: Mutex<HashMap<usize, PoolCharge>>,
     pub primary: Mutex<HashMap<CUdevice, u32>>,
+    /// Every charged object with its owner (`book.rs`).
+    pub book: crate::book::Book,
 }
 
 /// The tenant state of this process; reset in a forked child (it holds no slot of its own yet).
@@ -81,6 +79,7 @@ fn load() -> Result<Tenant, String> {
         owned: Mutex::default(),
         pools: Mutex::default(),
         primary: Mutex::default(),
+        book: Default::default(),
     })
 }
 
