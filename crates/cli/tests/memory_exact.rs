@@ -30,7 +30,10 @@ fn find<'a>(steps: &'a [Value], name: &str) -> Vec<&'a Value> {
 /// holds; the last step back where the first was.
 fn exact_throughout(steps: &[Value], what: &str) {
     for s in steps {
-        assert!(u(s, "device") <= GIB, "{what}: the device passed the cap at {s}");
+        assert!(
+            u(s, "device") <= GIB,
+            "{what}: the device passed the cap at {s}"
+        );
         assert_eq!(
             u(s, "ledger"),
             u(s, "device"),
@@ -94,8 +97,16 @@ fn ending_a_context_gives_back_everything_it_held() {
     let at = |name: &str, i: usize| u(find(&steps, name)[i], "ledger");
     assert_eq!(at("alloc_in_ctx", 0), 3 * CTX);
     assert_eq!(at("ctx_destroy", 0), CTX, "cuCtxDestroy with live memory");
-    assert_eq!(at("primary_reset", 0), 0, "cuDevicePrimaryCtxReset with live memory");
-    assert_eq!(at("last_release", 0), 0, "the last cuDevicePrimaryCtxRelease");
+    assert_eq!(
+        at("primary_reset", 0),
+        0,
+        "cuDevicePrimaryCtxReset with live memory"
+    );
+    assert_eq!(
+        at("last_release", 0),
+        0,
+        "the last cuDevicePrimaryCtxRelease"
+    );
     assert_eq!(u(steps.last().unwrap(), "ledger"), CTX);
 }
 

@@ -72,7 +72,8 @@ pub struct Book {
 /// The calling thread's current context (0 when none).
 pub fn current_ctx() -> usize {
     let mut c: CUcontext = std::ptr::null_mut();
-    let r = call_real!(CUDA, cuCtxGetCurrent: unsafe extern "C" fn(*mut CUcontext) -> CUresult, &mut c);
+    let r =
+        call_real!(CUDA, cuCtxGetCurrent: unsafe extern "C" fn(*mut CUcontext) -> CUresult, &mut c);
     if r == CUDA_SUCCESS { c as usize } else { 0 }
 }
 
@@ -102,7 +103,11 @@ impl Book {
     /// Runs a driver call that may end a context with the book locked. The call returns its
     /// result and the context it ended (0 for none); every object that context owned is given
     /// back.
-    pub fn end_context_with(&self, t: &Tenant, call: impl FnOnce() -> (CUresult, usize)) -> CUresult {
+    pub fn end_context_with(
+        &self,
+        t: &Tenant,
+        call: impl FnOnce() -> (CUresult, usize),
+    ) -> CUresult {
         let mut recs = self.recs.lock().unwrap();
         let (r, ended) = call();
         if r == CUDA_SUCCESS && ended != 0 {

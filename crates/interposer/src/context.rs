@@ -106,18 +106,20 @@ fn destroyed(ctx: CUcontext, call: impl FnOnce() -> CUresult) -> CUresult {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxDestroy(ctx: CUcontext) -> CUresult {
     guard(|| {
-        destroyed(ctx, || {
-            call_real!(CUDA, cuCtxDestroy: unsafe extern "C" fn(CUcontext) -> CUresult, ctx)
-        })
+        destroyed(
+            ctx,
+            || call_real!(CUDA, cuCtxDestroy: unsafe extern "C" fn(CUcontext) -> CUresult, ctx),
+        )
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
     guard(|| {
-        destroyed(ctx, || {
-            call_real!(CUDA, cuCtxDestroy_v2: unsafe extern "C" fn(CUcontext) -> CUresult, ctx)
-        })
+        destroyed(
+            ctx,
+            || call_real!(CUDA, cuCtxDestroy_v2: unsafe extern "C" fn(CUcontext) -> CUresult, ctx),
+        )
     })
 }
 
@@ -210,36 +212,44 @@ type DevFn = unsafe extern "C" fn(CUdevice) -> CUresult;
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRelease(dev: CUdevice) -> CUresult {
     guard(|| {
-        primary_released(dev, false, || {
-            call_real!(CUDA, cuDevicePrimaryCtxRelease: DevFn, dev)
-        })
+        primary_released(
+            dev,
+            false,
+            || call_real!(CUDA, cuDevicePrimaryCtxRelease: DevFn, dev),
+        )
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult {
     guard(|| {
-        primary_released(dev, false, || {
-            call_real!(CUDA, cuDevicePrimaryCtxRelease_v2: DevFn, dev)
-        })
+        primary_released(
+            dev,
+            false,
+            || call_real!(CUDA, cuDevicePrimaryCtxRelease_v2: DevFn, dev),
+        )
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxReset(dev: CUdevice) -> CUresult {
     guard(|| {
-        primary_released(dev, true, || {
-            call_real!(CUDA, cuDevicePrimaryCtxReset: DevFn, dev)
-        })
+        primary_released(
+            dev,
+            true,
+            || call_real!(CUDA, cuDevicePrimaryCtxReset: DevFn, dev),
+        )
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult {
     guard(|| {
-        primary_released(dev, true, || {
-            call_real!(CUDA, cuDevicePrimaryCtxReset_v2: DevFn, dev)
-        })
+        primary_released(
+            dev,
+            true,
+            || call_real!(CUDA, cuDevicePrimaryCtxReset_v2: DevFn, dev),
+        )
     })
 }
 

@@ -169,8 +169,8 @@ pub fn launch(exec: CUgraphExec, stream: CUstream, call: impl FnOnce() -> CUresu
         if grow > 0 && t.ledger.reserve(t.slot, dev, grow).is_err() {
             drop(g);
             // Pools may have given memory back since last measured.
-            let ok = crate::memory::reconcile_pools(t)
-                && t.ledger.reserve(t.slot, dev, grow).is_ok();
+            let ok =
+                crate::memory::reconcile_pools(t) && t.ledger.reserve(t.slot, dev, grow).is_ok();
             g = t.book.graph.lock().unwrap();
             if !ok {
                 for (d, n) in held {
@@ -343,7 +343,8 @@ pub unsafe extern "C" fn cuGraphExecDestroy(exec: CUgraphExec) -> CUresult {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDeviceGraphMemTrim(dev: CUdevice) -> CUresult {
     guard(|| {
-        let r = call_real!(CUDA, cuDeviceGraphMemTrim: unsafe extern "C" fn(CUdevice) -> CUresult, dev);
+        let r =
+            call_real!(CUDA, cuDeviceGraphMemTrim: unsafe extern "C" fn(CUdevice) -> CUresult, dev);
         if r == CUDA_SUCCESS {
             if let Ok(t) = crate::tenant::tenant() {
                 reconcile(t);

@@ -133,18 +133,20 @@ graph_launch!(cuGraphLaunch_ptsz);
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuLaunch(f: CUfunction) -> CUresult {
     guard(|| {
-        governed(&[std::ptr::null_mut()], || {
-            call_real!(CUDA, cuLaunch: unsafe extern "C" fn(CUfunction) -> CUresult, f)
-        })
+        governed(
+            &[std::ptr::null_mut()],
+            || call_real!(CUDA, cuLaunch: unsafe extern "C" fn(CUfunction) -> CUresult, f),
+        )
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuLaunchGrid(f: CUfunction, w: c_int, h: c_int) -> CUresult {
     guard(|| {
-        governed(&[std::ptr::null_mut()], || {
-            call_real!(CUDA, cuLaunchGrid: unsafe extern "C" fn(CUfunction, c_int, c_int) -> CUresult, f, w, h)
-        })
+        governed(
+            &[std::ptr::null_mut()],
+            || call_real!(CUDA, cuLaunchGrid: unsafe extern "C" fn(CUfunction, c_int, c_int) -> CUresult, f, w, h),
+        )
     })
 }
 
@@ -156,8 +158,9 @@ pub unsafe extern "C" fn cuLaunchGridAsync(
     stream: CUstream,
 ) -> CUresult {
     guard(|| {
-        governed(&[stream], || {
-            call_real!(CUDA, cuLaunchGridAsync: unsafe extern "C" fn(CUfunction, c_int, c_int, CUstream) -> CUresult, f, w, h, stream)
-        })
+        governed(
+            &[stream],
+            || call_real!(CUDA, cuLaunchGridAsync: unsafe extern "C" fn(CUfunction, c_int, c_int, CUstream) -> CUresult, f, w, h, stream),
+        )
     })
 }

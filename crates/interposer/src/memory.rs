@@ -192,18 +192,20 @@ fn freed(key: Key, call: impl FnOnce() -> CUresult) -> CUresult {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
     guard(|| {
-        freed(Key::Ptr(dptr), || {
-            call_real!(CUDA, cuMemFree_v2: unsafe extern "C" fn(CUdeviceptr) -> CUresult, dptr)
-        })
+        freed(
+            Key::Ptr(dptr),
+            || call_real!(CUDA, cuMemFree_v2: unsafe extern "C" fn(CUdeviceptr) -> CUresult, dptr),
+        )
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemFree(dptr: CUdeviceptr_v1) -> CUresult {
     guard(|| {
-        freed(Key::Ptr(dptr as u64), || {
-            call_real!(CUDA, cuMemFree: unsafe extern "C" fn(CUdeviceptr_v1) -> CUresult, dptr)
-        })
+        freed(
+            Key::Ptr(dptr as u64),
+            || call_real!(CUDA, cuMemFree: unsafe extern "C" fn(CUdeviceptr_v1) -> CUresult, dptr),
+        )
     })
 }
 
@@ -460,9 +462,10 @@ pub unsafe extern "C" fn cuArray3DCreate(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuArrayDestroy(arr: CUarray) -> CUresult {
     guard(|| {
-        freed(Key::Array(arr as usize), || {
-            call_real!(CUDA, cuArrayDestroy: unsafe extern "C" fn(CUarray) -> CUresult, arr)
-        })
+        freed(
+            Key::Array(arr as usize),
+            || call_real!(CUDA, cuArrayDestroy: unsafe extern "C" fn(CUarray) -> CUresult, arr),
+        )
     })
 }
 
@@ -499,9 +502,10 @@ pub unsafe extern "C" fn cuMipmappedArrayCreate(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMipmappedArrayDestroy(arr: CUmipmappedArray) -> CUresult {
     guard(|| {
-        freed(Key::Mipmap(arr as usize), || {
-            call_real!(CUDA, cuMipmappedArrayDestroy: unsafe extern "C" fn(CUmipmappedArray) -> CUresult, arr)
-        })
+        freed(
+            Key::Mipmap(arr as usize),
+            || call_real!(CUDA, cuMipmappedArrayDestroy: unsafe extern "C" fn(CUmipmappedArray) -> CUresult, arr),
+        )
     })
 }
 

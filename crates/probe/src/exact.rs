@@ -95,7 +95,8 @@ struct Run {
     dev: CUdevice,
     ctx: CUcontext,
     ledger: gpuslice_ledger::Ledger,
-    nvml_procs: unsafe extern "C" fn(nvmlDevice_t, *mut c_uint, *mut nvmlProcessInfo_t) -> nvmlReturn_t,
+    nvml_procs:
+        unsafe extern "C" fn(nvmlDevice_t, *mut c_uint, *mut nvmlProcessInfo_t) -> nvmlReturn_t,
     nvml_dev: nvmlDevice_t,
     steps: String,
 }
@@ -271,12 +272,21 @@ pub fn main(args: &[String]) {
                 };
                 params.bytesize = size;
                 let (mut an, mut fnode) = (std::ptr::null_mut(), std::ptr::null_mut());
-                run.step("add_alloc", (cu.add_alloc)(&mut an, g, std::ptr::null(), 0, &mut params));
-                run.step("add_free", (cu.add_free)(&mut fnode, g, &an, 1, params.dptr));
+                run.step(
+                    "add_alloc",
+                    (cu.add_alloc)(&mut an, g, std::ptr::null(), 0, &mut params),
+                );
+                run.step(
+                    "add_free",
+                    (cu.add_free)(&mut fnode, g, &an, 1, params.dptr),
+                );
                 let mut e = std::ptr::null_mut();
                 // flags, upload stream, error node, result.
                 let mut ip = [0u64; 4];
-                run.step("instantiate_params", (cu.instantiate_params)(&mut e, g, ip.as_mut_ptr().cast()));
+                run.step(
+                    "instantiate_params",
+                    (cu.instantiate_params)(&mut e, g, ip.as_mut_ptr().cast()),
+                );
                 run.step("launch", (cu.graph_launch)(e, std::ptr::null_mut()));
                 run.step("sync", (cu.sync)());
                 run.step("exec_destroy", (cu.exec_destroy)(e));
@@ -294,7 +304,10 @@ pub fn main(args: &[String]) {
                 let mut g2 = std::ptr::null_mut();
                 run.step("graph_create", (cu.graph_create)(&mut g2, 0));
                 params.dptr = 0;
-                run.step("add_alloc", (cu.add_alloc)(&mut an, g2, std::ptr::null(), 0, &mut params));
+                run.step(
+                    "add_alloc",
+                    (cu.add_alloc)(&mut an, g2, std::ptr::null(), 0, &mut params),
+                );
                 let mut e2 = std::ptr::null_mut();
                 run.step("instantiate", (cu.instantiate)(&mut e2, g2, 0));
                 run.step("launch", (cu.graph_launch)(e2, std::ptr::null_mut()));
@@ -308,12 +321,21 @@ pub fn main(args: &[String]) {
             "legacy" => {
                 let n: usize = arg(1).parse().unwrap();
                 let (mut m, mut f) = (std::ptr::null_mut(), std::ptr::null_mut());
-                super::check((cu.module_load)(&mut m, c"image".as_ptr().cast()), "cuModuleLoadData");
-                super::check((cu.module_function)(&mut f, m, c"k".as_ptr()), "cuModuleGetFunction");
+                super::check(
+                    (cu.module_load)(&mut m, c"image".as_ptr().cast()),
+                    "cuModuleLoadData",
+                );
+                super::check(
+                    (cu.module_function)(&mut f, m, c"k".as_ptr()),
+                    "cuModuleGetFunction",
+                );
                 for _ in 0..n {
                     super::check((cu.launch_legacy)(f), "cuLaunch");
                     super::check((cu.launch_grid)(f, 2, 2), "cuLaunchGrid");
-                    super::check((cu.launch_grid_async)(f, 2, 2, std::ptr::null_mut()), "cuLaunchGridAsync");
+                    super::check(
+                        (cu.launch_grid_async)(f, 2, 2, std::ptr::null_mut()),
+                        "cuLaunchGridAsync",
+                    );
                 }
                 run.step("launched", (cu.sync)());
             }
@@ -361,5 +383,12 @@ fn race(run: &mut Run, threads: usize, iters: usize) {
         }
     });
     let r = refused.load(std::sync::atomic::Ordering::Relaxed);
-    run.step("joined", if r == 0 { CUDA_SUCCESS } else { CUDA_ERROR_OUT_OF_MEMORY });
+    run.step(
+        "joined",
+        if r == 0 {
+            CUDA_SUCCESS
+        } else {
+            CUDA_ERROR_OUT_OF_MEMORY
+        },
+    );
 }

@@ -400,7 +400,13 @@ impl Probe {
                         "cuGraphAddMemAllocNode",
                     );
                     let mut exec: CUgraphExec = std::ptr::null_mut();
-                    let r = (a.graph_instantiate)(&mut exec, g, 0);
+                    check((a.graph_instantiate)(&mut exec, g, 0), "cuGraphInstantiate");
+                    // Graph memory is taken when the graph runs; an allocation the graph does
+                    // not free stays with the program afterwards.
+                    let mut r = (a.graph_launch)(exec, std::ptr::null_mut());
+                    if r == CUDA_SUCCESS {
+                        r = (a.ctx_sync)();
+                    }
                     return if r == CUDA_SUCCESS {
                         Ok(Held::Other)
                     } else {

@@ -478,8 +478,8 @@ fn release_graph_va(r: &mut Reg, dptr: u64) {
     let is_it = |k: &NodeKind| matches!(k, NodeKind::MemAlloc { dptr: d, .. } if *d == dptr);
     if r.graph_live.contains_key(&dptr)
         || r.graphs
-        .values()
-        .any(|g| g.nodes.iter().any(|(_, k)| is_it(k)))
+            .values()
+            .any(|g| g.nodes.iter().any(|(_, k)| is_it(k)))
         || r.execs.values().any(|e| e.nodes.iter().any(is_it))
     {
         return;
