@@ -57,6 +57,9 @@ pub struct GraphCharge {
     pub charged: u64,
 }
 
+/// What one executable graph allocates: (ordinal, ledger device, bytes) per device.
+pub type GraphNeed = Vec<(CUdevice, Dev, u64)>;
+
 #[derive(Default)]
 pub struct Book {
     pub recs: Mutex<HashMap<Key, Rec>>,
@@ -66,7 +69,7 @@ pub struct Book {
     /// Per ledger device: the graph memory reservation charged.
     pub graph: Mutex<HashMap<usize, GraphCharge>>,
     /// Executable graphs with memory-allocation nodes → (ordinal, device, bytes they allocate).
-    pub execs: Mutex<HashMap<usize, Vec<(CUdevice, Dev, u64)>>>,
+    pub execs: Mutex<HashMap<usize, GraphNeed>>,
 }
 
 /// The calling thread's current context (0 when none).
