@@ -26,6 +26,7 @@ fn view(
 ) -> Result<(u64, u64, u64), nvmlReturn_t> {
     let t = crate::tenant::tenant().map_err(|_| NVML_ERROR_NO_PERMISSION)?;
     let dev = tenant_dev(t, device).ok_or(NVML_ERROR_UNKNOWN)?;
+    crate::memory::reclaim_dead(t);
     let used = t.used(dev);
     let (free, total) = crate::memory::tenant_view(t, dev, real_free, real_total);
     Ok((total, used.min(total), free))

@@ -20,6 +20,8 @@
 //! PATH: alloc alloc_v1 pitch pitch_v1 managed async pool vmm array array3d mipmap graph context
 #![allow(non_snake_case)]
 
+mod exact;
+
 use gpuslice_cuda_abi::driver::*;
 use std::ffi::{CString, c_char, c_int, c_uint, c_void};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -398,7 +400,13 @@ impl Probe {
                         "cuGraphAddMemAllocNode",
                     );
                     let mut exec: CUgraphExec = std::ptr::null_mut();
-                    let r = (a.graph_instantiate)(&mut exec, g, 0);
+                    check((a.graph_instantiate)(&mut exec, g, 0), "cuGraphInstantiate");
+                    // Graph memory is taken when the graph runs; an allocation the graph does
+                    // not free stays with the program afterwards.
+                    let mut r = (a.graph_launch)(exec, std::ptr::null_mut());
+                    if r == CUDA_SUCCESS {
+                        r = (a.ctx_sync)();
+                    }
                     return if r == CUDA_SUCCESS {
                         Ok(Held::Other)
                     } else {
@@ -494,6 +502,9 @@ fn main() {
             .cloned()
             .unwrap_or_else(|| die(format!("missing argument {i}")))
     };
+    if arg(0) == "exact" {
+        return exact::main(&args[1..]);
+    }
     let mut probe = Probe::start(via);
     match arg(0).as_str() {
         "info" => {

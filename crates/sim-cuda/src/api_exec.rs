@@ -96,6 +96,45 @@ unsafe fn launch(
     run_kernel(&mut r, sid, busy)
 }
 
+/// `cuLaunchGrid*`: a grid of the given width and height with the block shape and parameters
+/// set beforehand (`cuFuncSetBlockShape`, `cuParamSet*`); the simulator keeps neither, so the
+/// kernel runs one thread per block and takes no time.
+unsafe fn legacy_grid(f: CUfunction, w: c_int, h: c_int, stream: CUstream) -> R {
+    if w <= 0 || h <= 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    unsafe {
+        launch(
+            f,
+            [w as c_uint, h as c_uint, 1],
+            [1, 1, 1],
+            stream,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    }
+}
+
+/// `CUDA_GRAPH_INSTANTIATE_PARAMS`: flags, upload stream, error node out, result out.
+#[repr(C)]
+struct InstantiateParams {
+    flags: u64,
+    upload: CUstream,
+    err_node: CUgraphNode,
+    result: c_int,
+}
+
+unsafe fn instantiate_with_params(e: *mut CUgraphExec, g: CUgraph, params: *mut c_void) -> R {
+    if params.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let p = params as *mut InstantiateParams;
+    let r = unsafe { instantiate(e, g) };
+    // CUDA_GRAPH_INSTANTIATE_SUCCESS = 0, CUDA_GRAPH_INSTANTIATE_ERROR = 1.
+    unsafe { (*p).result = if r.is_ok() { 0 } else { 1 } };
+    r
+}
+
 unsafe fn launch_ex(
     config: *const CUlaunchConfig,
     f: CUfunction,
@@ -385,8 +424,16 @@ unsafe fn instantiate(exec: *mut CUgraphExec, g: CUgraph) -> R {
         .ok_or(CUDA_ERROR_INVALID_VALUE)?;
     let nodes: Vec<NodeKind> = graph.nodes.iter().map(|(_, k)| k.clone()).collect();
     let mut mem_need: Vec<(usize, u64)> = Vec::new();
+    let mut keeps = Vec::new();
     for k in &nodes {
-        if let NodeKind::MemAlloc { dev, size, .. } = k {
+        if let NodeKind::MemAlloc { dev, size, dptr } = k {
+            let freed = nodes
+                .iter()
+                .any(|f| matches!(f, NodeKind::MemFree { dptr: d } if d == dptr));
+            if !freed {
+                keeps.push((*dev, round_up(*size, PAGE), *dptr));
+                continue;
+            }
             match mem_need.iter_mut().find(|(d, _)| d == dev) {
                 Some(e) => e.1 += round_up(*size, PAGE),
                 None => mem_need.push((*dev, round_up(*size, PAGE))),
@@ -399,29 +446,40 @@ unsafe fn instantiate(exec: *mut CUgraphExec, g: CUgraph) -> R {
         Exec {
             nodes,
             mem_need,
+            keeps,
             done: 0,
         },
     );
     unsafe { out(exec, h as CUgraphExec) }
 }
 
-/// Graph memory in use on `dev` by execs other than `except` that are still running.
+/// Graph memory in use on `dev`: by execs other than `except` that are still running, and by
+/// allocations that outlived their launch.
 fn graph_mem_pending(r: &Reg, dev: usize, except: usize, now: u64) -> u64 {
-    r.execs
+    let running: u64 = r
+        .execs
         .iter()
         .filter(|(h, e)| **h != except && e.done > now)
         .flat_map(|(_, e)| e.mem_need.iter())
         .filter(|(d, _)| *d == dev)
         .map(|(_, n)| n)
-        .sum()
+        .sum();
+    let live: u64 = r
+        .graph_live
+        .values()
+        .filter(|(d, _)| *d == dev)
+        .map(|(_, n)| n)
+        .sum();
+    running + live
 }
 
 /// Drops a graph allocation's address range once no graph or exec refers to it.
 fn release_graph_va(r: &mut Reg, dptr: u64) {
     let is_it = |k: &NodeKind| matches!(k, NodeKind::MemAlloc { dptr: d, .. } if *d == dptr);
-    if r.graphs
-        .values()
-        .any(|g| g.nodes.iter().any(|(_, k)| is_it(k)))
+    if r.graph_live.contains_key(&dptr)
+        || r.graphs
+            .values()
+            .any(|g| g.nodes.iter().any(|(_, k)| is_it(k)))
         || r.execs.values().any(|e| e.nodes.iter().any(is_it))
     {
         return;
@@ -440,7 +498,17 @@ unsafe fn graph_launch(exec: CUgraphExec, stream: CUstream) -> R {
         return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
     }
     let e = r.execs.get(&eh).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-    let (need, nodes) = (e.mem_need.clone(), e.nodes.clone());
+    let (mut need, nodes, keeps) = (e.mem_need.clone(), e.nodes.clone(), e.keeps.clone());
+    // An allocation the last launch left live must be freed before the graph runs again.
+    if keeps.iter().any(|(_, _, p)| r.graph_live.contains_key(p)) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    for &(dev, n, _) in &keeps {
+        match need.iter_mut().find(|(d, _)| *d == dev) {
+            Some(e) => e.1 += n,
+            None => need.push((dev, n)),
+        }
+    }
     let now = Sim::now_ns();
     // Physical memory for the graph's allocations is found at launch, from the device's
     // graph memory, which keeps what it has until trimmed.
@@ -465,7 +533,19 @@ unsafe fn graph_launch(exec: CUgraphExec, stream: CUstream) -> R {
     }
     let done = r.not_before(sid).max(now);
     r.execs.get_mut(&eh).unwrap().done = done;
+    for (dev, n, p) in keeps {
+        r.graph_live.insert(p, (dev, n));
+    }
     Ok(())
+}
+
+/// Frees a graph allocation that outlived its launch; its memory returns to the device's graph
+/// reservation (not to the device) and its address stays with the graph.
+pub(crate) fn free_graph_live(r: &mut Reg, p: u64) -> R {
+    r.graph_live
+        .remove(&p)
+        .map(|_| ())
+        .ok_or(CUDA_ERROR_INVALID_VALUE)
 }
 
 unsafe fn begin_capture(h: CUstream) -> R {
@@ -926,6 +1006,13 @@ fn cuGraphAddDependencies_v2(g: CUgraph, from: *const CUgraphNode, to: *const CU
 fn cuGraphInstantiate(e: *mut CUgraphExec, g: CUgraph, _err: *mut CUgraphNode, _log: *mut c_char, _len: usize) { instantiate(e, g) }
 fn cuGraphInstantiate_v2(e: *mut CUgraphExec, g: CUgraph, _err: *mut CUgraphNode, _log: *mut c_char, _len: usize) { instantiate(e, g) }
 fn cuGraphInstantiateWithFlags(e: *mut CUgraphExec, g: CUgraph, _flags: u64) { instantiate(e, g) }
+
+fn cuGraphInstantiateWithParams(e: *mut CUgraphExec, g: CUgraph, params: *mut c_void) { instantiate_with_params(e, g, params) }
+fn cuGraphInstantiateWithParams_ptsz(e: *mut CUgraphExec, g: CUgraph, params: *mut c_void) { instantiate_with_params(e, g, params) }
+
+fn cuLaunch(f: CUfunction) { launch(f, [1, 1, 1], [1, 1, 1], std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut()) }
+fn cuLaunchGrid(f: CUfunction, w: c_int, h: c_int) { legacy_grid(f, w, h, std::ptr::null_mut()) }
+fn cuLaunchGridAsync(f: CUfunction, w: c_int, h: c_int, s: CUstream) { legacy_grid(f, w, h, s) }
 
 fn cuGraphLaunch(e: CUgraphExec, s: CUstream) { graph_launch(e, s) }
 fn cuGraphLaunch_ptsz(e: CUgraphExec, s: CUstream) { graph_launch(e, s) }

@@ -88,6 +88,7 @@ unsafe fn mem_free(p: u64) -> R {
     let mut r = reg();
     match r.allocs.get(&p) {
         Some(a) if a.kind != AllocKind::Graph => {}
+        Some(_) => return crate::api_exec::free_graph_live(&mut r, p),
         _ => return Err(CUDA_ERROR_INVALID_VALUE),
     }
     free_alloc(&mut r, p, false)
@@ -309,6 +310,7 @@ unsafe fn free_async(p: u64, stream: CUstream) -> R {
     r.sid(stream)?;
     match r.allocs.get(&p) {
         Some(a) if a.kind != AllocKind::Graph => {}
+        Some(_) => return crate::api_exec::free_graph_live(&mut r, p),
         _ => return Err(CUDA_ERROR_INVALID_VALUE),
     }
     free_alloc(&mut r, p, false)
@@ -378,7 +380,7 @@ fn unmap_range(r: &mut Reg, ptr: u64, size: u64) -> R {
         r.vas.get_mut(&base).unwrap().maps.remove(&m);
         if let Some(p) = r.phys.get_mut(&h) {
             p.maps -= 1;
-            if p.released && p.maps == 0 {
+            if p.refs == 0 && p.maps == 0 {
                 drop_phys(r, h);
             }
         }
@@ -752,20 +754,41 @@ fn cuMemCreate(handle: *mut CUmemGenericAllocationHandle, size: usize, prop: *co
     }
     let mut r = reg();
     let h = r.handle() as u64;
-    r.phys.insert(h, Phys { dev, size: size as u64, fd, released: false, maps: 0 });
+    r.phys.insert(h, Phys { dev, size: size as u64, fd, refs: 1, maps: 0 });
     out(handle, h)
 }
 
 fn cuMemRelease(handle: CUmemGenericAllocationHandle) {
     sim()?;
     let mut r = reg();
-    let p = r.phys.get_mut(&handle).filter(|p| !p.released).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let p = r.phys.get_mut(&handle).filter(|p| p.refs > 0).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     // Memory still mapped stays until its last mapping goes.
-    p.released = true;
-    if p.maps == 0 {
+    p.refs -= 1;
+    if p.refs == 0 && p.maps == 0 {
         drop_phys(&mut r, handle);
     }
     Ok(())
+}
+
+fn cuMemRetainAllocationHandle(handle: *mut CUmemGenericAllocationHandle, addr: *mut c_void) {
+    sim()?;
+    if handle.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let mut r = reg();
+    let a = addr as u64;
+    // The physical allocation mapped at `addr`, released or not: the handle comes back with one
+    // more reference to release.
+    let h = r
+        .vas
+        .range(..=a)
+        .next_back()
+        .and_then(|(_, va)| va.maps.range(..=a).next_back())
+        .filter(|&(&m, &(l, _))| a < m + l)
+        .map(|(_, &(_, h))| h)
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    r.phys.get_mut(&h).ok_or(CUDA_ERROR_INVALID_VALUE)?.refs += 1;
+    out(handle, h)
 }
 
 fn cuMemAddressReserve(ptr: *mut CUdeviceptr, size: usize, align: usize, addr: CUdeviceptr, flags: u64) {
@@ -823,7 +846,7 @@ fn cuMemMap(ptr: CUdeviceptr, size: usize, offset: usize, handle: CUmemGenericAl
     }
     let mut r = reg();
     let (fd, psize) = match r.phys.get(&handle) {
-        Some(p) if !p.released => (p.fd, p.size),
+        Some(p) if p.refs > 0 => (p.fd, p.size),
         _ => return Err(CUDA_ERROR_INVALID_HANDLE),
     };
     if offset + size > psize {

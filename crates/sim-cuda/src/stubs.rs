@@ -146,8 +146,6 @@ pub static STUBBED: &[&str] = &[
     "cuGraphGetRootNodes",
     "cuGraphHostNodeGetParams",
     "cuGraphHostNodeSetParams",
-    "cuGraphInstantiateWithParams",
-    "cuGraphInstantiateWithParams_ptsz",
     "cuGraphKernelNodeCopyAttributes",
     "cuGraphKernelNodeGetAttribute",
     "cuGraphKernelNodeGetParams",
@@ -211,9 +209,6 @@ pub static STUBBED: &[&str] = &[
     "cuKernelGetParamInfo",
     "cuKernelSetAttribute",
     "cuKernelSetCacheConfig",
-    "cuLaunch",
-    "cuLaunchGrid",
-    "cuLaunchGridAsync",
     "cuLaunchHostFunc",
     "cuLaunchHostFunc_ptsz",
     "cuLibraryEnumerateKernels",
@@ -263,7 +258,6 @@ pub static STUBBED: &[&str] = &[
     "cuMemPrefetchAsync_v2_ptsz",
     "cuMemRangeGetAttribute",
     "cuMemRangeGetAttributes",
-    "cuMemRetainAllocationHandle",
     "cuMemcpy2D",
     "cuMemcpy2DAsync",
     "cuMemcpy2DAsync_v2",
@@ -1000,14 +994,6 @@ pub unsafe extern "C" fn cuGraphHostNodeSetParams() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphInstantiateWithParams() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphInstantiateWithParams_ptsz() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphKernelNodeCopyAttributes() -> c_int {
     NOT_SUPPORTED
 }
@@ -1260,18 +1246,6 @@ pub unsafe extern "C" fn cuKernelSetCacheConfig() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLaunch() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLaunchGrid() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLaunchGridAsync() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuLaunchHostFunc() -> c_int {
     NOT_SUPPORTED
 }
@@ -1465,10 +1439,6 @@ pub unsafe extern "C" fn cuMemRangeGetAttribute() -> c_int {
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemRangeGetAttributes() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemRetainAllocationHandle() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
