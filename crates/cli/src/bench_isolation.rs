@@ -206,8 +206,21 @@ fn matrix() -> Vec<Row> {
             &[30.0, 70.0],
             1.0,
         );
-        v.push(if n == 100 { r.quick() } else { r });
+        v.push(r);
     }
+    v.push(
+        row(
+            "graph100x1ms-vs-plain-30-70",
+            "graphs of 100 x 1 ms (30) vs plain 1 ms (70)",
+            vec![
+                tn("a30", 30, "--graph 100 --kernel-us 1000"),
+                tn("b70", 70, ""),
+            ],
+            &[30.0, 70.0],
+            5.0,
+        )
+        .quick(),
+    );
     v.push(row(
         "plain-vs-graph100-30-70",
         "plain 1 ms (30) vs graphs of 100 x 200 us (70)",
@@ -585,6 +598,8 @@ struct Ctx<'a> {
     json: bool,
     /// The inference loop's p99 alone (µs), measured once.
     alone_p99: Option<f64>,
+    /// The loop's p99 (µs) next to low-priority kernels of each length (µs).
+    curve: Vec<(u64, f64)>,
 }
 
 impl Ctx<'_> {
@@ -692,6 +707,7 @@ impl Ctx<'_> {
                 // preempted allows; the rest is 5 % (or 0.5 ms) of measurement noise.
                 let bound = alone + *low_us as f64 + (alone * 0.05).max(500.0);
                 let ok = p99 <= bound && busy_min >= BUSY_MIN && note.is_empty();
+                self.curve.push((*low_us, p99));
                 println!(
                     "{:<24} {:<46} p99 alone {:.2} ms, shared {:.2} ms ({n} requests; bound {:.2} ms)   GPU busy {:.1}% (≥ {BUSY_MIN:.0})  {}{note}",
                     r.id,
@@ -767,12 +783,27 @@ pub fn run(install: &Install, root: &Path, o: &Opts) -> Result<(), String> {
         windows_5s,
         json: o.json,
         alone_p99: None,
+        curve: Vec::new(),
     };
     let mut missed = Vec::new();
     for (i, r) in chosen.iter().enumerate() {
         if !ctx.run_row(i, r)? {
             missed.push(r.id.clone());
         }
+    }
+    if let (Some(alone), true) = (ctx.alone_p99, ctx.curve.len() > 1) {
+        let points: Vec<String> = ctx
+            .curve
+            .iter()
+            .map(|(us, p)| format!("{} µs → {:.2} ms", us, p / 1e3))
+            .collect();
+        println!(
+            "{:<24} {:<46} alone {:.2} ms; next to low-priority kernels of {}",
+            "prio-curve",
+            "high-priority p99 against low kernel length",
+            alone / 1e3,
+            points.join(", ")
+        );
     }
     if o.only.is_empty() || o.only.iter().any(|x| x == "overhead") {
         let (launches, rounds) = if o.quick {

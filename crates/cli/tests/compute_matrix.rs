@@ -96,7 +96,7 @@ fn kernels_200ms_vs_1ms_30_70() {
 
 #[test]
 fn graphs_of_100_vs_plain_30_70() {
-    holds("graph100-vs-plain-30-70");
+    holds("graph100x1ms-vs-plain-30-70");
 }
 
 #[test]
