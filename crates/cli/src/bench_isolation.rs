@@ -154,7 +154,12 @@ fn matrix() -> Vec<Row> {
         &[10.0, 90.0],
         1.0,
     ));
-    for (us, name) in [(50u64, "50us"), (1000, "1ms"), (5000, "5ms"), (200_000, "200ms")] {
+    for (us, name) in [
+        (50u64, "50us"),
+        (1000, "1ms"),
+        (5000, "5ms"),
+        (200_000, "200ms"),
+    ] {
         let s = format!("--kernel-us {us}");
         let w = if us >= 100_000 { 5.0 } else { 1.0 };
         v.push(row(
@@ -258,7 +263,10 @@ fn matrix() -> Vec<Row> {
         row(
             "threads8-30-70",
             "8 threads with own streams (30) vs 1 (70)",
-            vec![tn("a30", 30, "--threads 8 --sync 4"), tn("b70", 70, "--sync 4")],
+            vec![
+                tn("a30", 30, "--threads 8 --sync 4"),
+                tn("b70", 70, "--sync 4"),
+            ],
             &[30.0, 70.0],
             1.0,
         )
@@ -268,7 +276,10 @@ fn matrix() -> Vec<Row> {
         row(
             "contexts3-30-70",
             "3 contexts (30) vs 1 (70)",
-            vec![tn("a30", 30, "--contexts 3 --sync 4"), tn("b70", 70, "--sync 4")],
+            vec![
+                tn("a30", 30, "--contexts 3 --sync 4"),
+                tn("b70", 70, "--sync 4"),
+            ],
             &[30.0, 70.0],
             1.0,
         )
@@ -328,7 +339,12 @@ fn matrix() -> Vec<Row> {
         &[30.0],
         1.0,
     ));
-    for (us, name) in [(50u64, "50us"), (200, "200us"), (1000, "1ms"), (5000, "5ms")] {
+    for (us, name) in [
+        (50u64, "50us"),
+        (200, "200us"),
+        (1000, "1ms"),
+        (5000, "5ms"),
+    ] {
         v.push(Row {
             id: format!("prio-low{name}"),
             label: format!("high inference (2 x 1 ms / 10 ms) vs low training, {name} kernels"),
@@ -355,6 +371,8 @@ struct Scenario {
 struct Running {
     stop: PathBuf,
     children: Vec<Child>,
+    /// Each tenant's standard output, read as it comes so that a long report never blocks it.
+    outputs: Vec<std::thread::JoinHandle<String>>,
 }
 
 impl Drop for Running {
@@ -368,19 +386,33 @@ impl Drop for Running {
 }
 
 impl Running {
-    /// Stops the tenants and returns each one's report.
+    /// Stops the tenants and returns each one's report. A tenant still running 30 s after the
+    /// stop file appeared (stuck in a launch or a synchronize) fails the row instead of hanging
+    /// the benchmark.
     fn finish(mut self) -> Result<Vec<serde_json::Value>, String> {
         std::fs::write(&self.stop, b"").map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (k, c) in self.children.iter_mut().enumerate() {
+            while c.try_wait().map_err(|e| e.to_string())?.is_none() {
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "tenant {k} did not stop within 30 s of being asked to"
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let mut out = Vec::new();
-        for c in std::mem::take(&mut self.children) {
-            let o = c.wait_with_output().map_err(|e| e.to_string())?;
-            let text = String::from_utf8_lossy(&o.stdout);
+        let outputs = std::mem::take(&mut self.outputs);
+        for (mut c, reader) in std::mem::take(&mut self.children).into_iter().zip(outputs) {
+            let status = c.wait().map_err(|e| e.to_string())?;
+            let text = reader.join().unwrap_or_default();
             let v = text
                 .lines()
                 .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
                 .unwrap_or(serde_json::Value::Null);
-            if !o.status.success() || v.get("procs").is_none() {
-                return Err(format!("a tenant failed ({}): {}", o.status, text.trim()));
+            if !status.success() || v.get("procs").is_none() {
+                return Err(format!("a tenant failed ({status}): {}", text.trim()));
             }
             out.push(v);
         }
@@ -409,9 +441,17 @@ impl Scenario {
         let mut r = Running {
             stop: stop.clone(),
             children: Vec::new(),
+            outputs: Vec::new(),
         };
         for t in tenants {
-            r.children.push(self.spawn(install, t, &stop)?);
+            let mut c = self.spawn(install, t, &stop)?;
+            let mut pipe = c.stdout.take().ok_or("no pipe to the tenant's output")?;
+            r.children.push(c);
+            r.outputs.push(std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut s);
+                s
+            }));
         }
         Ok(r)
     }
@@ -688,12 +728,8 @@ impl Ctx<'_> {
                 let alone = match self.alone_p99 {
                     Some(a) => a,
                     None => {
-                        let (m, rep) = self.run_tenants(
-                            "alone",
-                            &r.tenants[..1],
-                            1.0,
-                            self.windows_1s,
-                        )?;
+                        let (m, rep) =
+                            self.run_tenants("alone", &r.tenants[..1], 1.0, self.windows_1s)?;
                         let a = p99_between(&rep[0], m.from_ns, m.to_ns)
                             .ok_or("the inference loop alone made no requests")?
                             .0;
