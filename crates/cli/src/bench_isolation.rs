@@ -191,6 +191,16 @@ fn matrix() -> Vec<Row> {
         .quick(),
     );
     v.push(row(
+        "k200ms-vs-1ms-10-90",
+        "200 ms kernels (10) vs 1 ms kernels (90)",
+        vec![
+            tn("a10", 10, "--kernel-us 200000"),
+            tn("b90", 90, "--kernel-us 1000"),
+        ],
+        &[10.0, 90.0],
+        5.0,
+    ));
+    v.push(row(
         "k1ms-vs-200ms-30-70",
         "1 ms kernels (30) vs 200 ms kernels (70)",
         vec![
@@ -250,6 +260,16 @@ fn matrix() -> Vec<Row> {
         .quick(),
     );
     v.push(row(
+        "procs4-vs-1-10-90",
+        "4 processes, sync every 4 (10) vs 1 (90)",
+        vec![
+            tn("a10", 10, "--procs 4 --sync 4"),
+            tn("b90", 90, "--sync 4"),
+        ],
+        &[10.0, 90.0],
+        1.0,
+    ));
+    v.push(row(
         "procs1-vs-4-30-70",
         "1 process (30) vs 4 processes (70), sync every 4",
         vec![
@@ -272,6 +292,16 @@ fn matrix() -> Vec<Row> {
         )
         .quick(),
     );
+    v.push(row(
+        "threads8-10-90",
+        "8 threads with own streams (10) vs 1 (90)",
+        vec![
+            tn("a10", 10, "--threads 8 --sync 4"),
+            tn("b90", 90, "--sync 4"),
+        ],
+        &[10.0, 90.0],
+        1.0,
+    ));
     v.push(
         row(
             "contexts3-30-70",

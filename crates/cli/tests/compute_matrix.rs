@@ -1,5 +1,6 @@
-//! The compute matrix, end to end: each row of `gpuslice bench isolation --quick` is a test of
-//! its own, so that a failure names the workload shape that broke the share. Every row runs
+//! The compute matrix, end to end: each row of `gpuslice bench isolation --quick` (and a few
+//! rows of the full matrix that hold today) is a test of its own, so that a failure names the
+//! workload shape that broke the share. Every row runs
 //! real programs (`gpuslice-probe shape`) under `gpuslice run --sim` with the real interposer,
 //! and is judged by the benchmark from the simulator's own timeline: each tenant within 3
 //! percentage points of its target in every window, the GPU at least 95 % busy while tenants
