@@ -12,7 +12,7 @@ use crate::install::Install;
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// overhead: what the interposer costs per call; isolation: compute shares, modes and
-    /// priority with tenants saturating the simulated GPU.
+    /// priority across the workload shapes of real programs, on the simulated GPU.
     #[arg(default_value = "overhead", value_parser = ["overhead", "isolation"])]
     which: String,
     /// isolation: seconds of warm-up before the measured windows.

@@ -8,8 +8,10 @@
 //! one low-priority kernel of its p99 alone.
 //!
 //! Rows run one at a time (they time a shared GPU on a shared CPU). A row that misses is run
-//! once more before the test fails: a share over a one-second window on a loaded 2-core
-//! machine is a statistical property, and a broken gate misses both times.
+//! up to twice more before the test fails: a share over a one-second window on a loaded 2-core
+//! machine is a statistical property (a tenant starved of CPU for a few hundred ms leaves the
+//! GPU idle in that window whatever the gate does), while a broken gate misses every attempt,
+//! by far more than the margin (the ignored rows below miss by 8 to 68 points every time).
 
 mod common;
 use common::*;
@@ -45,18 +47,20 @@ fn run_row(id: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no verdict for {id}:\n{text}"))
 }
 
+const ATTEMPTS: usize = 3;
+
 fn holds(id: &str) {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let first = run_row(id);
-    if first["pass"] == true {
-        return;
+    let mut misses = Vec::new();
+    for _ in 0..ATTEMPTS {
+        let v = run_row(id);
+        if v["pass"] == true {
+            return;
+        }
+        eprintln!("{id} missed: {v}");
+        misses.push(v.to_string());
     }
-    eprintln!("{id} missed once, running it again: {first}");
-    let second = run_row(id);
-    assert!(
-        second["pass"] == true,
-        "{id} missed twice:\n{first}\n{second}"
-    );
+    panic!("{id} missed {ATTEMPTS} times:\n{}", misses.join("\n"));
 }
 
 #[test]
