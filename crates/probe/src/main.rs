@@ -13,6 +13,7 @@
 //!   gpuslice-probe [--via …] allocs N BYTES
 //!   gpuslice-probe [--via …] saturate SECONDS [launch|ex|coop|graph]
 //!   gpuslice-probe [--via …] periodic PERIOD_MS KERNEL_US SECONDS
+//!   gpuslice-probe [--via …] shape SECONDS [OPTIONS]   (see shapes.rs)
 //!
 //! `saturate` keeps the GPU busy with `busy` kernels of mixed lengths (0.05 to 5 ms) along one
 //! launch path; `periodic` is an inference-like loop (one kernel per period, waited for) that
@@ -143,6 +144,8 @@ api! {
     end_capture: "cuStreamEndCapture" @ 10000 => fn(CUstream, *mut CUgraph);
     graph_launch: "cuGraphLaunch" @ 10000 => fn(CUgraphExec, CUstream);
 }
+
+mod shapes;
 
 enum Held {
     Ptr(CUdeviceptr),
@@ -708,6 +711,7 @@ fn main() {
                 lat[lat.len() - 1]
             );
         }
+        "shape" => shapes::main(via, &args[1..]),
         other => die(format!("unknown command {other}")),
     }
     unsafe { (probe.api.ctx_sync)() };
