@@ -906,40 +906,54 @@ fn overhead(
     let sc = Scenario::new(root, "overhead");
     let simlib = sc.dir.join("lib");
     install.link_simulator(&simlib)?;
-    let mut ledgers = Vec::new();
-    for (k, compute) in [(0, false), (1, true)] {
-        let p = sc.dir.join(format!("ledger{k}"));
-        let l = gpuslice_ledger::Ledger::create(
-            &p,
-            &gpuslice_ledger::TenantSpec {
-                name: format!("bench{k}"),
-                memory_cap: 64 << 30,
-                context_overhead: 0,
-                allowed: vec![],
-            },
-        )
-        .map_err(|e| e.to_string())?;
-        if compute {
-            l.set_compute(gpuslice_ledger::ComputeSpec {
-                quota: 100,
-                mode: 0,
-                priority: 1,
-            })
-            .map_err(|e| e.to_string())?;
-        }
-        ledgers.push(p);
-    }
+    // Memory limits only: this process is the probe's authority, with no compute settings.
+    let ledger = sc.dir.join("ledger");
+    let l = gpuslice_ledger::Ledger::create(
+        &ledger,
+        &gpuslice_ledger::TenantSpec {
+            name: "bench-memory-only".into(),
+            memory_cap: 64 << 30,
+            context_overhead: 0,
+            allowed: vec![],
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    gpuslice_warden::server::start(
+        gpuslice_warden::server::Grant {
+            limits: l.limits().map_err(|e| e.to_string())?,
+            ledger: ledger.clone(),
+            arbiter: None,
+        },
+        || {},
+    )
+    .map_err(|e| format!("cannot serve the memory-only tenant's limits: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let n = launches.to_string();
-    let measure = |ledger: Option<&PathBuf>| -> Result<f64, String> {
-        let mut c = Command::new(install.probe());
+    // 0: direct; 1: memory-only interposer; 2: a `gpuslice run` tenant with the compute gate.
+    let measure = |how: u8| -> Result<f64, String> {
+        let mut c = if how == 2 {
+            let mut c = Command::new(&exe);
+            c.args([
+                "run",
+                "--sim",
+                "--gpu-memory",
+                "64GiB",
+                "--gpu-compute",
+                "100",
+                "--",
+            ])
+            .arg(install.probe())
+            .env("GPUSLICE_STATE_DIR", sc.dir.join("state"));
+            c
+        } else {
+            Command::new(install.probe())
+        };
         c.args(["launches", &n])
             .env("LD_LIBRARY_PATH", &simlib)
             .env("GPUSLICE_SIM_STATE", sc.dir.join("sim-gpu"))
-            .env("GPUSLICE_COMPUTE_DIR", sc.dir.join("compute"))
             .env_remove("LD_PRELOAD");
-        if let Some(l) = ledger {
-            c.env("LD_PRELOAD", install.interposer())
-                .env("GPUSLICE_LEDGER", l);
+        if how == 1 {
+            c.env("LD_PRELOAD", install.interposer());
         }
         let out = c.output().map_err(|e| e.to_string())?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
@@ -954,9 +968,9 @@ fn overhead(
     };
     let (mut d, mut m, mut g) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds.max(1) {
-        d.push(measure(None)?);
-        m.push(measure(Some(&ledgers[0]))?);
-        g.push(measure(Some(&ledgers[1]))?);
+        d.push(measure(0)?);
+        m.push(measure(1)?);
+        g.push(measure(2)?);
     }
     let med = crate::bench::median;
     let (d, m, g) = (med(d), med(m), med(g));
