@@ -3,6 +3,7 @@
 use std::ffi::{CStr, c_char, c_float, c_int, c_uint, c_void};
 
 use gpuslice_cuda_abi::driver::*;
+use gpuslice_cuda_abi::image;
 
 use crate::*;
 
@@ -283,15 +284,34 @@ unsafe fn new_stream(ph: *mut CUstream, flags: c_uint, priority: c_int) -> R {
 
 // ---- modules and functions -----------------------------------------------------------------
 
-fn new_module(m: *mut CUmodule) -> R {
+/// Loads a module whose image declares `globals` (None: an image that is not a simulated one,
+/// loaded with no variables): its variables take device memory in the current context.
+fn new_module(m: *mut CUmodule, globals: Option<Result<image::Globals, String>>) -> R {
     if m.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
+    let globals = match globals {
+        None => image::Globals::default(),
+        Some(Ok(g)) => g,
+        Some(Err(_)) => return Err(CUDA_ERROR_INVALID_IMAGE),
+    };
     sim()?;
     let mut r = reg();
     let ctx = r.current()?;
+    let base = match globals.footprint {
+        0 => None,
+        n => Some(crate::api_mem::alloc_linear(
+            &mut r,
+            n,
+            AllocKind::Global,
+            false,
+        )?),
+    };
     let h = r.handle();
     r.modules.insert(h, ctx);
+    if let Some(b) = base {
+        r.module_globals.insert(h, (b, globals.vars));
+    }
     unsafe { *m = h as CUmodule };
     Ok(())
 }
@@ -314,6 +334,28 @@ fn function(r: &mut Reg, owner: usize, name: *const c_char) -> Result<usize, CUr
     let h = r.handle();
     r.functions.insert(h, Function { name, owner });
     Ok(h)
+}
+
+/// The address and size of the variable `name` of module `m`.
+fn module_global(m: CUmodule, name: *const c_char) -> Result<(u64, u64), CUresult> {
+    sim()?;
+    if name.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
+    let r = reg();
+    if !r.modules.contains_key(&(m as usize)) {
+        return Err(CUDA_ERROR_INVALID_HANDLE);
+    }
+    let (base, vars) = r
+        .module_globals
+        .get(&(m as usize))
+        .ok_or(CUDA_ERROR_NOT_FOUND)?;
+    let v = vars
+        .iter()
+        .find(|v| v.name == name)
+        .ok_or(CUDA_ERROR_NOT_FOUND)?;
+    Ok((base + v.offset, v.bytes))
 }
 
 fn load_library(lib: *mut CUlibrary, ok: bool) -> R {
@@ -709,31 +751,31 @@ fn cuModuleLoad(m: *mut CUmodule, fname: *const c_char) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let path = CStr::from_ptr(fname).to_string_lossy().into_owned();
-    if !std::path::Path::new(&path).is_file() {
+    let Ok(bytes) = std::fs::read(&path) else {
         return Err(CUDA_ERROR_FILE_NOT_FOUND);
-    }
-    new_module(m)
+    };
+    new_module(m, image::parse(&String::from_utf8_lossy(&bytes)))
 }
 
 fn cuModuleLoadData(m: *mut CUmodule, image: *const c_void) {
     if image.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    new_module(m)
+    new_module(m, image::parse_ptr(image))
 }
 
 fn cuModuleLoadDataEx(m: *mut CUmodule, image: *const c_void, _n: c_uint, _opts: *mut c_int, _vals: *mut *mut c_void) {
     if image.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    new_module(m)
+    new_module(m, image::parse_ptr(image))
 }
 
 fn cuModuleLoadFatBinary(m: *mut CUmodule, fatbin: *const c_void) {
     if fatbin.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    new_module(m)
+    new_module(m, image::parse_ptr(fatbin))
 }
 
 fn cuModuleUnload(m: CUmodule) {
@@ -741,6 +783,21 @@ fn cuModuleUnload(m: CUmodule) {
     let mut r = reg();
     r.modules.remove(&(m as usize)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
     r.functions.retain(|_, f| f.owner != m as usize);
+    if let Some((base, _)) = r.module_globals.remove(&(m as usize)) {
+        crate::api_mem::free_alloc(&mut r, base, false)?;
+    }
+    Ok(())
+}
+
+fn cuModuleGetGlobal_v2(dptr: *mut CUdeviceptr, bytes: *mut usize, m: CUmodule, name: *const c_char) {
+    let (p, n) = module_global(m, name)?;
+    // Either output may be omitted, as the driver allows.
+    if !dptr.is_null() {
+        *dptr = p;
+    }
+    if !bytes.is_null() {
+        *bytes = n as usize;
+    }
     Ok(())
 }
 

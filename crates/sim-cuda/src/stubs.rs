@@ -327,7 +327,6 @@ pub static STUBBED: &[&str] = &[
     "cuModuleEnumerateFunctions",
     "cuModuleGetFunctionCount",
     "cuModuleGetGlobal",
-    "cuModuleGetGlobal_v2",
     "cuModuleGetLoadingMode",
     "cuModuleGetSurfRef",
     "cuModuleGetTexRef",
@@ -1715,10 +1714,6 @@ pub unsafe extern "C" fn cuModuleGetFunctionCount() -> c_int {
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuModuleGetGlobal() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuModuleGetGlobal_v2() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
