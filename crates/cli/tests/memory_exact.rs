@@ -262,4 +262,19 @@ fn module_globals_are_charged_from_load_to_unload() {
         CTX,
         "{steps:?}"
     );
+    let lib = find(&steps, "library_load")[0];
+    assert_eq!(u(lib, "r"), 0, "{lib}");
+    assert_eq!(u(lib, "ledger"), CTX + 100 * MIB, "{lib}");
+    let got = find(&steps, &format!("library_global_{}", 50 * MIB));
+    assert_eq!(
+        got.len(),
+        1,
+        "cuLibraryGetGlobal reports the variable's size: {steps:?}"
+    );
+    let unloaded = find(&steps, "library_unload")[0];
+    assert_eq!(
+        (u(unloaded, "r"), u(unloaded, "ledger")),
+        (0, CTX),
+        "{unloaded}"
+    );
 }

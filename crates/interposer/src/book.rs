@@ -22,7 +22,7 @@ pub enum Key {
     Ptr(u64),
     Array(usize),
     Mipmap(usize),
-    /// A module's `__device__` variables.
+    /// A module's or library's `__device__` variables.
     Module(usize),
 }
 

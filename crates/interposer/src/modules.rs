@@ -84,3 +84,63 @@ pub unsafe extern "C" fn cuModuleUnload(m: CUmodule) -> CUresult {
         )
     })
 }
+
+/// Loads a library through `call`, charging the variables `globals` declares in the current
+/// context, where the driver places them.
+unsafe fn load_library(
+    lib: *mut CUlibrary,
+    globals: Option<Result<image::Globals, String>>,
+    call: impl FnOnce() -> CUresult,
+) -> CUresult {
+    // SAFETY: `lib` is the caller's output slot, passed on unchanged; a library handle keys
+    // its record like a module's (the driver's handles are distinct objects).
+    unsafe { load(lib.cast(), globals, call) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLibraryLoadData(
+    lib: *mut CUlibrary,
+    code: *const c_void,
+    jo: *mut c_int,
+    jv: *mut *mut c_void,
+    nj: c_uint,
+    lo: *mut c_int,
+    lv: *mut *mut c_void,
+    nl: c_uint,
+) -> CUresult {
+    guard(|| unsafe {
+        let call = || call_real!(CUDA, cuLibraryLoadData: unsafe extern "C" fn(*mut CUlibrary, *const c_void, *mut c_int, *mut *mut c_void, c_uint, *mut c_int, *mut *mut c_void, c_uint) -> CUresult, lib, code, jo, jv, nj, lo, lv, nl);
+        load_library(lib, image::parse_ptr(code), call)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLibraryLoadFromFile(
+    lib: *mut CUlibrary,
+    fname: *const c_char,
+    jo: *mut c_int,
+    jv: *mut *mut c_void,
+    nj: c_uint,
+    lo: *mut c_int,
+    lv: *mut *mut c_void,
+    nl: c_uint,
+) -> CUresult {
+    guard(|| unsafe {
+        let call = || call_real!(CUDA, cuLibraryLoadFromFile: unsafe extern "C" fn(*mut CUlibrary, *const c_char, *mut c_int, *mut *mut c_void, c_uint, *mut c_int, *mut *mut c_void, c_uint) -> CUresult, lib, fname, jo, jv, nj, lo, lv, nl);
+        let globals = fname
+            .as_ref()
+            .and_then(|_| std::fs::read(&*CStr::from_ptr(fname).to_string_lossy()).ok())
+            .and_then(|b| image::parse(&String::from_utf8_lossy(&b)));
+        load_library(lib, globals, call)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLibraryUnload(lib: CUlibrary) -> CUresult {
+    guard(|| {
+        freed(
+            Key::Module(lib as usize),
+            || call_real!(CUDA, cuLibraryUnload: unsafe extern "C" fn(CUlibrary) -> CUresult, lib),
+        )
+    })
+}

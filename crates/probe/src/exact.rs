@@ -17,7 +17,8 @@
 //!   globals SIZE        modules whose images declare two `__device__` variables of SIZE/2
 //!                       each, loaded until refused (a malformed image first); the first one's
 //!                       variable read back; every module unloaded; then one loaded in a created
-//!                       context that is destroyed with it
+//!                       context that is destroyed with it; then one library loaded, its
+//!                       variable read back, and unloaded
 //!   arrays              layered mipmapped, cubemap-layered mipmapped and cubemap arrays, in
 //!                       turn, until one is refused; then every one destroyed
 
@@ -98,6 +99,9 @@ driver! {
     module_load_ex: "cuModuleLoadDataEx" => fn(*mut CUmodule, *const c_void, c_uint, *mut c_int, *mut *mut c_void);
     module_global: "cuModuleGetGlobal_v2" => fn(*mut CUdeviceptr, *mut usize, CUmodule, *const i8);
     module_unload: "cuModuleUnload" => fn(CUmodule);
+    library_load: "cuLibraryLoadData" => fn(*mut CUlibrary, *const c_void, *mut c_int, *mut *mut c_void, c_uint, *mut c_int, *mut *mut c_void, c_uint);
+    library_global: "cuLibraryGetGlobal" => fn(*mut CUdeviceptr, *mut usize, CUlibrary, *const i8);
+    library_unload: "cuLibraryUnload" => fn(CUlibrary);
     launch_legacy: "cuLaunch" => fn(CUfunction);
     launch_grid: "cuLaunchGrid" => fn(CUfunction, c_int, c_int);
     launch_grid_async: "cuLaunchGridAsync" => fn(CUfunction, c_int, c_int, CUstream);
@@ -524,4 +528,23 @@ fn globals(run: &mut Run, size: usize) {
     });
     run.step("ctx_destroy", unsafe { (cu.ctx_destroy)(c) });
     run.step("set_primary", unsafe { (cu.set_current)(run.ctx) });
+    let mut lib: CUlibrary = std::ptr::null_mut();
+    let (no_opts, no_vals) = (std::ptr::null_mut(), std::ptr::null_mut());
+    let r = unsafe {
+        (cu.library_load)(
+            &mut lib,
+            img.as_ptr().cast(),
+            no_opts,
+            no_vals,
+            0,
+            no_opts,
+            no_vals,
+            0,
+        )
+    };
+    run.step("library_load", r);
+    let (mut p, mut n) = (0, 0);
+    let r = unsafe { (cu.library_global)(&mut p, &mut n, lib, c"weights".as_ptr()) };
+    run.step(&format!("library_global_{n}"), r);
+    run.step("library_unload", unsafe { (cu.library_unload)(lib) });
 }

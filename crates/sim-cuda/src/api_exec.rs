@@ -339,18 +339,20 @@ fn function(r: &mut Reg, owner: usize, name: *const c_char) -> Result<usize, CUr
 /// The address and size of the variable `name` of module `m`.
 fn module_global(m: CUmodule, name: *const c_char) -> Result<(u64, u64), CUresult> {
     sim()?;
+    if !reg().modules.contains_key(&(m as usize)) {
+        return Err(CUDA_ERROR_INVALID_HANDLE);
+    }
+    global_of(m as usize, name)
+}
+
+/// The address and size of the variable `name` of a module or library.
+fn global_of(owner: usize, name: *const c_char) -> Result<(u64, u64), CUresult> {
     if name.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
     let r = reg();
-    if !r.modules.contains_key(&(m as usize)) {
-        return Err(CUDA_ERROR_INVALID_HANDLE);
-    }
-    let (base, vars) = r
-        .module_globals
-        .get(&(m as usize))
-        .ok_or(CUDA_ERROR_NOT_FOUND)?;
+    let (base, vars) = r.module_globals.get(&owner).ok_or(CUDA_ERROR_NOT_FOUND)?;
     let v = vars
         .iter()
         .find(|v| v.name == name)
@@ -358,14 +360,38 @@ fn module_global(m: CUmodule, name: *const c_char) -> Result<(u64, u64), CUresul
     Ok((base + v.offset, v.bytes))
 }
 
-fn load_library(lib: *mut CUlibrary, ok: bool) -> R {
+/// Loads a library whose image declares `globals`: its variables are placed in the current
+/// context (a library's variables live in the contexts that use it; the simulator places them
+/// eagerly, where the library is loaded).
+fn load_library(
+    lib: *mut CUlibrary,
+    ok: bool,
+    globals: Option<Result<image::Globals, String>>,
+) -> R {
     sim()?;
     if lib.is_null() || !ok {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
+    let globals = match globals {
+        None => image::Globals::default(),
+        Some(Ok(g)) => g,
+        Some(Err(_)) => return Err(CUDA_ERROR_INVALID_IMAGE),
+    };
     let mut r = reg();
+    let base = match globals.footprint {
+        0 => None,
+        n => Some(crate::api_mem::alloc_linear(
+            &mut r,
+            n,
+            AllocKind::Global,
+            false,
+        )?),
+    };
     let h = r.handle();
     r.libraries.insert(h, ());
+    if let Some(b) = base {
+        r.module_globals.insert(h, (b, globals.vars));
+    }
     unsafe { *lib = h as CUlibrary };
     Ok(())
 }
@@ -815,7 +841,7 @@ fn cuModuleGetFunction(f: *mut CUfunction, m: CUmodule, name: *const c_char) {
 }
 
 fn cuLibraryLoadData(lib: *mut CUlibrary, code: *const c_void, _jo: *mut c_int, _jv: *mut *mut c_void, _nj: c_uint, _lo: *mut c_int, _lv: *mut *mut c_void, _nl: c_uint) {
-    load_library(lib, !code.is_null())
+    load_library(lib, !code.is_null(), image::parse_ptr(code))
 }
 
 fn cuLibraryLoadFromFile(lib: *mut CUlibrary, fname: *const c_char, _jo: *mut c_int, _jv: *mut *mut c_void, _nj: c_uint, _lo: *mut c_int, _lv: *mut *mut c_void, _nl: c_uint) {
@@ -823,10 +849,10 @@ fn cuLibraryLoadFromFile(lib: *mut CUlibrary, fname: *const c_char, _jo: *mut c_
     if fname.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    if !std::path::Path::new(&*CStr::from_ptr(fname).to_string_lossy()).is_file() {
+    let Ok(bytes) = std::fs::read(&*CStr::from_ptr(fname).to_string_lossy()) else {
         return Err(CUDA_ERROR_FILE_NOT_FOUND);
-    }
-    load_library(lib, true)
+    };
+    load_library(lib, true, image::parse(&String::from_utf8_lossy(&bytes)))
 }
 
 fn cuLibraryUnload(lib: CUlibrary) {
@@ -834,6 +860,34 @@ fn cuLibraryUnload(lib: CUlibrary) {
     let mut r = reg();
     r.libraries.remove(&(lib as usize)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
     r.functions.retain(|_, f| f.owner != lib as usize);
+    if let Some((base, _)) = r.module_globals.remove(&(lib as usize)) {
+        // Gone already when the context it was placed in has ended.
+        if r.allocs.contains_key(&base) {
+            crate::api_mem::free_alloc(&mut r, base, false)?;
+        }
+    }
+    Ok(())
+}
+
+fn cuLibraryGetGlobal(dptr: *mut CUdeviceptr, bytes: *mut usize, lib: CUlibrary, name: *const c_char) {
+    let (p, n) = {
+        let r = reg();
+        if !r.libraries.contains_key(&(lib as usize)) {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        let (base, _) = r.module_globals.get(&(lib as usize)).ok_or(CUDA_ERROR_NOT_FOUND)?;
+        if !r.allocs.contains_key(base) {
+            return Err(CUDA_ERROR_CONTEXT_IS_DESTROYED);
+        }
+        drop(r);
+        global_of(lib as usize, name)?
+    };
+    if !dptr.is_null() {
+        *dptr = p;
+    }
+    if !bytes.is_null() {
+        *bytes = n as usize;
+    }
     Ok(())
 }
 

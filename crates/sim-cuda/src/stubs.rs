@@ -212,7 +212,6 @@ pub static STUBBED: &[&str] = &[
     "cuLaunchHostFunc",
     "cuLaunchHostFunc_ptsz",
     "cuLibraryEnumerateKernels",
-    "cuLibraryGetGlobal",
     "cuLibraryGetKernelCount",
     "cuLibraryGetManaged",
     "cuLibraryGetModule",
@@ -1254,10 +1253,6 @@ pub unsafe extern "C" fn cuLaunchHostFunc_ptsz() -> c_int {
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuLibraryEnumerateKernels() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLibraryGetGlobal() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
