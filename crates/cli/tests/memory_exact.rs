@@ -208,3 +208,73 @@ fn every_process_sees_exact_free_memory_without_a_reaper() {
         assert_eq!(u(r, "free"), GIB - CTX, "process {i}: {r}");
     }
 }
+
+#[test]
+fn layered_mipmapped_and_cubemap_arrays_are_charged_what_the_device_takes() {
+    let m = Machine::new("exact-arrays");
+    let steps = scenario(&m, "arrays", &["arrays"]);
+    exact_throughout(&steps, "arrays");
+    let creates: Vec<&Value> = steps
+        .iter()
+        .filter(|s| s["step"] == "mipmap_create" || s["step"] == "array_create")
+        .collect();
+    let refused = creates.last().unwrap();
+    assert_eq!(u(refused, "r"), 2, "the last array is refused: {steps:?}");
+    assert!(
+        creates[..creates.len() - 1].iter().all(|s| u(s, "r") == 0),
+        "{steps:?}"
+    );
+    assert!(creates.len() > 6, "every kind was created twice: {steps:?}");
+    // Refused only when the next array does not fit: at most the largest (about 63 MiB) short.
+    let before = &creates[creates.len() - 2];
+    assert!(u(before, "ledger") > GIB - 64 * MIB, "{before}");
+}
+
+#[test]
+fn module_globals_are_charged_from_load_to_unload() {
+    let m = Machine::new("exact-globals");
+    // Two 50 MiB variables a module: 100 MiB, seven fit beside the context under 1 GiB.
+    let steps = scenario(&m, "globals", &["globals", "100MiB"]);
+    exact_throughout(&steps, "module globals");
+    assert_eq!(u(find(&steps, "load_malformed")[0], "r"), 200, "{steps:?}");
+    let loads = find(&steps, "load");
+    assert_eq!(loads.len(), 8, "{steps:?}");
+    assert!(loads[..7].iter().all(|s| u(s, "r") == 0), "{steps:?}");
+    assert_eq!(
+        u(loads[7], "r"),
+        2,
+        "the eighth module does not fit: {steps:?}"
+    );
+    assert_eq!(u(loads[6], "ledger"), CTX + 7 * 100 * MIB, "{steps:?}");
+    let got = find(&steps, &format!("get_global_{}", 50 * MIB));
+    assert_eq!(
+        got.len(),
+        1,
+        "cuModuleGetGlobal reports the variable's size: {steps:?}"
+    );
+    assert_eq!(u(got[0], "r"), 0);
+    assert_eq!(u(find(&steps, "unload").last().unwrap(), "ledger"), CTX);
+    let in_ctx = find(&steps, "load_in_ctx")[0];
+    assert_eq!(u(in_ctx, "r"), 0, "{in_ctx}");
+    assert_eq!(u(in_ctx, "ledger"), 2 * CTX + 100 * MIB, "{in_ctx}");
+    assert_eq!(
+        u(find(&steps, "ctx_destroy")[0], "ledger"),
+        CTX,
+        "{steps:?}"
+    );
+    let lib = find(&steps, "library_load")[0];
+    assert_eq!(u(lib, "r"), 0, "{lib}");
+    assert_eq!(u(lib, "ledger"), CTX + 100 * MIB, "{lib}");
+    let got = find(&steps, &format!("library_global_{}", 50 * MIB));
+    assert_eq!(
+        got.len(),
+        1,
+        "cuLibraryGetGlobal reports the variable's size: {steps:?}"
+    );
+    let unloaded = find(&steps, "library_unload")[0];
+    assert_eq!(
+        (u(unloaded, "r"), u(unloaded, "ledger")),
+        (0, CTX),
+        "{unloaded}"
+    );
+}

@@ -22,6 +22,8 @@ pub enum Key {
     Ptr(u64),
     Array(usize),
     Mipmap(usize),
+    /// A module's or library's `__device__` variables.
+    Module(usize),
 }
 
 /// One charged object: where, how much, and which context owns it (0 when none does).

@@ -13,6 +13,7 @@ mod graphmem;
 mod launch;
 mod lookup;
 mod memory;
+mod modules;
 mod nvml;
 mod real;
 mod tenant;

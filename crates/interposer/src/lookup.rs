@@ -37,6 +37,8 @@ hooks! {
     memory::cuMemCreate, memory::cuMemRelease,
     memory::cuArrayCreate, memory::cuArrayCreate_v2, memory::cuArray3DCreate, memory::cuArray3DCreate_v2,
     memory::cuArrayDestroy, memory::cuMipmappedArrayCreate, memory::cuMipmappedArrayDestroy,
+    modules::cuModuleLoad, modules::cuModuleLoadData, modules::cuModuleLoadDataEx, modules::cuModuleLoadFatBinary, modules::cuModuleUnload,
+    modules::cuLibraryLoadData, modules::cuLibraryLoadFromFile, modules::cuLibraryUnload,
     memory::cuMemAllocAsync, memory::cuMemAllocAsync_ptsz, memory::cuMemAllocFromPoolAsync, memory::cuMemAllocFromPoolAsync_ptsz,
     memory::cuMemFreeAsync, memory::cuMemFreeAsync_ptsz, memory::cuMemPoolTrimTo, memory::cuMemPoolCreate, memory::cuMemPoolDestroy,
     graphmem::cuGraphInstantiate, graphmem::cuGraphInstantiate_v2, graphmem::cuGraphInstantiateWithFlags,

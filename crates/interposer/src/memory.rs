@@ -6,6 +6,7 @@
 //! which grows in chunks and outlives frees, so pools are charged their reservation as measured
 //! around each call rather than the sizes asked for.
 
+use gpuslice_cuda_abi::array;
 use gpuslice_cuda_abi::driver::*;
 use gpuslice_ledger::Dev;
 use std::ffi::{c_uint, c_void};
@@ -182,7 +183,7 @@ pub unsafe extern "C" fn cuMemAllocPitch(
 
 /// Runs the driver call that frees `key`, giving back its charge (see `book.rs` for why the
 /// book stays locked across the call).
-fn freed(key: Key, call: impl FnOnce() -> CUresult) -> CUresult {
+pub(crate) fn freed(key: Key, call: impl FnOnce() -> CUresult) -> CUresult {
     match crate::tenant::tenant() {
         Ok(t) => t.book.free_with(t, key, call),
         Err(_) => call(),
@@ -325,38 +326,21 @@ pub unsafe extern "C" fn cuMemAddressFree(ptr: CUdeviceptr, size: usize) -> CUre
 
 // ---- arrays ----------------------------------------------------------------------------------
 
-fn format_bytes(format: CUarray_format) -> u64 {
-    match format {
-        CU_AD_FORMAT_UNSIGNED_INT8 | CU_AD_FORMAT_SIGNED_INT8 => 1,
-        CU_AD_FORMAT_UNSIGNED_INT16 | CU_AD_FORMAT_SIGNED_INT16 | CU_AD_FORMAT_HALF => 2,
-        CU_AD_FORMAT_UNSIGNED_INT32 | CU_AD_FORMAT_SIGNED_INT32 | CU_AD_FORMAT_FLOAT => 4,
-        // Formats this table does not know are charged as the widest element: never undercharge.
-        _ => 16,
-    }
-}
-
-/// Bytes of an array of the given extent (0 in a dimension means the dimension is absent).
-pub fn array_bytes(w: u64, h: u64, d: u64, format: CUarray_format, channels: u32) -> u64 {
-    [
-        w.max(1),
-        h.max(1),
-        d.max(1),
-        format_bytes(format),
-        channels.max(1) as u64,
-    ]
-    .into_iter()
-    .fold(1u64, |a, b| a.saturating_mul(b))
-}
-
-/// Charges an array of `bytes` (None when the descriptor is missing: the driver rejects that).
-unsafe fn array_hook(
+/// Charges an array of the size `bytes` gives (`array::array_bytes`, the rules the driver sizes
+/// arrays by). A missing descriptor or handle goes to the driver, which rejects it; a descriptor
+/// that cannot be sized is refused here, so no array is ever created uncharged.
+pub(crate) unsafe fn object_hook(
     handle_out: *const usize,
-    bytes: Option<u64>,
+    bytes: Option<Result<u64, CUresult>>,
     owner: fn(usize) -> Key,
     call: impl FnOnce() -> CUresult,
 ) -> CUresult {
     let Some(bytes) = bytes.filter(|_| !handle_out.is_null()) else {
         return call();
+    };
+    let bytes = match bytes {
+        Ok(b) => b,
+        Err(e) => return e,
     };
     let t = tenant_or_return!();
     let (_, dev) = match t.current_dev() {
@@ -383,8 +367,8 @@ pub unsafe extern "C" fn cuArrayCreate_v2(
     guard(|| unsafe {
         let bytes = desc
             .as_ref()
-            .map(|d| array_bytes(d.Width as u64, d.Height as u64, 1, d.Format, d.NumChannels));
-        array_hook(
+            .map(|d| array::array_bytes(&array::from_2d(d), 1));
+        object_hook(
             arr.cast(),
             bytes,
             Key::Array,
@@ -401,8 +385,8 @@ pub unsafe extern "C" fn cuArrayCreate(
     guard(|| unsafe {
         let bytes = desc
             .as_ref()
-            .map(|d| array_bytes(d.Width as u64, d.Height as u64, 1, d.Format, d.NumChannels));
-        array_hook(
+            .map(|d| array::array_bytes(&array::from_2d_v1(d), 1));
+        object_hook(
             arr.cast(),
             bytes,
             Key::Array,
@@ -417,16 +401,8 @@ pub unsafe extern "C" fn cuArray3DCreate_v2(
     desc: *const CUDA_ARRAY3D_DESCRIPTOR,
 ) -> CUresult {
     guard(|| unsafe {
-        let bytes = desc.as_ref().map(|d| {
-            array_bytes(
-                d.Width as u64,
-                d.Height as u64,
-                d.Depth as u64,
-                d.Format,
-                d.NumChannels,
-            )
-        });
-        array_hook(
+        let bytes = desc.as_ref().map(|d| array::array_bytes(d, 1));
+        object_hook(
             arr.cast(),
             bytes,
             Key::Array,
@@ -441,16 +417,10 @@ pub unsafe extern "C" fn cuArray3DCreate(
     desc: *const CUDA_ARRAY3D_DESCRIPTOR_v1,
 ) -> CUresult {
     guard(|| unsafe {
-        let bytes = desc.as_ref().map(|d| {
-            array_bytes(
-                d.Width as u64,
-                d.Height as u64,
-                d.Depth as u64,
-                d.Format,
-                d.NumChannels,
-            )
-        });
-        array_hook(
+        let bytes = desc
+            .as_ref()
+            .map(|d| array::array_bytes(&array::from_3d_v1(d), 1));
+        object_hook(
             arr.cast(),
             bytes,
             Key::Array,
@@ -469,19 +439,6 @@ pub unsafe extern "C" fn cuArrayDestroy(arr: CUarray) -> CUresult {
     })
 }
 
-/// A mipmapped array holds every level, each half the size of the one above in each dimension.
-pub fn mipmap_bytes(d: &CUDA_ARRAY3D_DESCRIPTOR, levels: u32) -> u64 {
-    let (mut w, mut h, mut z) = (d.Width as u64, d.Height as u64, d.Depth as u64);
-    let mut total = 0u64;
-    for _ in 0..levels.max(1) {
-        total = total.saturating_add(array_bytes(w, h, z, d.Format, d.NumChannels));
-        w = (w / 2).max(1);
-        h = if h == 0 { 0 } else { (h / 2).max(1) };
-        z = if z == 0 { 0 } else { (z / 2).max(1) };
-    }
-    total
-}
-
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMipmappedArrayCreate(
     arr: *mut CUmipmappedArray,
@@ -490,9 +447,9 @@ pub unsafe extern "C" fn cuMipmappedArrayCreate(
 ) -> CUresult {
     guard(|| unsafe {
         let real = || call_real!(CUDA, cuMipmappedArrayCreate: unsafe extern "C" fn(*mut CUmipmappedArray, *const CUDA_ARRAY3D_DESCRIPTOR, c_uint) -> CUresult, arr, desc, levels);
-        array_hook(
+        object_hook(
             arr.cast(),
-            desc.as_ref().map(|d| mipmap_bytes(d, levels)),
+            desc.as_ref().map(|d| array::array_bytes(d, levels)),
             Key::Mipmap,
             real,
         )

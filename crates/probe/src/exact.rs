@@ -14,6 +14,13 @@
 //!   graph SIZE          a graph that allocates and frees SIZE, launched and destroyed; then
 //!                       cuMemAlloc of SIZE, cuDeviceGraphMemTrim, cuMemAlloc again
 //!   legacy N            N launches through cuLaunch, cuLaunchGrid and cuLaunchGridAsync
+//!   globals SIZE        modules whose images declare two `__device__` variables of SIZE/2
+//!                       each, loaded until refused (a malformed image first); the first one's
+//!                       variable read back; every module unloaded; then one loaded in a created
+//!                       context that is destroyed with it; then one library loaded, its
+//!                       variable read back, and unloaded
+//!   arrays              layered mipmapped, cubemap-layered mipmapped and cubemap arrays, in
+//!                       turn, until one is refused; then every one destroyed
 
 use gpuslice_cuda_abi::driver::*;
 use gpuslice_cuda_abi::nvml::*;
@@ -67,6 +74,10 @@ driver! {
     alloc: "cuMemAlloc_v2" => fn(*mut CUdeviceptr, usize);
     free: "cuMemFree_v2" => fn(CUdeviceptr);
     array_create: "cuArrayCreate_v2" => fn(*mut CUarray, *const CUDA_ARRAY_DESCRIPTOR);
+    array3d_create: "cuArray3DCreate_v2" => fn(*mut CUarray, *const CUDA_ARRAY3D_DESCRIPTOR);
+    array_destroy: "cuArrayDestroy" => fn(CUarray);
+    mipmap_create: "cuMipmappedArrayCreate" => fn(*mut CUmipmappedArray, *const CUDA_ARRAY3D_DESCRIPTOR, c_uint);
+    mipmap_destroy: "cuMipmappedArrayDestroy" => fn(CUmipmappedArray);
     create: "cuMemCreate" => fn(*mut CUmemGenericAllocationHandle, usize, *const CUmemAllocationProp, u64);
     release: "cuMemRelease" => fn(CUmemGenericAllocationHandle);
     retain_handle: "cuMemRetainAllocationHandle" => fn(*mut CUmemGenericAllocationHandle, *mut c_void);
@@ -85,6 +96,12 @@ driver! {
     graph_trim: "cuDeviceGraphMemTrim" => fn(CUdevice);
     module_load: "cuModuleLoadData" => fn(*mut CUmodule, *const c_void);
     module_function: "cuModuleGetFunction" => fn(*mut CUfunction, CUmodule, *const i8);
+    module_load_ex: "cuModuleLoadDataEx" => fn(*mut CUmodule, *const c_void, c_uint, *mut c_int, *mut *mut c_void);
+    module_global: "cuModuleGetGlobal_v2" => fn(*mut CUdeviceptr, *mut usize, CUmodule, *const i8);
+    module_unload: "cuModuleUnload" => fn(CUmodule);
+    library_load: "cuLibraryLoadData" => fn(*mut CUlibrary, *const c_void, *mut c_int, *mut *mut c_void, c_uint, *mut c_int, *mut *mut c_void, c_uint);
+    library_global: "cuLibraryGetGlobal" => fn(*mut CUdeviceptr, *mut usize, CUlibrary, *const i8);
+    library_unload: "cuLibraryUnload" => fn(CUlibrary);
     launch_legacy: "cuLaunch" => fn(CUfunction);
     launch_grid: "cuLaunchGrid" => fn(CUfunction, c_int, c_int);
     launch_grid_async: "cuLaunchGridAsync" => fn(CUfunction, c_int, c_int, CUstream);
@@ -352,6 +369,8 @@ pub fn main(args: &[String]) {
                 }
                 run.step("launched", (cu.sync)());
             }
+            "arrays" => arrays(&mut run),
+            "globals" => globals(&mut run, bytes(1)),
             other => super::die(format!("exact: unknown scenario {other}")),
         }
     }
@@ -404,4 +423,128 @@ fn race(run: &mut Run, threads: usize, iters: usize) {
             CUDA_ERROR_OUT_OF_MEMORY
         },
     );
+}
+
+/// Arrays whose footprint depends on every sizing rule (layers and faces that never shrink
+/// with the mip level, levels that do), created in turn until the device or the cap refuses.
+fn arrays(run: &mut Run) {
+    let cu = run.cu;
+    let desc = |w: usize, depth: usize, channels: u32, flags: c_uint| CUDA_ARRAY3D_DESCRIPTOR {
+        Width: w,
+        Height: w,
+        Depth: depth,
+        Format: CU_AD_FORMAT_FLOAT,
+        NumChannels: channels,
+        Flags: flags,
+    };
+    // 1024² × 4 B × 8 layers, 11 levels: about 43 MiB.
+    let layered = desc(1024, 8, 1, CUDA_ARRAY3D_LAYERED);
+    // 512² × 16 B × 12 faces, 3 levels: about 63 MiB.
+    let cube_layered = desc(512, 12, 4, CUDA_ARRAY3D_LAYERED | CUDA_ARRAY3D_CUBEMAP);
+    // 512² × 16 B × 6 faces: 24 MiB.
+    let cube = desc(512, 6, 4, CUDA_ARRAY3D_CUBEMAP);
+    let (mut mipmaps, mut plain) = (Vec::new(), Vec::new());
+    for i in 0.. {
+        let r = unsafe {
+            match i % 3 {
+                0 | 1 => {
+                    let (d, levels) = if i % 3 == 0 {
+                        (&layered, 11)
+                    } else {
+                        (&cube_layered, 3)
+                    };
+                    let mut a = std::ptr::null_mut();
+                    let r = run.step("mipmap_create", (cu.mipmap_create)(&mut a, d, levels));
+                    if r == CUDA_SUCCESS {
+                        mipmaps.push(a);
+                    }
+                    r
+                }
+                _ => {
+                    let mut a = std::ptr::null_mut();
+                    let r = run.step("array_create", (cu.array3d_create)(&mut a, &cube));
+                    if r == CUDA_SUCCESS {
+                        plain.push(a);
+                    }
+                    r
+                }
+            }
+        };
+        if r != CUDA_SUCCESS {
+            break;
+        }
+    }
+    for a in mipmaps {
+        run.step("mipmap_destroy", unsafe { (cu.mipmap_destroy)(a) });
+    }
+    for a in plain {
+        run.step("array_destroy", unsafe { (cu.array_destroy)(a) });
+    }
+}
+
+/// Modules with large `__device__` variables (the simulated image format of
+/// `gpuslice_cuda_abi::image`), loaded until the cap or the device refuses.
+fn globals(run: &mut Run, size: usize) {
+    let cu = run.cu;
+    let (half, null) = (size / 2, std::ptr::null_mut());
+    let text =
+        format!("gpuslice-sim-image\nkernel busy_k\nglobal weights {half}\nglobal bias {half}\n");
+    let img = std::ffi::CString::new(text).unwrap();
+    let bad = c"gpuslice-sim-image\nglobal weights lots\n";
+    let mut m = null;
+    run.step("load_malformed", unsafe {
+        (cu.module_load)(&mut m, bad.as_ptr().cast())
+    });
+    let mut mods = Vec::new();
+    loop {
+        let mut m = null;
+        let r = run.step("load", unsafe {
+            (cu.module_load_ex)(
+                &mut m,
+                img.as_ptr().cast(),
+                0,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        });
+        if r != CUDA_SUCCESS {
+            break;
+        }
+        mods.push(m);
+    }
+    if let Some(&m) = mods.first() {
+        let (mut p, mut n) = (0, 0);
+        let r = unsafe { (cu.module_global)(&mut p, &mut n, m, c"bias".as_ptr()) };
+        run.step(&format!("get_global_{n}"), r);
+    }
+    for m in mods {
+        run.step("unload", unsafe { (cu.module_unload)(m) });
+    }
+    let mut c = std::ptr::null_mut();
+    run.step("ctx_create", unsafe { (cu.ctx_create)(&mut c, 0, run.dev) });
+    let mut m = null;
+    run.step("load_in_ctx", unsafe {
+        (cu.module_load)(&mut m, img.as_ptr().cast())
+    });
+    run.step("ctx_destroy", unsafe { (cu.ctx_destroy)(c) });
+    run.step("set_primary", unsafe { (cu.set_current)(run.ctx) });
+    let mut lib: CUlibrary = std::ptr::null_mut();
+    let (no_opts, no_vals) = (std::ptr::null_mut(), std::ptr::null_mut());
+    let r = unsafe {
+        (cu.library_load)(
+            &mut lib,
+            img.as_ptr().cast(),
+            no_opts,
+            no_vals,
+            0,
+            no_opts,
+            no_vals,
+            0,
+        )
+    };
+    run.step("library_load", r);
+    let (mut p, mut n) = (0, 0);
+    let r = unsafe { (cu.library_global)(&mut p, &mut n, lib, c"weights".as_ptr()) };
+    run.step(&format!("library_global_{n}"), r);
+    run.step("library_unload", unsafe { (cu.library_unload)(lib) });
 }

@@ -3,6 +3,7 @@
 use std::ffi::{CStr, c_char, c_float, c_int, c_uint, c_void};
 
 use gpuslice_cuda_abi::driver::*;
+use gpuslice_cuda_abi::image;
 
 use crate::*;
 
@@ -283,15 +284,34 @@ unsafe fn new_stream(ph: *mut CUstream, flags: c_uint, priority: c_int) -> R {
 
 // ---- modules and functions -----------------------------------------------------------------
 
-fn new_module(m: *mut CUmodule) -> R {
+/// Loads a module whose image declares `globals` (None: an image that is not a simulated one,
+/// loaded with no variables): its variables take device memory in the current context.
+fn new_module(m: *mut CUmodule, globals: Option<Result<image::Globals, String>>) -> R {
     if m.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
+    let globals = match globals {
+        None => image::Globals::default(),
+        Some(Ok(g)) => g,
+        Some(Err(_)) => return Err(CUDA_ERROR_INVALID_IMAGE),
+    };
     sim()?;
     let mut r = reg();
     let ctx = r.current()?;
+    let base = match globals.footprint {
+        0 => None,
+        n => Some(crate::api_mem::alloc_linear(
+            &mut r,
+            n,
+            AllocKind::Global,
+            false,
+        )?),
+    };
     let h = r.handle();
     r.modules.insert(h, ctx);
+    if let Some(b) = base {
+        r.module_globals.insert(h, (b, globals.vars));
+    }
     unsafe { *m = h as CUmodule };
     Ok(())
 }
@@ -316,14 +336,62 @@ fn function(r: &mut Reg, owner: usize, name: *const c_char) -> Result<usize, CUr
     Ok(h)
 }
 
-fn load_library(lib: *mut CUlibrary, ok: bool) -> R {
+/// The address and size of the variable `name` of module `m`.
+fn module_global(m: CUmodule, name: *const c_char) -> Result<(u64, u64), CUresult> {
+    sim()?;
+    if !reg().modules.contains_key(&(m as usize)) {
+        return Err(CUDA_ERROR_INVALID_HANDLE);
+    }
+    global_of(m as usize, name)
+}
+
+/// The address and size of the variable `name` of a module or library.
+fn global_of(owner: usize, name: *const c_char) -> Result<(u64, u64), CUresult> {
+    if name.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
+    let r = reg();
+    let (base, vars) = r.module_globals.get(&owner).ok_or(CUDA_ERROR_NOT_FOUND)?;
+    let v = vars
+        .iter()
+        .find(|v| v.name == name)
+        .ok_or(CUDA_ERROR_NOT_FOUND)?;
+    Ok((base + v.offset, v.bytes))
+}
+
+/// Loads a library whose image declares `globals`: its variables are placed in the current
+/// context (a library's variables live in the contexts that use it; the simulator places them
+/// eagerly, where the library is loaded).
+fn load_library(
+    lib: *mut CUlibrary,
+    ok: bool,
+    globals: Option<Result<image::Globals, String>>,
+) -> R {
     sim()?;
     if lib.is_null() || !ok {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
+    let globals = match globals {
+        None => image::Globals::default(),
+        Some(Ok(g)) => g,
+        Some(Err(_)) => return Err(CUDA_ERROR_INVALID_IMAGE),
+    };
     let mut r = reg();
+    let base = match globals.footprint {
+        0 => None,
+        n => Some(crate::api_mem::alloc_linear(
+            &mut r,
+            n,
+            AllocKind::Global,
+            false,
+        )?),
+    };
     let h = r.handle();
     r.libraries.insert(h, ());
+    if let Some(b) = base {
+        r.module_globals.insert(h, (b, globals.vars));
+    }
     unsafe { *lib = h as CUlibrary };
     Ok(())
 }
@@ -709,31 +777,31 @@ fn cuModuleLoad(m: *mut CUmodule, fname: *const c_char) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let path = CStr::from_ptr(fname).to_string_lossy().into_owned();
-    if !std::path::Path::new(&path).is_file() {
+    let Ok(bytes) = std::fs::read(&path) else {
         return Err(CUDA_ERROR_FILE_NOT_FOUND);
-    }
-    new_module(m)
+    };
+    new_module(m, image::parse(&String::from_utf8_lossy(&bytes)))
 }
 
 fn cuModuleLoadData(m: *mut CUmodule, image: *const c_void) {
     if image.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    new_module(m)
+    new_module(m, image::parse_ptr(image))
 }
 
 fn cuModuleLoadDataEx(m: *mut CUmodule, image: *const c_void, _n: c_uint, _opts: *mut c_int, _vals: *mut *mut c_void) {
     if image.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    new_module(m)
+    new_module(m, image::parse_ptr(image))
 }
 
 fn cuModuleLoadFatBinary(m: *mut CUmodule, fatbin: *const c_void) {
     if fatbin.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    new_module(m)
+    new_module(m, image::parse_ptr(fatbin))
 }
 
 fn cuModuleUnload(m: CUmodule) {
@@ -741,6 +809,21 @@ fn cuModuleUnload(m: CUmodule) {
     let mut r = reg();
     r.modules.remove(&(m as usize)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
     r.functions.retain(|_, f| f.owner != m as usize);
+    if let Some((base, _)) = r.module_globals.remove(&(m as usize)) {
+        crate::api_mem::free_alloc(&mut r, base, false)?;
+    }
+    Ok(())
+}
+
+fn cuModuleGetGlobal_v2(dptr: *mut CUdeviceptr, bytes: *mut usize, m: CUmodule, name: *const c_char) {
+    let (p, n) = module_global(m, name)?;
+    // Either output may be omitted, as the driver allows.
+    if !dptr.is_null() {
+        *dptr = p;
+    }
+    if !bytes.is_null() {
+        *bytes = n as usize;
+    }
     Ok(())
 }
 
@@ -758,7 +841,7 @@ fn cuModuleGetFunction(f: *mut CUfunction, m: CUmodule, name: *const c_char) {
 }
 
 fn cuLibraryLoadData(lib: *mut CUlibrary, code: *const c_void, _jo: *mut c_int, _jv: *mut *mut c_void, _nj: c_uint, _lo: *mut c_int, _lv: *mut *mut c_void, _nl: c_uint) {
-    load_library(lib, !code.is_null())
+    load_library(lib, !code.is_null(), image::parse_ptr(code))
 }
 
 fn cuLibraryLoadFromFile(lib: *mut CUlibrary, fname: *const c_char, _jo: *mut c_int, _jv: *mut *mut c_void, _nj: c_uint, _lo: *mut c_int, _lv: *mut *mut c_void, _nl: c_uint) {
@@ -766,10 +849,10 @@ fn cuLibraryLoadFromFile(lib: *mut CUlibrary, fname: *const c_char, _jo: *mut c_
     if fname.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    if !std::path::Path::new(&*CStr::from_ptr(fname).to_string_lossy()).is_file() {
+    let Ok(bytes) = std::fs::read(&*CStr::from_ptr(fname).to_string_lossy()) else {
         return Err(CUDA_ERROR_FILE_NOT_FOUND);
-    }
-    load_library(lib, true)
+    };
+    load_library(lib, true, image::parse(&String::from_utf8_lossy(&bytes)))
 }
 
 fn cuLibraryUnload(lib: CUlibrary) {
@@ -777,6 +860,34 @@ fn cuLibraryUnload(lib: CUlibrary) {
     let mut r = reg();
     r.libraries.remove(&(lib as usize)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
     r.functions.retain(|_, f| f.owner != lib as usize);
+    if let Some((base, _)) = r.module_globals.remove(&(lib as usize)) {
+        // Gone already when the context it was placed in has ended.
+        if r.allocs.contains_key(&base) {
+            crate::api_mem::free_alloc(&mut r, base, false)?;
+        }
+    }
+    Ok(())
+}
+
+fn cuLibraryGetGlobal(dptr: *mut CUdeviceptr, bytes: *mut usize, lib: CUlibrary, name: *const c_char) {
+    let (p, n) = {
+        let r = reg();
+        if !r.libraries.contains_key(&(lib as usize)) {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        let (base, _) = r.module_globals.get(&(lib as usize)).ok_or(CUDA_ERROR_NOT_FOUND)?;
+        if !r.allocs.contains_key(base) {
+            return Err(CUDA_ERROR_CONTEXT_IS_DESTROYED);
+        }
+        drop(r);
+        global_of(lib as usize, name)?
+    };
+    if !dptr.is_null() {
+        *dptr = p;
+    }
+    if !bytes.is_null() {
+        *bytes = n as usize;
+    }
     Ok(())
 }
 

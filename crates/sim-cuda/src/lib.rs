@@ -201,6 +201,8 @@ pub(crate) enum AllocKind {
     Pool(usize),
     /// Address space of a graph allocation node; its device memory is charged per launch.
     Graph,
+    /// A module's `__device__` variables: freed only with their module (or its context).
+    Global,
 }
 
 pub(crate) struct Alloc {
@@ -300,6 +302,8 @@ pub(crate) struct Reg {
     pub vas: BTreeMap<u64, VaRange>,
     pub arrays: HashMap<usize, Array>,
     pub modules: HashMap<usize, usize>,
+    /// Module → the base of its variables' allocation and the variables in it.
+    pub module_globals: HashMap<usize, (u64, Vec<gpuslice_cuda_abi::image::Global>)>,
     pub libraries: HashMap<usize, ()>,
     pub functions: HashMap<usize, Function>,
     pub graphs: HashMap<usize, Graph>,

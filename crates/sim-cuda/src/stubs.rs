@@ -212,7 +212,6 @@ pub static STUBBED: &[&str] = &[
     "cuLaunchHostFunc",
     "cuLaunchHostFunc_ptsz",
     "cuLibraryEnumerateKernels",
-    "cuLibraryGetGlobal",
     "cuLibraryGetKernelCount",
     "cuLibraryGetManaged",
     "cuLibraryGetModule",
@@ -327,7 +326,6 @@ pub static STUBBED: &[&str] = &[
     "cuModuleEnumerateFunctions",
     "cuModuleGetFunctionCount",
     "cuModuleGetGlobal",
-    "cuModuleGetGlobal_v2",
     "cuModuleGetLoadingMode",
     "cuModuleGetSurfRef",
     "cuModuleGetTexRef",
@@ -1258,10 +1256,6 @@ pub unsafe extern "C" fn cuLibraryEnumerateKernels() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLibraryGetGlobal() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuLibraryGetKernelCount() -> c_int {
     NOT_SUPPORTED
 }
@@ -1715,10 +1709,6 @@ pub unsafe extern "C" fn cuModuleGetFunctionCount() -> c_int {
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuModuleGetGlobal() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuModuleGetGlobal_v2() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
