@@ -128,6 +128,37 @@ pub struct nvmlProcessUtilizationSample_t {
     pub decUtil: c_uint,
 }
 
+/// One process's sample in `nvmlDeviceGetProcessesUtilizationInfo`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct nvmlProcessUtilizationInfo_v1_t {
+    /// CPU timestamp in microseconds.
+    pub timeStamp: c_ulonglong,
+    pub pid: c_uint,
+    pub smUtil: c_uint,
+    pub memUtil: c_uint,
+    pub encUtil: c_uint,
+    pub decUtil: c_uint,
+    pub jpgUtil: c_uint,
+    pub ofaUtil: c_uint,
+}
+
+/// Argument of `nvmlDeviceGetProcessesUtilizationInfo`: the caller's array and its size in,
+/// the samples and their number out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct nvmlProcessesUtilizationInfo_v1_t {
+    pub version: c_uint,
+    pub processSamplesCount: c_uint,
+    pub lastSeenTimeStamp: c_ulonglong,
+    pub procUtilArray: *mut nvmlProcessUtilizationInfo_v1_t,
+}
+
+pub const nvmlProcessesUtilizationInfo_v1: c_uint = nvml_struct_version(
+    core::mem::size_of::<nvmlProcessesUtilizationInfo_v1_t>(),
+    1,
+);
+
 // ---- Processes ----
 
 /// Layout taken by the unversioned `nvmlDeviceGet{Compute,Graphics}RunningProcesses`.
@@ -504,6 +535,10 @@ mod tests {
         assert_eq!(offset_of!(nvmlProcessInfo_t, gpuInstanceId), 16);
         assert_eq!(offset_of!(nvmlProcessInfo_t, computeInstanceId), 20);
         assert_eq!(size_of::<nvmlProcessUtilizationSample_t>(), 32);
+        assert_eq!(size_of::<nvmlProcessUtilizationInfo_v1_t>(), 40);
+        assert_eq!(offset_of!(nvmlProcessUtilizationInfo_v1_t, pid), 8);
+        assert_eq!(size_of::<nvmlProcessesUtilizationInfo_v1_t>(), 24);
+        assert_eq!(nvmlProcessesUtilizationInfo_v1, 24 | 1 << 24);
         assert_eq!(offset_of!(nvmlProcessUtilizationSample_t, timeStamp), 8);
         assert_eq!(offset_of!(nvmlProcessUtilizationSample_t, decUtil), 28);
         assert_eq!(size_of::<nvmlPciInfo_t>(), 68);

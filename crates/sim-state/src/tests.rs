@@ -175,6 +175,27 @@ fn processes_share_the_device_and_a_killed_process_gives_memory_back() {
 }
 
 #[test]
+fn processes_are_reported_by_their_real_pid() {
+    let (s, _t) = sim("realpid", "memory=1GiB,context=0");
+    let (pid, _) = child_holding(|| {
+        assert!(s.try_alloc(0, 300 * MIB));
+        // A process rewriting its slot's pid word cannot pass for another process.
+        let slot = s.current_slot().unwrap();
+        s.sh().slots[slot].pid.store(1, Ordering::SeqCst);
+        0
+    });
+    assert_eq!(
+        s.processes(0),
+        vec![ProcessUsage {
+            pid: pid as u32,
+            used_bytes: 300 * MIB
+        }]
+    );
+    kill(pid);
+    assert!(s.processes(0).is_empty());
+}
+
+#[test]
 fn queries_reclaim_dead_processes() {
     let (s, _t) = sim("reclaim", "memory=1GiB,context=0");
     let (pid, _) = child_holding(|| s.try_alloc(0, 512 * MIB) as u64);
