@@ -1,0 +1,368 @@
+//! The watchdog outside the tenant, end to end: processes that escape the interposer (a child
+//! with a cleared environment or without `LD_PRELOAD`, reaching the simulated driver by
+//! absolute path), a process using a forged ledger, and a tenant that zeroes its own ledger's
+//! counters are caught by the driver's own count and killed (or reported), with a log line and
+//! a row in `gpuslice top`; a tenant within its cap is never touched.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+/// The watchdog looks every 200 ms; the guarantee is action within 1 s. The bound asserted
+/// leaves room for a loaded CI machine (what was measured is printed).
+const ACT_BOUND: Duration = Duration::from_millis(1500);
+
+fn escape_bin() -> PathBuf {
+    compile_c("escape", "escape", &["-ldl"])
+}
+
+/// Waits for the first JSON line in `path`.
+fn wait_json(path: &Path) -> Value {
+    let t = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path)
+            && let Some(v) = s.lines().find_map(|l| serde_json::from_str::<Value>(l).ok())
+        {
+            return v;
+        }
+        assert!(t.elapsed() < DEADLINE, "{} never got a line", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Gone or exited (a zombie waiting for its parent).
+fn dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+/// How long until `pid` is dead, at most `DEADLINE`.
+fn wait_dead(pid: u32) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < DEADLINE {
+        if dead(pid) {
+            return Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+fn kill(pid: u32) {
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+/// A running `gpuslice run` tenant; its supervisor and the listed processes are killed on drop.
+struct Tenant {
+    child: Option<Child>,
+    pids: Vec<u32>,
+}
+
+impl Tenant {
+    fn start(m: &Machine, name: &str, cap: &str, watchdog: &str, script: &str) -> Tenant {
+        let mut c = Command::new(gpuslice());
+        c.args([
+            "run",
+            "--sim",
+            "--watchdog",
+            watchdog,
+            "--gpu-memory",
+            cap,
+            "--name",
+            name,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]);
+        m.env(&mut c);
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        Tenant {
+            child: Some(c.spawn().unwrap()),
+            pids: Vec::new(),
+        }
+    }
+
+    /// Kills what is left and returns the supervisor's output.
+    fn finish(mut self) -> Output {
+        for &p in &self.pids {
+            kill(p);
+        }
+        let c = self.child.take().unwrap();
+        kill(c.id());
+        c.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Tenant {
+    fn drop(&mut self) {
+        for &p in &self.pids {
+            kill(p);
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn top_once(m: &Machine) -> String {
+    let mut c = Command::new(gpuslice());
+    c.args(["top", "--once", "--interval", "0.1"]);
+    m.env(&mut c);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sh_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+/// A child of the tenant that holds 1.5 GiB of a 1 GiB cap without the interposer (started
+/// through `prefix`) is killed within the bound, says so on stderr and shows in `top`.
+fn escaped_child_is_killed(name: &str, prefix: &str) {
+    let m = Machine::new(name);
+    let out = m.dir.join("escape.json");
+    let status = m.dir.join("status");
+    let script = format!(
+        "{prefix} {} {} {} > {}; echo $? > {}; exec sleep 60",
+        sh_quote(&escape_bin()),
+        sh_quote(&artifact("libcuda.so")),
+        1536 * MIB,
+        sh_quote(&out),
+        sh_quote(&status),
+    );
+    let script = script.replace("$SIM", &sh_quote(&m.dir.join("sim-gpu")));
+    let mut t = Tenant::start(&m, name, "1GiB", "kill", &script);
+    let v = wait_json(&out);
+    assert_eq!(v["error"], 0, "the child escaped the interposer: {v}");
+    let pid = v["pid"].as_u64().unwrap() as u32;
+    t.pids.push(pid);
+    let took = wait_dead(pid).expect("the escaped child is killed");
+    eprintln!("{name}: killed {took:?} after it held its memory");
+    assert!(took < ACT_BOUND, "took {took:?}");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&status).map_or(true, |s| s.trim().is_empty()) {
+        assert!(t0.elapsed() < DEADLINE);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&status).unwrap().trim(),
+        "137",
+        "SIGKILL"
+    );
+    let top = top_once(&m);
+    let row = top
+        .lines()
+        .find(|l| l.contains(&pid.to_string()))
+        .unwrap_or_else(|| panic!("no row for pid {pid} in top:\n{top}"));
+    assert!(
+        row.contains("unmanaged") && row.contains("kill") && row.contains(name),
+        "{row}"
+    );
+    let o = t.finish();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("watchdog: killed pid {pid} of tenant {name}"))
+            && err.contains("without the interposer"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_child_with_a_cleared_environment_is_killed() {
+    escaped_child_is_killed("wd-envi", "env -i GPUSLICE_SIM_STATE=$SIM");
+}
+
+#[test]
+fn a_child_without_ld_preload_is_killed() {
+    escaped_child_is_killed("wd-nopreload", "env -u LD_PRELOAD");
+}
+
+#[test]
+fn a_process_on_a_forged_ledger_is_killed() {
+    let m = Machine::new("wd-forged");
+    // A copy of the tenant's ledger with a larger cap, as a tenant could write one.
+    let forged = m.dir.join("forged-ledger");
+    gpuslice_ledger::Ledger::create(
+        &forged,
+        &gpuslice_ledger::TenantSpec {
+            name: "wd-forged".into(),
+            memory_cap: 8 * GIB,
+            context_overhead: CTX,
+            allowed: vec![],
+        },
+    )
+    .unwrap();
+    let out = m.dir.join("hold.json");
+    let script = format!(
+        "GPUSLICE_LEDGER={} {} hold {} > {}; exec sleep 60",
+        sh_quote(&forged),
+        sh_quote(Path::new(&probe())),
+        1536 * MIB,
+        sh_quote(&out)
+    );
+    let mut t = Tenant::start(&m, "wd-forged", "1GiB", "kill", &script);
+    let v = wait_json(&out);
+    let pid = v["pid"].as_u64().unwrap() as u32;
+    t.pids.push(pid);
+    assert_eq!(v["error"], 0, "the forged ledger let it past the cap: {v}");
+    let took = wait_dead(pid).expect("the process on a forged ledger is killed");
+    eprintln!("forged ledger: killed {took:?} after it held its memory");
+    assert!(took < ACT_BOUND, "took {took:?}");
+    let o = t.finish();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("killed pid {pid} of tenant wd-forged")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tenant_that_zeroes_its_counters_loses_the_largest_process() {
+    let m = Machine::new("wd-zero");
+    let (a_out, b_out, go) = (
+        m.dir.join("a.json"),
+        m.dir.join("b.json"),
+        m.dir.join("go"),
+    );
+    let p = sh_quote(Path::new(&probe()));
+    // a fills the 1 GiB cap; once its counters are zeroed, b takes another 1 GiB, which the
+    // ledger (now reading zero) grants.
+    let script = format!(
+        "{p} fill alloc 64MiB --hold > {a} & \
+         while [ ! -e {go} ]; do sleep 0.02; done; \
+         {p} hold {b_bytes} > {b}; exec sleep 60",
+        a = sh_quote(&a_out),
+        b = sh_quote(&b_out),
+        go = sh_quote(&go),
+        b_bytes = GIB - CTX,
+    );
+    let mut t = Tenant::start(&m, "wd-zero", "1GiB", "kill", &script);
+    let a = wait_json(&a_out);
+    assert_eq!(u(&a, "bytes"), GIB - CTX, "{a}");
+    let ledger = m.ledger("wd-zero").unwrap();
+    let pa = ledger.processes();
+    assert_eq!(pa.len(), 1, "{pa:?}");
+    t.pids.push(pa[0].pid);
+    // What a hostile tenant process can do to the shared ledger it maps.
+    for p in &pa {
+        for d in 0..p.bytes.len() {
+            ledger.release(
+                gpuslice_ledger::SlotId(p.slot),
+                gpuslice_ledger::Dev(d),
+                u64::MAX,
+            );
+        }
+    }
+    assert_eq!(ledger.devices()[0].used, 0);
+    std::fs::write(&go, b"").unwrap();
+    let b = wait_json(&b_out);
+    let pb = b["pid"].as_u64().unwrap() as u32;
+    t.pids.push(pb);
+    assert_eq!(b["error"], 0, "the zeroed ledger granted it: {b}");
+    let took = wait_dead(pb).expect("one of the two is killed");
+    eprintln!("zeroed counters: killed {took:?} after the tenant went over");
+    assert!(took < ACT_BOUND, "took {took:?}");
+    // 2 GiB by the driver's count against 1 GiB: one of the two equal processes goes (the
+    // newer), and what is left is within the cap.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(!dead(pa[0].pid), "the process left within the cap is spared");
+    let top = top_once(&m);
+    assert!(
+        top.lines()
+            .any(|l| l.contains(&pb.to_string()) && l.contains("over-cap")),
+        "{top}"
+    );
+    let o = t.finish();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("killed pid {pb} of tenant wd-zero")) && err.contains("over its cap"),
+        "{err}"
+    );
+    assert_eq!(err.matches("watchdog:").count(), 1, "{err}");
+}
+
+#[test]
+fn report_mode_reports_once_and_kills_nothing() {
+    let m = Machine::new("wd-report");
+    let out = m.dir.join("escape.json");
+    let script = format!(
+        "env -u LD_PRELOAD {} {} {} > {}",
+        sh_quote(&escape_bin()),
+        sh_quote(&artifact("libcuda.so")),
+        1536 * MIB,
+        sh_quote(&out),
+    );
+    let mut t = Tenant::start(&m, "wd-report", "1GiB", "report", &script);
+    let v = wait_json(&out);
+    let pid = v["pid"].as_u64().unwrap() as u32;
+    t.pids.push(pid);
+    // Several rounds of the watchdog.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!dead(pid), "report mode kills nothing");
+    let top = top_once(&m);
+    assert!(
+        top.lines()
+            .any(|l| l.contains(&pid.to_string()) && l.contains("report")),
+        "{top}"
+    );
+    let o = t.finish();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("reporting pid {pid} of tenant wd-report")),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("watchdog:").count(),
+        1,
+        "a lasting finding is reported once: {err}"
+    );
+}
+
+#[test]
+fn a_tenant_within_its_cap_is_never_acted_on() {
+    let m = Machine::new("wd-within");
+    let p = sh_quote(Path::new(&probe()));
+    let c_out = m.dir.join("c.json");
+    // Several processes, kernels for two seconds, and at the end the cap filled to the byte.
+    let script = format!(
+        "{p} fill alloc 64MiB --max 16 --hold > /dev/null & A=$!; \
+         {p} hold 256MiB > /dev/null & B=$!; \
+         {p} saturate 2 > /dev/null; \
+         {p} fill pitch 32MiB > {c}; \
+         kill $A $B",
+        c = sh_quote(&c_out)
+    );
+    let mut c = Command::new(gpuslice());
+    c.args([
+        "run",
+        "--sim",
+        "--gpu-memory",
+        "3GiB",
+        "--name",
+        "wd-within",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    m.env(&mut c);
+    let t0 = Instant::now();
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{o:?}");
+    assert!(t0.elapsed() > Duration::from_secs(2));
+    let r = wait_json(&c_out);
+    assert_eq!(u(&r, "error"), 2, "the last process filled the cap: {r}");
+    assert!(!err.contains("watchdog"), "no action: {err}");
+}
