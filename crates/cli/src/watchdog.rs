@@ -71,9 +71,7 @@ impl Watchdog {
         } else {
             gpuslice_nvml::Nvml::system()
         }
-        .map_err(|e| {
-            format!("cannot start the watchdog: {e}; `--watchdog off` runs without it")
-        })?;
+        .map_err(|e| format!("cannot start the watchdog: {e}; `--watchdog off` runs without it"))?;
         let gpus = nvml
             .gpus()
             .map_err(|e| format!("cannot start the watchdog: {e}"))?
@@ -181,7 +179,13 @@ impl Watchdog {
         actor.act(
             &findings,
             // Other processes on the GPU are other tenants' or the host's: not ours to judge.
-            |f| if f.tenant.is_some() { action } else { Action::Ignore },
+            |f| {
+                if f.tenant.is_some() {
+                    action
+                } else {
+                    Action::Ignore
+                }
+            },
             |f, a, error| {
                 let r = Record::new(f, name, a);
                 match error {

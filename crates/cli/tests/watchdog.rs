@@ -25,11 +25,17 @@ fn wait_json(path: &Path) -> Value {
     let t = Instant::now();
     loop {
         if let Ok(s) = std::fs::read_to_string(path)
-            && let Some(v) = s.lines().find_map(|l| serde_json::from_str::<Value>(l).ok())
+            && let Some(v) = s
+                .lines()
+                .find_map(|l| serde_json::from_str::<Value>(l).ok())
         {
             return v;
         }
-        assert!(t.elapsed() < DEADLINE, "{} never got a line", path.display());
+        assert!(
+            t.elapsed() < DEADLINE,
+            "{} never got a line",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -230,11 +236,7 @@ fn a_process_on_a_forged_ledger_is_killed() {
 #[test]
 fn a_tenant_that_zeroes_its_counters_loses_the_largest_process() {
     let m = Machine::new("wd-zero");
-    let (a_out, b_out, go) = (
-        m.dir.join("a.json"),
-        m.dir.join("b.json"),
-        m.dir.join("go"),
-    );
+    let (a_out, b_out, go) = (m.dir.join("a.json"), m.dir.join("b.json"), m.dir.join("go"));
     let p = sh_quote(Path::new(&probe()));
     // a fills the 1 GiB cap; once its counters are zeroed, b takes another 1 GiB, which the
     // ledger (now reading zero) grants.
@@ -276,7 +278,10 @@ fn a_tenant_that_zeroes_its_counters_loses_the_largest_process() {
     // 2 GiB by the driver's count against 1 GiB: one of the two equal processes goes (the
     // newer), and what is left is within the cap.
     std::thread::sleep(Duration::from_millis(600));
-    assert!(!dead(pa[0].pid), "the process left within the cap is spared");
+    assert!(
+        !dead(pa[0].pid),
+        "the process left within the cap is spared"
+    );
     let top = top_once(&m);
     assert!(
         top.lines()
@@ -365,4 +370,117 @@ fn a_tenant_within_its_cap_is_never_acted_on() {
     let r = wait_json(&c_out);
     assert_eq!(u(&r, "error"), 2, "the last process filled the cap: {r}");
     assert!(!err.contains("watchdog"), "no action: {err}");
+}
+
+fn pids(v: &Value, k: &str) -> Vec<u32> {
+    let mut p: Vec<u32> = v[k]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {k} in {v}"))
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    p.sort();
+    p
+}
+
+#[test]
+fn nvml_shows_each_tenant_only_its_own_processes() {
+    let m = Machine::new("wd-nvml");
+    let lib = m.sim_lib_dir();
+    let nv = compile_c(
+        "nvml_procs",
+        "nvml_procs",
+        &["-L", lib.to_str().unwrap(), "-lnvidia-ml"],
+    );
+    let p = sh_quote(Path::new(&probe()));
+    let go = m.dir.join("go");
+    // Two tenants side by side, each with a process holding memory and one running kernels;
+    // once all four are up, each lists the GPU's processes through NVML.
+    let mut tenants = Vec::new();
+    for (name, cap, hold) in [("nv-a", "2GiB", "512MiB"), ("nv-b", "3GiB", "1GiB")] {
+        let script = format!(
+            "{p} hold {hold} > {h} & H=$!; {p} saturate 20 > /dev/null & S=$!; echo $S > {s}; \
+             while [ ! -e {go} ]; do sleep 0.02; done; {nv} > {out}; kill $H $S",
+            h = sh_quote(&m.dir.join(format!("{name}.hold"))),
+            s = sh_quote(&m.dir.join(format!("{name}.sat"))),
+            go = sh_quote(&go),
+            nv = sh_quote(&nv),
+            out = sh_quote(&m.dir.join(format!("{name}.json"))),
+        );
+        tenants.push((name, Tenant::start(&m, name, cap, "kill", &script)));
+    }
+    let mut own: Vec<Vec<u32>> = Vec::new();
+    for (name, t) in &mut tenants {
+        let h = wait_json(&m.dir.join(format!("{name}.hold")));
+        let hp = h["pid"].as_u64().unwrap() as u32;
+        let sat = m.dir.join(format!("{name}.sat"));
+        let t0 = Instant::now();
+        let sp = loop {
+            if let Some(p) = std::fs::read_to_string(&sat)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+            {
+                break p;
+            }
+            assert!(t0.elapsed() < DEADLINE);
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        t.pids.extend([hp, sp]);
+        let mut v = vec![hp, sp];
+        v.sort();
+        own.push(v);
+    }
+    // Until both kernel loops hold memory (their contexts) and have run: NVML outside any
+    // tenant lists all four processes.
+    let lib_env = |c: &mut Command| {
+        m.env(c);
+        c.env("LD_LIBRARY_PATH", &lib);
+    };
+    let everyone = || {
+        let mut c = Command::new(&nv);
+        lib_env(&mut c);
+        report(&c.output().unwrap())
+    };
+    let all: Vec<u32> = own.concat();
+    let t0 = Instant::now();
+    loop {
+        let v = everyone();
+        let seen = pids(&v, "pids");
+        let util = pids(&v, "util_pids");
+        if all.iter().all(|p| seen.contains(p)) && util.len() >= 2 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < DEADLINE,
+            "the simulated GPU never saw all four: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(&go, b"").unwrap();
+    for (i, (name, _)) in tenants.iter().enumerate() {
+        let v = wait_json(&m.dir.join(format!("{name}.json")));
+        assert_eq!(v["error"], 0, "{v}");
+        assert_eq!(
+            pids(&v, "pids"),
+            own[i],
+            "{name} sees its own processes only: {v}"
+        );
+        assert_eq!(pids(&v, "pids_v1"), own[i], "{v}");
+        // Asking for the size reveals no more than the list.
+        assert_eq!(v["size_error"], 7, "INSUFFICIENT_SIZE: {v}");
+        assert_eq!(v["asked"], 2, "{v}");
+        let util = pids(&v, "util_pids");
+        assert!(
+            !util.is_empty() && util.iter().all(|p| own[i].contains(p)),
+            "{name}'s utilization samples are its own: {v}"
+        );
+        let used: Vec<u64> = v["used"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        assert!(used.iter().all(|&u| u >= CTX), "{v}");
+    }
+    // (Outside any tenant, NVML listed all four above: the filter is what made the difference.)
 }

@@ -320,8 +320,10 @@ mod tests {
             p(7, "a", 5000, None, false),
         ];
         let f = decide(&t, &procs);
-        let got: Vec<(u32, &str, Reason)> =
-            f.iter().map(|f| (f.pid, f.gpu.as_str(), f.reason)).collect();
+        let got: Vec<(u32, &str, Reason)> = f
+            .iter()
+            .map(|f| (f.pid, f.gpu.as_str(), f.reason))
+            .collect();
         assert_eq!(
             got,
             vec![(1, "b", Reason::GpuNotAllowed), (7, "a", Reason::NoTenant)]
@@ -340,7 +342,11 @@ mod tests {
 
     fn procs_strategy() -> impl Strategy<Value = (Vec<Watched>, Vec<GpuProcess>)> {
         let tenants = prop::collection::vec(
-            (1u64..4000, 0u64..200, prop::collection::vec(0usize..3, 0..3)),
+            (
+                1u64..4000,
+                0u64..200,
+                prop::collection::vec(0usize..3, 0..3),
+            ),
             1..4,
         )
         .prop_map(|ts| {
@@ -353,12 +359,7 @@ mod tests {
                 .collect::<Vec<_>>()
         });
         let procs = prop::collection::vec(
-            (
-                1u32..12,
-                0usize..3,
-                0u64..3000,
-                prop::bool::weighted(0.8),
-            ),
+            (1u32..12, 0usize..3, 0u64..3000, prop::bool::weighted(0.8)),
             0..16,
         );
         (tenants, procs).prop_map(|(ts, ps)| {

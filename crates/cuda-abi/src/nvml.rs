@@ -154,10 +154,8 @@ pub struct nvmlProcessesUtilizationInfo_v1_t {
     pub procUtilArray: *mut nvmlProcessUtilizationInfo_v1_t,
 }
 
-pub const nvmlProcessesUtilizationInfo_v1: c_uint = nvml_struct_version(
-    core::mem::size_of::<nvmlProcessesUtilizationInfo_v1_t>(),
-    1,
-);
+pub const nvmlProcessesUtilizationInfo_v1: c_uint =
+    nvml_struct_version(core::mem::size_of::<nvmlProcessesUtilizationInfo_v1_t>(), 1);
 
 // ---- Processes ----
 

@@ -783,7 +783,11 @@ mod tests {
         let mut b = [0u8];
         unsafe { libc::read(fds[0], b.as_mut_ptr().cast(), 1) };
         let _me = l.attach_process().unwrap();
-        assert_eq!(l.live_pids(), vec![pid as u32], "our own slot is not reported");
+        assert_eq!(
+            l.live_pids(),
+            vec![pid as u32],
+            "our own slot is not reported"
+        );
         unsafe {
             libc::kill(pid, libc::SIGKILL);
             libc::waitpid(pid, std::ptr::null_mut(), 0)

@@ -474,8 +474,14 @@ mod tests {
                 "version: v1\nwatchdog: {unknownProcesses: off}\n",
                 "watchdog.unknownProcesses",
             ),
-            ("version: v1\nwatchdog: {slackMiB: 5000}\n", "watchdog.slackMiB"),
-            ("version: v1\nwatchdog: {slackMiB: -1}\n", "watchdog.slackMiB"),
+            (
+                "version: v1\nwatchdog: {slackMiB: 5000}\n",
+                "watchdog.slackMiB",
+            ),
+            (
+                "version: v1\nwatchdog: {slackMiB: -1}\n",
+                "watchdog.slackMiB",
+            ),
             ("version: v1\nwatchdog: {kill: true}\n", "watchdog.kill"),
             ("slices: 3\n", "config"),
         ] {

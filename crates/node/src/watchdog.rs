@@ -101,7 +101,9 @@ pub fn interposer_mapped(pid: u32) -> bool {
     };
     maps.lines().any(|l| {
         let path = l.split_whitespace().nth(5).unwrap_or("");
-        Path::new(path).file_name().is_some_and(|n| n == "libgpuslice.so")
+        Path::new(path)
+            .file_name()
+            .is_some_and(|n| n == "libgpuslice.so")
     })
 }
 
@@ -473,7 +475,12 @@ pub fn round(shared: &Shared, actor: &mut Actor) -> Result<(), String> {
                     "{}",
                     r.describe()
                 ),
-                Some(e) => tracing::error!(tenant, pid = f.pid, "{}; the kill failed: {e}", r.describe()),
+                Some(e) => tracing::error!(
+                    tenant,
+                    pid = f.pid,
+                    "{}; the kill failed: {e}",
+                    r.describe()
+                ),
             }
             shared
                 .metrics
@@ -510,9 +517,15 @@ mod tests {
             start: 1,
             zombie: false,
         };
-        let all: HashMap<u32, Stat> = [(1, mk(0)), (10, mk(1)), (11, mk(10)), (12, mk(11)), (20, mk(1))]
-            .into_iter()
-            .collect();
+        let all: HashMap<u32, Stat> = [
+            (1, mk(0)),
+            (10, mk(1)),
+            (11, mk(10)),
+            (12, mk(11)),
+            (20, mk(1)),
+        ]
+        .into_iter()
+        .collect();
         let d = descendants(10, &all);
         assert_eq!(d, [11, 12].into_iter().collect());
     }
@@ -551,12 +564,18 @@ mod tests {
 
     #[test]
     fn kill_spares_a_reused_pid() {
-        let mut c = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut c = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = c.id();
         let st = stat(pid).unwrap();
         kill(pid, st.start + 1).unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        assert!(c.try_wait().unwrap().is_none(), "another start time: not ours to kill");
+        assert!(
+            c.try_wait().unwrap().is_none(),
+            "another start time: not ours to kill"
+        );
         kill(pid, st.start).unwrap();
         let status = c.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;

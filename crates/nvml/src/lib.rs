@@ -411,8 +411,11 @@ impl Nvml {
     fn process_list(&self, h: nvmlDevice_t, forms: [&'static str; 3]) -> Result<Vec<(u32, u64)>> {
         type Versioned =
             unsafe extern "C" fn(nvmlDevice_t, *mut c_uint, *mut nvmlProcessInfo_t) -> nvmlReturn_t;
-        type V1 =
-            unsafe extern "C" fn(nvmlDevice_t, *mut c_uint, *mut nvmlProcessInfo_v1_t) -> nvmlReturn_t;
+        type V1 = unsafe extern "C" fn(
+            nvmlDevice_t,
+            *mut c_uint,
+            *mut nvmlProcessInfo_v1_t,
+        ) -> nvmlReturn_t;
         for n in &forms[..2] {
             if let Ok(f) = self.sym::<Versioned>(n) {
                 return self

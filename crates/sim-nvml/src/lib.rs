@@ -825,7 +825,11 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
 
 /// Per-process SM utilization since `last_seen_time_stamp` (wall-clock µs, 0 for the last
 /// window): (pid, percent, timestamp), only samples newer than the caller's last one.
-fn process_samples(sim: &Sim, dev: usize, last_seen_time_stamp: c_ulonglong) -> Vec<(u32, u32, u64)> {
+fn process_samples(
+    sim: &Sim,
+    dev: usize,
+    last_seen_time_stamp: c_ulonglong,
+) -> Vec<(u32, u32, u64)> {
     let now_ns = Sim::now_ns();
     let to_wall = wall_minus_monotonic_ns();
     let wall_us = |mono_ns: u64| ((i128::from(mono_ns) + to_wall).max(0) / 1000) as u64;

@@ -408,8 +408,8 @@ fn running_processes_with_the_size_protocol() {
                 n = 4;
                 assert_eq!(gfx(h, &mut n, buf.as_mut_ptr()), NVML_SUCCESS);
                 assert_eq!(n, 0);
-                let mps =
-                    lib.sym::<Procs<nvmlProcessInfo_t>>("nvmlDeviceGetMPSComputeRunningProcesses_v3");
+                let mps = lib
+                    .sym::<Procs<nvmlProcessInfo_t>>("nvmlDeviceGetMPSComputeRunningProcesses_v3");
                 n = 4;
                 assert_eq!(mps(h, &mut n, buf.as_mut_ptr()), NVML_SUCCESS);
                 assert_eq!(n, 0, "no MPS server on the simulated GPU");
