@@ -484,3 +484,311 @@ fn nvml_shows_each_tenant_only_its_own_processes() {
     }
     // (Outside any tenant, NVML listed all four above: the filter is what made the difference.)
 }
+
+// ---- the node agent's watchdog ----
+
+mod node {
+    use super::*;
+    use gpuslice_node::pb;
+    use gpuslice_node::plugin::{socket_name, unix_channel};
+    use std::io::{Read, Write};
+    use tokio::sync::mpsc;
+    use tonic::{Request, Response, Status};
+
+    struct FakeKubelet(mpsc::UnboundedSender<pb::RegisterRequest>);
+
+    #[tonic::async_trait]
+    impl pb::registration_server::Registration for FakeKubelet {
+        async fn register(
+            &self,
+            r: Request<pb::RegisterRequest>,
+        ) -> Result<Response<pb::Empty>, Status> {
+            let _ = self.0.send(r.into_inner());
+            Ok(Response::new(pb::Empty {}))
+        }
+    }
+
+    fn namespaces_available() -> bool {
+        Command::new("unshare")
+            .args(["-rm", "true"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Sets up the container's view as a runtime would (fresh `/run`, `/usr/local` and `/etc`
+    /// holding what the answer mounts) and execs `args`, keeping the pid.
+    fn container(
+        m: &Machine,
+        resp: &pb::ContainerAllocateResponse,
+        etc: &Path,
+        preload: bool,
+        args: &[String],
+    ) -> Child {
+        let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+        let mut s = String::from(
+            "set -e\nmount -t tmpfs tmpfs /run\nmount -t tmpfs tmpfs /usr/local\n",
+        );
+        for mnt in &resp.mounts {
+            let c = mnt.container_path.replace("/var/run/", "/run/");
+            let target = match c.strip_prefix("/etc/") {
+                Some(rest) if preload => etc.join(rest).display().to_string(),
+                Some(_) => continue,
+                None => c,
+            };
+            if Path::new(&mnt.host_path).is_dir() {
+                s += &format!("mkdir -p {}\n", q(&target));
+            } else {
+                let parent = Path::new(&target).parent().unwrap().display().to_string();
+                s += &format!("mkdir -p {}\ntouch {}\n", q(&parent), q(&target));
+            }
+            s += &format!("mount --bind {} {}\n", q(&mnt.host_path), q(&target));
+        }
+        s += &format!("mount --rbind {} /etc\nexec", q(&etc.display().to_string()));
+        for a in args {
+            s += &format!(" {}", q(a));
+        }
+        let mut c = Command::new("unshare");
+        c.arg("-rm")
+            .arg("sh")
+            .arg("-c")
+            .arg(s + "\n")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap())
+            .env("LD_LIBRARY_PATH", m.sim_lib_dir())
+            .env("GPUSLICE_SIM_STATE", m.dir.join("sim-gpu"));
+        for (k, v) in &resp.envs {
+            if k != "LD_PRELOAD" || preload {
+                c.env(k, v);
+            }
+        }
+        c.stdout(Stdio::piped()).spawn().unwrap()
+    }
+
+    fn first_line(c: &mut Child) -> Value {
+        let mut out = c.stdout.take().unwrap();
+        let mut line = Vec::new();
+        let mut b = [0u8];
+        while out.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        serde_json::from_slice(&line)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&line)))
+    }
+
+    fn scrape(addr: std::net::SocketAddr) -> String {
+        let t = Instant::now();
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+                s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+                    .unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).unwrap();
+                return out;
+            }
+            assert!(t.elapsed() < DEADLINE, "metrics server never came up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    struct Reap(Vec<Child>);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    #[test]
+    fn the_node_agent_kills_a_containers_unmanaged_process_and_counts_it() {
+        assert!(
+            namespaces_available(),
+            "this test runs container processes in a private mount namespace (`unshare -rm`)"
+        );
+        let m = Machine::new("wd-node");
+        let sockets = m.dir.join("plugins");
+        let state = m.dir.join("agent");
+        let assignments = m.dir.join("assignments.json");
+        std::fs::create_dir_all(&sockets).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let l = {
+            let _g = rt.enter();
+            tokio::net::UnixListener::bind(sockets.join("kubelet.sock")).unwrap()
+        };
+        rt.spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::registration_server::RegistrationServer::new(
+                    FakeKubelet(tx),
+                ))
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(l)),
+        );
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let agent_log = m.dir.join("agent.log");
+        let mut c = Command::new(gpuslice());
+        c.args(["node", "--sim", "--no-kube", "--node-name", "node-a"])
+            .arg("--socket-dir")
+            .arg(&sockets)
+            .arg("--cdi-dir")
+            .arg(m.dir.join("cdi"))
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--assignments")
+            .arg(&assignments)
+            .arg("--pod-resources-socket")
+            .arg(m.dir.join("pod-resources.sock"))
+            .arg("--metrics-addr")
+            .arg(addr.to_string())
+            .env("GPUSLICE_COMPUTE_DIR", m.dir.join("compute"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&agent_log).unwrap());
+        m.env(&mut c);
+        let mut procs = Reap(vec![c.spawn().unwrap()]);
+
+        rt.block_on(async {
+            loop {
+                let r = tokio::time::timeout(DEADLINE, rx.recv())
+                    .await
+                    .expect("the agent registers with kubelet in time")
+                    .unwrap();
+                if r.resource_name == "gpuslice.io/gpu" {
+                    break;
+                }
+            }
+        });
+        let mut plugin = rt.block_on(async {
+            pb::device_plugin_client::DevicePluginClient::new(
+                unix_channel(&sockets.join(socket_name("gpuslice.io/gpu")))
+                    .await
+                    .unwrap(),
+            )
+        });
+        let devices = rt.block_on(async {
+            let mut s = plugin
+                .list_and_watch(pb::Empty {})
+                .await
+                .unwrap()
+                .into_inner();
+            tokio::time::timeout(DEADLINE, s.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+                .devices
+        });
+        let id = devices[0].id.clone();
+        let uuid = id.split("::").next().unwrap().to_string();
+        let decision = serde_json::json!({"pods": [{"namespace": "team", "name": "trainer", "uid": "uid-1",
+            "assignment": {"version": 1, "node": "node-a", "containers": [
+                {"name": "main", "gpus": [{"uuid": uuid, "memoryMiB": 1536, "computePercent": 50}]}]}}]});
+        std::fs::write(&assignments, serde_json::to_vec(&decision).unwrap()).unwrap();
+        let resp = rt
+            .block_on(plugin.allocate(pb::AllocateRequest {
+                container_requests: vec![pb::ContainerAllocateRequest {
+                    devices_i_ds: vec![id.clone()],
+                }],
+            }))
+            .unwrap()
+            .into_inner()
+            .container_responses
+            .remove(0);
+        let etc = m.dir.join("etc");
+        std::fs::create_dir_all(&etc).unwrap();
+        if Path::new("/etc/ld.so.cache").exists() {
+            std::fs::copy("/etc/ld.so.cache", etc.join("ld.so.cache")).unwrap();
+        }
+
+        // A governed process of the container, within its cap: left alone.
+        let hold = |bytes: u64| vec![probe(), "hold".to_string(), bytes.to_string()];
+        let mut good = container(&m, &resp, &etc, true, &hold(512 * MIB));
+        let gv = first_line(&mut good);
+        assert_eq!(gv["error"], 0, "{gv}");
+        let good_pid = good.id();
+        procs.0.push(good);
+        // A process of the same container that does not load the interposer (no preload
+        // file, no LD_PRELOAD): killed, whatever it holds.
+        let mut bad = container(&m, &resp, &etc, false, &hold(256 * MIB));
+        let bv = first_line(&mut bad);
+        assert_eq!(bv["error"], 0, "{bv}");
+        let bad_pid = bad.id();
+        let took = wait_dead(bad_pid).expect("the unmanaged process is killed");
+        eprintln!("node: unmanaged container process killed {took:?} after it held memory");
+        assert!(took < ACT_BOUND, "took {took:?}");
+        let status = bad.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        // A host process on the GPU belongs to no tenant: reported, not killed (the default).
+        let mut host = Command::new(probe());
+        m.env(&mut host);
+        host.args(["hold", &(64 * MIB).to_string()])
+            .env("LD_LIBRARY_PATH", m.sim_lib_dir())
+            .stdout(Stdio::piped());
+        let mut host = host.spawn().unwrap();
+        let hv = first_line(&mut host);
+        assert_eq!(hv["error"], 0, "{hv}");
+        let host_pid = host.id();
+        procs.0.push(host);
+
+        let t0 = Instant::now();
+        let want_kill = format!(
+            "gpuslice_watchdog_actions_total{{tenant=\"team.trainer.main\",gpu=\"{uuid}\",reason=\"unmanaged\",action=\"kill\"}} 1"
+        );
+        let want_report = format!(
+            "gpuslice_watchdog_actions_total{{tenant=\"\",gpu=\"{uuid}\",reason=\"no-tenant\",action=\"report\"}} 1"
+        );
+        let body = loop {
+            let body = scrape(addr);
+            if body.contains(&want_kill) && body.contains(&want_report) {
+                break body;
+            }
+            assert!(t0.elapsed() < DEADLINE, "{body}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(
+            body.contains("# HELP gpuslice_watchdog_actions Processes the watchdog acted on"),
+            "{body}"
+        );
+        // A few more rounds: the governed process and the host's are still there, and nothing
+        // else was counted.
+        std::thread::sleep(Duration::from_millis(800));
+        assert!(!dead(good_pid) && !dead(host_pid));
+        let body = scrape(addr);
+        let actions: Vec<&str> = body
+            .lines()
+            .filter(|l| l.starts_with("gpuslice_watchdog_actions_total{"))
+            .collect();
+        assert_eq!(actions.len(), 2, "{actions:?}");
+        assert!(body.contains(&want_kill) && body.contains(&want_report), "{body}");
+
+        let log = std::fs::read_to_string(&agent_log).unwrap();
+        assert!(
+            log.contains(&format!("killed pid {bad_pid} of tenant team.trainer.main")),
+            "{log}"
+        );
+        let mut top = Command::new(gpuslice());
+        top.args(["top", "--once", "--interval", "0.1"]);
+        m.env(&mut top);
+        let top = top.env("GPUSLICE_STATE_DIR", &state).output().unwrap();
+        let top = String::from_utf8_lossy(&top.stdout);
+        assert!(
+            top.lines().any(|l| l.contains(&bad_pid.to_string())
+                && l.contains("team.trainer.main")
+                && l.contains("unmanaged")),
+            "{top}"
+        );
+        assert!(
+            top.lines()
+                .any(|l| l.contains(&host_pid.to_string()) && l.contains("no-tenant")),
+            "{top}"
+        );
+    }
+}
