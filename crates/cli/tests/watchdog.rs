@@ -526,9 +526,8 @@ mod node {
         args: &[String],
     ) -> Child {
         let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-        let mut s = String::from(
-            "set -e\nmount -t tmpfs tmpfs /run\nmount -t tmpfs tmpfs /usr/local\n",
-        );
+        let mut s =
+            String::from("set -e\nmount -t tmpfs tmpfs /run\nmount -t tmpfs tmpfs /usr/local\n");
         for mnt in &resp.mounts {
             let c = mnt.container_path.replace("/var/run/", "/run/");
             let target = match c.strip_prefix("/etc/") {
@@ -767,7 +766,10 @@ mod node {
             .filter(|l| l.starts_with("gpuslice_watchdog_actions_total{"))
             .collect();
         assert_eq!(actions.len(), 2, "{actions:?}");
-        assert!(body.contains(&want_kill) && body.contains(&want_report), "{body}");
+        assert!(
+            body.contains(&want_kill) && body.contains(&want_report),
+            "{body}"
+        );
 
         let log = std::fs::read_to_string(&agent_log).unwrap();
         assert!(

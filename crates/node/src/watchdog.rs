@@ -132,9 +132,11 @@ pub fn kill(pid: u32, start: u64) -> Result<(), String> {
         };
         if r < 0 {
             let e = std::io::Error::last_os_error();
-            (e.raw_os_error() != Some(libc::ESRCH))
-                .then(|| Err(format!("kill({pid}): {e}")))
-                .unwrap_or(Ok(()))
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                Ok(())
+            } else {
+                Err(format!("kill({pid}): {e}"))
+            }
         } else {
             Ok(())
         }
@@ -434,6 +436,18 @@ pub fn round(shared: &Shared, actor: &mut Actor) -> Result<(), String> {
             live: ledger.live_pids().into_iter().collect(),
         });
     }
+    // Processes of plain `gpuslice run` tenants on this node (live slots in their ledgers) are
+    // governed by their own supervisor's watchdog: not reported as processes of no tenant.
+    let own_dir = &shared.paths.tenants;
+    let run_tenants: HashSet<u32> = shared
+        .tenant_dirs
+        .iter()
+        .filter(|d| *d != own_dir)
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|rd| rd.flatten())
+        .filter_map(|e| gpuslice_ledger::Ledger::open(&e.path().join("ledger")).ok())
+        .flat_map(|l| l.live_pids())
+        .collect();
     let gpus = shared.gpus.read().unwrap().clone();
     let mut lists = Vec::new();
     let mut errors = Vec::new();
@@ -457,6 +471,7 @@ pub fn round(shared: &Shared, actor: &mut Actor) -> Result<(), String> {
         &findings,
         |f| match f.tenant {
             Some(_) => tenant_action(cfg.action),
+            None if run_tenants.contains(&f.pid) => Action::Ignore,
             None => unknown_action(cfg.unknown_processes),
         },
         |f, action, error| {
