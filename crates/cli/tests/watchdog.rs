@@ -339,14 +339,21 @@ fn a_tenant_within_its_cap_is_never_acted_on() {
     let m = Machine::new("wd-within");
     let p = sh_quote(Path::new(&probe()));
     let c_out = m.dir.join("c.json");
-    // Several processes, kernels for two seconds, and at the end the cap filled to the byte.
+    // Several processes with kernels for two seconds; then the cap filled to the byte along
+    // every allocation path in turn, each held for a few of the watchdog's rounds: the driver's
+    // count of what the ledger granted never exceeds the cap plus the slack.
     let script = format!(
         "{p} fill alloc 64MiB --max 16 --hold > /dev/null & A=$!; \
          {p} hold 256MiB > /dev/null & B=$!; \
          {p} saturate 2 > /dev/null; \
-         {p} fill pitch 32MiB > {c}; \
-         kill $A $B",
-        c = sh_quote(&c_out)
+         kill $A $B; wait $A $B; \
+         for path in alloc_v1 pitch pitch_v1 managed async pool vmm array array3d mipmap graph context; do \
+           {p} fill $path 64MiB --hold > {d}/$path.json & F=$!; \
+           while [ ! -s {d}/$path.json ]; do sleep 0.02; done; sleep 0.5; kill $F; wait $F; \
+         done; \
+         {p} fill pitch 32MiB > {c}",
+        c = sh_quote(&c_out),
+        d = sh_quote(&m.dir),
     );
     let mut c = Command::new(gpuslice());
     c.args([
@@ -369,6 +376,10 @@ fn a_tenant_within_its_cap_is_never_acted_on() {
     assert!(t0.elapsed() > Duration::from_secs(2));
     let r = wait_json(&c_out);
     assert_eq!(u(&r, "error"), 2, "the last process filled the cap: {r}");
+    for path in ["alloc_v1", "managed", "pool", "vmm", "graph", "context"] {
+        let r = wait_json(&m.dir.join(format!("{path}.json")));
+        assert!(u(&r, "granted") > 0, "{path} held memory: {r}");
+    }
     assert!(!err.contains("watchdog"), "no action: {err}");
 }
 
@@ -447,7 +458,8 @@ fn nvml_shows_each_tenant_only_its_own_processes() {
         let v = everyone();
         let seen = pids(&v, "pids");
         let util = pids(&v, "util_pids");
-        if all.iter().all(|p| seen.contains(p)) && util.len() >= 2 {
+        let detail = pids(&v, "detail_pids");
+        if all.iter().all(|p| seen.contains(p) && detail.contains(p)) && util.len() >= 2 {
             break;
         }
         assert!(
@@ -466,6 +478,8 @@ fn nvml_shows_each_tenant_only_its_own_processes() {
             "{name} sees its own processes only: {v}"
         );
         assert_eq!(pids(&v, "pids_v1"), own[i], "{v}");
+        assert_eq!(v["detail_error"], 0, "{v}");
+        assert_eq!(pids(&v, "detail_pids"), own[i], "{v}");
         // Asking for the size reveals no more than the list.
         assert_eq!(v["size_error"], 7, "INSUFFICIENT_SIZE: {v}");
         assert_eq!(v["asked"], 2, "{v}");

@@ -179,6 +179,35 @@ pub struct nvmlProcessInfo_t {
 
 pub type nvmlProcessInfo_v2_t = nvmlProcessInfo_t;
 
+/// One process in `nvmlDeviceGetRunningProcessDetailList`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct nvmlProcessDetail_v1_t {
+    pub pid: c_uint,
+    pub usedGpuMemory: c_ulonglong,
+    pub gpuInstanceId: c_uint,
+    pub computeInstanceId: c_uint,
+    pub usedGpuCcProtectedMemory: c_ulonglong,
+}
+
+/// Argument of `nvmlDeviceGetRunningProcessDetailList`: which kind of processes (`mode`), the
+/// caller's array and its size in, the processes and their number out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct nvmlProcessDetailList_v1_t {
+    pub version: c_uint,
+    pub mode: c_uint,
+    pub numProcArrayEntries: c_uint,
+    pub procArray: *mut nvmlProcessDetail_v1_t,
+}
+
+pub const nvmlProcessDetailList_v1: c_uint =
+    nvml_struct_version(core::mem::size_of::<nvmlProcessDetailList_v1_t>(), 1);
+/// `mode` of a process detail list.
+pub const NVML_PROCESS_MODE_COMPUTE: c_uint = 0;
+pub const NVML_PROCESS_MODE_GRAPHICS: c_uint = 1;
+pub const NVML_PROCESS_MODE_MPS: c_uint = 2;
+
 /// `usedGpuMemory` when the amount is unknown (e.g. under Windows WDDM).
 pub const NVML_VALUE_NOT_AVAILABLE: c_ulonglong = c_ulonglong::MAX;
 
@@ -536,6 +565,13 @@ mod tests {
         assert_eq!(size_of::<nvmlProcessUtilizationInfo_v1_t>(), 40);
         assert_eq!(offset_of!(nvmlProcessUtilizationInfo_v1_t, pid), 8);
         assert_eq!(size_of::<nvmlProcessesUtilizationInfo_v1_t>(), 24);
+        assert_eq!(size_of::<nvmlProcessDetail_v1_t>(), 32);
+        assert_eq!(
+            offset_of!(nvmlProcessDetail_v1_t, usedGpuCcProtectedMemory),
+            24
+        );
+        assert_eq!(size_of::<nvmlProcessDetailList_v1_t>(), 24);
+        assert_eq!(offset_of!(nvmlProcessDetailList_v1_t, procArray), 16);
         assert_eq!(nvmlProcessesUtilizationInfo_v1, 24 | 1 << 24);
         assert_eq!(offset_of!(nvmlProcessUtilizationSample_t, timeStamp), 8);
         assert_eq!(offset_of!(nvmlProcessUtilizationSample_t, decUtil), 28);

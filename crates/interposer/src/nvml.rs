@@ -246,3 +246,39 @@ pub unsafe extern "C" fn nvmlDeviceGetProcessesUtilizationInfo(
         )
     })
 }
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetRunningProcessDetailList(
+    device: nvmlDevice_t,
+    list: *mut nvmlProcessDetailList_v1_t,
+) -> nvmlReturn_t {
+    type F = unsafe extern "C" fn(nvmlDevice_t, *mut nvmlProcessDetailList_v1_t) -> nvmlReturn_t;
+    // SAFETY: `list` is checked for null before it is read; its array and count keep the
+    // caller's contract (version 1 layout, checked), and the real function has nvml.h's
+    // signature.
+    guard(|| unsafe {
+        if list.is_null() || (*list).version != nvmlProcessDetailList_v1 {
+            return call_real!(NVML, nvmlDeviceGetRunningProcessDetailList: F, device, list);
+        }
+        let l = &mut *list;
+        let mode = l.mode;
+        own_only(
+            &mut l.numProcArrayEntries,
+            l.procArray,
+            |p: &nvmlProcessDetail_v1_t| p.pid,
+            NVML_SUCCESS,
+            |c, b| {
+                let mut mine = nvmlProcessDetailList_v1_t {
+                    version: nvmlProcessDetailList_v1,
+                    mode,
+                    numProcArrayEntries: *c,
+                    procArray: b,
+                };
+                let r =
+                    call_real!(NVML, nvmlDeviceGetRunningProcessDetailList: F, device, &mut mine);
+                *c = mine.numProcArrayEntries;
+                r
+            },
+        )
+    })
+}

@@ -759,6 +759,40 @@ pub unsafe extern "C" fn nvmlDeviceGetGraphicsRunningProcesses_v3(
     graphics_processes(device, count, infos)
 }
 
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetRunningProcessDetailList(
+    device: nvmlDevice_t,
+    list: *mut nvmlProcessDetailList_v1_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        let l = out(list)?;
+        if l.version != nvmlProcessDetailList_v1 {
+            return Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+        }
+        let items: Vec<nvmlProcessDetail_v1_t> = match l.mode {
+            NVML_PROCESS_MODE_COMPUTE => sim
+                .processes(dev)
+                .iter()
+                .map(|p| {
+                    let i = info_v2(sim, dev, p.pid, p.used_bytes);
+                    nvmlProcessDetail_v1_t {
+                        pid: i.pid,
+                        usedGpuMemory: i.usedGpuMemory,
+                        gpuInstanceId: i.gpuInstanceId,
+                        computeInstanceId: i.computeInstanceId,
+                        usedGpuCcProtectedMemory: 0,
+                    }
+                })
+                .collect(),
+            // No graphics work and no MPS server on the simulated devices.
+            NVML_PROCESS_MODE_GRAPHICS | NVML_PROCESS_MODE_MPS => Vec::new(),
+            _ => return Err(NVML_ERROR_INVALID_ARGUMENT),
+        };
+        write_list(&mut l.numProcArrayEntries, l.procArray, &items)
+    })
+}
+
 /// The simulated devices run no MPS server, so no process is an MPS client.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetMPSComputeRunningProcesses(

@@ -14,6 +14,17 @@ typedef struct {
     unsigned long long timeStamp;
     unsigned int smUtil, memUtil, encUtil, decUtil;
 } nvmlProcessUtilizationSample_t;
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+    unsigned int gpuInstanceId, computeInstanceId;
+    unsigned long long usedGpuCcProtectedMemory;
+} nvmlProcessDetail_v1_t;
+typedef struct {
+    unsigned int version, mode, numProcArrayEntries;
+    nvmlProcessDetail_v1_t *procArray;
+} nvmlProcessDetailList_v1_t;
+nvmlReturn_t nvmlDeviceGetRunningProcessDetailList(nvmlDevice_t, nvmlProcessDetailList_v1_t *);
 nvmlReturn_t nvmlInit_v2(void);
 nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int, nvmlDevice_t *);
 nvmlReturn_t nvmlDeviceGetComputeRunningProcesses(nvmlDevice_t, unsigned int *, nvmlProcessInfo_v1_t *);
@@ -34,6 +45,10 @@ int main(void) {
     int r1 = r == 0 ? nvmlDeviceGetComputeRunningProcesses(d, &n1, p1) : r;
     int rs = r == 0 ? nvmlDeviceGetProcessUtilization(d, s, &ns, 0) : r;
     if (rs != 0) ns = 0;
+    nvmlProcessDetail_v1_t det[64];
+    nvmlProcessDetailList_v1_t dl = {(unsigned)sizeof(dl) | (1u << 24), 0, 64, det};
+    int rd = r == 0 ? nvmlDeviceGetRunningProcessDetailList(d, &dl) : r;
+    if (rd != 0) dl.numProcArrayEntries = 0;
     printf("{\"error\":%d,\"size_error\":%d,\"asked\":%u,\"pids\":[", r, r_size, asked);
     for (unsigned i = 0; r == 0 && i < n; i++) printf("%s%u", i ? "," : "", p[i].pid);
     printf("],\"used\":[");
@@ -42,6 +57,8 @@ int main(void) {
     for (unsigned i = 0; r1 == 0 && i < n1; i++) printf("%s%u", i ? "," : "", p1[i].pid);
     printf("],\"util_error\":%d,\"util_pids\":[", rs);
     for (unsigned i = 0; i < ns; i++) printf("%s%u", i ? "," : "", s[i].pid);
+    printf("],\"detail_error\":%d,\"detail_pids\":[", rd);
+    for (unsigned i = 0; i < dl.numProcArrayEntries; i++) printf("%s%u", i ? "," : "", det[i].pid);
     printf("]}\n");
     return 0;
 }
