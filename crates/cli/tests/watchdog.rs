@@ -808,3 +808,42 @@ mod node {
         );
     }
 }
+
+#[test]
+fn a_double_forked_orphan_stays_watched() {
+    let m = Machine::new("wd-orphan");
+    let out = m.dir.join("escape.json");
+    // The subshell starts the escapee in the background and exits at once: the escapee is an
+    // orphan, which the supervisor (a child subreaper) adopts instead of init.
+    let script = format!(
+        "( env -u LD_PRELOAD {} {} {} > {} & ); exec sleep 60",
+        sh_quote(&escape_bin()),
+        sh_quote(&artifact("libcuda.so")),
+        1536 * MIB,
+        sh_quote(&out),
+    );
+    let mut t = Tenant::start(&m, "wd-orphan", "1GiB", "kill", &script);
+    let v = wait_json(&out);
+    let pid = v["pid"].as_u64().unwrap() as u32;
+    t.pids.push(pid);
+    assert_eq!(v["error"], 0, "{v}");
+    // Without the subreaper it would be init's, outside the tenant's tree, and never judged.
+    let took = wait_dead(pid).expect("the orphan is killed");
+    eprintln!("orphan: killed {took:?} after it held its memory");
+    assert!(took < ACT_BOUND, "took {took:?}");
+    // Its exit status is collected (by the supervisor, its parent now).
+    let t0 = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            t0.elapsed() < DEADLINE,
+            "the supervisor never reaped the orphan"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = t.finish();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("killed pid {pid} of tenant wd-orphan")),
+        "{err}"
+    );
+}

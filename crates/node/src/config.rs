@@ -145,7 +145,7 @@ pub struct WatchdogConfig {
     #[serde(default)]
     pub unknown_processes: UnknownProcesses,
     /// MiB each process of a tenant may hold beyond the cap by the driver's count.
-    #[serde(default = "default_slack_mib")]
+    #[serde(default = "default_slack_mib", rename = "slackMiB")]
     pub slack_mib: u64,
 }
 
