@@ -12,8 +12,8 @@
 //! Used by the node agent for its tenants ([`spawn`]) and by `gpuslice run` for its own process
 //! tree (the helpers here: `/proc`, kills, the action log).
 //!
-//! Which process is whose, on a node: a container's ledger is mounted at
-//! `/var/run/gpuslice/ledger`; a process belongs to the tenant whose ledger file (device and
+//! Which process is whose, on a node: a container's tenant directory (holding its ledger) is
+//! mounted at `/var/run/gpuslice`; a process belongs to the tenant whose directory (device and
 //! inode) it sees there, through `/proc/<pid>/root`. Caps and allowed GPUs come from the agent's
 //! own allocation records, never from the ledger's header, which tenant processes can write.
 
@@ -154,14 +154,16 @@ pub fn file_id(p: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// Where a container sees its ledger, relative to its root. `/var/run` is usually a symlink to
-/// `/run`, which `/proc/<pid>/root` would resolve in the agent's root, so `/run` is looked at
-/// first.
-const CONTAINER_LEDGER_PATHS: [&str; 2] = ["run/gpuslice/ledger", "var/run/gpuslice/ledger"];
+/// Where a container sees its tenant directory (the mount holding its ledger), relative to its
+/// root. `/var/run` is usually a symlink to `/run`, which `/proc/<pid>/root` would resolve in
+/// the agent's root, so `/run` is looked at first.
+const CONTAINER_TENANT_DIRS: [&str; 2] = ["run/gpuslice", "var/run/gpuslice"];
 
-/// The (device, inode) of the ledger `pid` sees at the container ledger path, if any.
-pub fn container_ledger(pid: u32) -> Vec<(u64, u64)> {
-    CONTAINER_LEDGER_PATHS
+/// The (device, inode) of the directories `pid` sees at the container's tenant directory. The
+/// directory is the mount itself: a tenant can replace or delete the ledger file in it, but
+/// not the mount point without unmounting it.
+pub fn container_tenant_dir(pid: u32) -> Vec<(u64, u64)> {
+    CONTAINER_TENANT_DIRS
         .iter()
         .filter_map(|p| file_id(&Path::new(&format!("/proc/{pid}/root")).join(p)))
         .collect()
@@ -413,7 +415,7 @@ pub fn round(shared: &Shared, actor: &mut Actor) -> Result<(), String> {
     let slack = cfg.slack_mib << 20;
     let allocations = shared.store.lock().unwrap().state.allocations.clone();
     let mut tenants: Vec<Tenant> = Vec::new();
-    let mut by_ledger: BTreeMap<(u64, u64), usize> = BTreeMap::new();
+    let mut by_dir: BTreeMap<(u64, u64), usize> = BTreeMap::new();
     for a in &allocations {
         // MIG grants have no ledger: the hardware confines them.
         if a.resource
@@ -421,11 +423,15 @@ pub fn round(shared: &Shared, actor: &mut Actor) -> Result<(), String> {
         {
             continue;
         }
-        let path = shared.paths.ledger(&a.tenant);
-        let (Some(id), Ok(ledger)) = (file_id(&path), gpuslice_ledger::Ledger::open(&path)) else {
+        let Some(id) = file_id(&shared.paths.tenants.join(&a.tenant)) else {
             continue;
         };
-        by_ledger.insert(id, tenants.len());
+        by_dir.insert(id, tenants.len());
+        // A ledger that no longer opens (replaced or damaged from inside the container) has no
+        // live slots: every process of the tenant on a GPU is then unmanaged.
+        let live = gpuslice_ledger::Ledger::open(&shared.paths.ledger(&a.tenant))
+            .map(|l| l.live_pids().into_iter().collect())
+            .unwrap_or_default();
         tenants.push(Tenant {
             name: a.tenant.clone(),
             limits: Watched {
@@ -433,7 +439,7 @@ pub fn round(shared: &Shared, actor: &mut Actor) -> Result<(), String> {
                 allowed: a.gpus.clone(),
                 slack_per_process: slack,
             },
-            live: ledger.live_pids().into_iter().collect(),
+            live,
         });
     }
     // Processes of plain `gpuslice run` tenants on this node (live slots in their ledgers) are
@@ -458,9 +464,9 @@ pub fn round(shared: &Shared, actor: &mut Actor) -> Result<(), String> {
         }
     }
     let findings = evaluate(&tenants, &lists, |pid| {
-        container_ledger(pid)
+        container_tenant_dir(pid)
             .iter()
-            .find_map(|id| by_ledger.get(id).copied())
+            .find_map(|id| by_dir.get(id).copied())
     });
     let log = shared
         .paths
