@@ -806,6 +806,26 @@ mod node {
                 .any(|l| l.contains(&host_pid.to_string()) && l.contains("no-tenant")),
             "{top}"
         );
+
+        // The container replaces its ledger (it is mounted writable) to shed its slots: its
+        // processes still belong to it (the mount is the same) and now hold no live slot.
+        let dir = state.join("tenants/team.trainer.main");
+        std::fs::write(dir.join("junk"), vec![0u8; 4096]).unwrap();
+        std::fs::rename(dir.join("junk"), dir.join("ledger")).unwrap();
+        let took = wait_dead(good_pid).expect("the tenant's process is killed");
+        assert!(took < ACT_BOUND, "took {took:?}");
+        let t0 = Instant::now();
+        let want = format!(
+            "gpuslice_watchdog_actions_total{{tenant=\"team.trainer.main\",gpu=\"{uuid}\",reason=\"unmanaged\",action=\"kill\"}} 2"
+        );
+        loop {
+            let body = scrape(addr);
+            if body.contains(&want) {
+                break;
+            }
+            assert!(t0.elapsed() < DEADLINE, "{body}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
