@@ -16,8 +16,12 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// leaves room for a loaded CI machine (what was measured is printed).
 const ACT_BOUND: Duration = Duration::from_millis(1500);
 
+/// Compiled once: tests run in parallel, and a compiler rewriting the file while another test
+/// starts it would make that start fail.
 fn escape_bin() -> PathBuf {
-    compile_c("escape", "escape", &["-ldl"])
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| compile_c("escape", "escape", &["-ldl"]))
+        .clone()
 }
 
 /// Waits for the first JSON line in `path`.
