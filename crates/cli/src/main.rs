@@ -11,6 +11,7 @@ mod run;
 mod scheduler;
 mod simulate;
 mod top;
+mod watchdog;
 
 use clap::{Parser, Subcommand};
 

@@ -264,6 +264,23 @@ impl MappedFile {
         cvt(unsafe { libc::fcntl(self.fd, libc::F_GETLK, &mut fl) })?;
         Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
     }
+
+    /// The pid of the *other* live process holding slot `slot`, as the kernel reports it: in the
+    /// caller's PID namespace, or 0 when the holder is not visible there. `None` when no other
+    /// process holds it. Unlike a pid a process writes into shared memory, this cannot be forged.
+    pub fn slot_holder(&self, slot: usize) -> io::Result<Option<u32>> {
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_start = LOCK_BASE + slot as i64;
+        fl.l_len = 1;
+        // SAFETY: `fl` is a valid flock the kernel fills in; the descriptor is ours and open.
+        cvt(unsafe { libc::fcntl(self.fd, libc::F_GETLK, &mut fl) })?;
+        if fl.l_type == libc::F_UNLCK as libc::c_short {
+            return Ok(None);
+        }
+        Ok(Some(fl.l_pid.max(0) as u32))
+    }
 }
 
 impl Drop for MappedFile {
