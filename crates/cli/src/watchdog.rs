@@ -112,11 +112,11 @@ pub struct Running {
 }
 
 impl Drop for Running {
+    /// Stops the watch without waiting for the thread, which may be sleeping out its period:
+    /// `gpuslice run` exits as soon as its command does.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        drop(self.thread.take());
     }
 }
 
