@@ -298,7 +298,7 @@ impl Tenant {
     }
 
     /// A new channel to the compute arbiter of the authority that set the compute limits.
-    #[allow(dead_code)] // The compute gate's arbiter client uses it.
+    #[allow(dead_code)] // For the compute arbiter's client, which the gate does not use yet.
     pub fn arbiter_channel(&self) -> Result<OwnedFd, String> {
         let a = self
             .authorities
