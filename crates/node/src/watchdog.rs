@@ -93,18 +93,39 @@ pub fn descendants(root: u32, all: &HashMap<u32, Stat>) -> HashSet<u32> {
     out
 }
 
-/// Whether `libgpuslice.so` is mapped into `pid` (also after the file was replaced on disk).
-/// A map that cannot be read counts as not: fail closed.
-pub fn interposer_mapped(pid: u32) -> bool {
+/// What `/proc/<pid>/maps` says about the interposer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mapped {
+    /// `libgpuslice.so` is mapped (also after the file was replaced on disk).
+    Yes,
+    /// It is not, or the map cannot be read: fail closed.
+    No,
+    /// The process has no address space left: it is exiting. The kernel tears down the memory
+    /// map (`exit_mm`) before it closes descriptors and drops locks (`exit_files`), so the
+    /// driver still lists what an exiting process held for a moment after its map is empty. A
+    /// process running user code always has a map, so this cannot be put on by a live tenant.
+    Exiting,
+}
+
+/// Whether `libgpuslice.so` is mapped into `pid`.
+pub fn interposer_mapped(pid: u32) -> Mapped {
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-        return false;
+        return Mapped::No;
     };
-    maps.lines().any(|l| {
+    if maps.is_empty() {
+        return Mapped::Exiting;
+    }
+    let yes = maps.lines().any(|l| {
         let path = l.split_whitespace().nth(5).unwrap_or("");
         Path::new(path)
             .file_name()
             .is_some_and(|n| n == "libgpuslice.so")
-    })
+    });
+    if yes {
+        Mapped::Yes
+    } else {
+        Mapped::No
+    }
 }
 
 /// Sends SIGKILL to `pid` if it is still the process that started at `start`. The check and
@@ -303,23 +324,31 @@ pub fn evaluate(
     mut tenant_of: impl FnMut(u32) -> Option<usize>,
 ) -> Vec<Finding> {
     let mut owner: HashMap<u32, Option<usize>> = HashMap::new();
-    let mut interposed: HashMap<u32, bool> = HashMap::new();
+    let mut interposed: HashMap<u32, Mapped> = HashMap::new();
     let mut procs = Vec::new();
     for (gpu, list) in gpus {
         for &(pid, used) in list {
             let t = *owner.entry(pid).or_insert_with(|| tenant_of(pid));
             let i = match t {
-                Some(t) => *interposed
-                    .entry(pid)
-                    .or_insert_with(|| tenants[t].live.contains(&pid) && interposer_mapped(pid)),
-                None => false,
+                Some(t) => *interposed.entry(pid).or_insert_with(|| {
+                    match interposer_mapped(pid) {
+                        Mapped::Yes if !tenants[t].live.contains(&pid) => Mapped::No,
+                        m => m,
+                    }
+                }),
+                None => Mapped::No,
             };
+            if i == Mapped::Exiting {
+                // What it holds is being released; judging it now would act on a process
+                // that is already going, and count it twice if it was a tenant's.
+                continue;
+            }
             procs.push(GpuProcess {
                 pid,
                 gpu: gpu.clone(),
                 used,
                 tenant: t,
-                interposed: i,
+                interposed: i == Mapped::Yes,
             });
         }
     }
@@ -413,6 +442,17 @@ pub fn round(shared: &Shared, actor: &mut Actor) -> Result<(), String> {
         return Ok(());
     }
     let slack = cfg.slack_mib << 20;
+    // The driver's lists first, then the ledgers' live slots: a process claims its slot before
+    // it touches the device, so every interposed process listed is found live.
+    let gpus = shared.gpus.read().unwrap().clone();
+    let mut lists = Vec::new();
+    let mut errors = Vec::new();
+    for g in gpus.iter().filter(|g| !g.mig_enabled) {
+        match shared.gpu_source.processes(g.index) {
+            Ok(l) => lists.push((g.uuid.clone(), l)),
+            Err(e) => errors.push(format!("GPU {}: {e}", g.uuid)),
+        }
+    }
     let allocations = shared.store.lock().unwrap().state.allocations.clone();
     let mut tenants: Vec<Tenant> = Vec::new();
     let mut by_dir: BTreeMap<(u64, u64), usize> = BTreeMap::new();
@@ -454,15 +494,6 @@ pub fn round(shared: &Shared, actor: &mut Actor) -> Result<(), String> {
         .filter_map(|e| gpuslice_ledger::Ledger::open(&e.path().join("ledger")).ok())
         .flat_map(|l| l.live_pids())
         .collect();
-    let gpus = shared.gpus.read().unwrap().clone();
-    let mut lists = Vec::new();
-    let mut errors = Vec::new();
-    for g in gpus.iter().filter(|g| !g.mig_enabled) {
-        match shared.gpu_source.processes(g.index) {
-            Ok(l) => lists.push((g.uuid.clone(), l)),
-            Err(e) => errors.push(format!("GPU {}: {e}", g.uuid)),
-        }
-    }
     let findings = evaluate(&tenants, &lists, |pid| {
         container_tenant_dir(pid)
             .iter()
@@ -529,6 +560,33 @@ mod tests {
         assert!(!s.zombie);
         assert!(s.start > 0);
         assert!(stat(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn a_process_without_an_address_space_is_exiting_not_unmanaged() {
+        // This test process has no interposer mapped; a child that has exited and is not yet
+        // reaped has no map at all, like one the kernel is tearing down.
+        assert_eq!(interposer_mapped(std::process::id()), Mapped::No);
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        while !stat(pid).unwrap().zombie {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(interposer_mapped(pid), Mapped::Exiting);
+        // Still listed by the driver, over a cap of nothing: not judged while it goes.
+        let t = Tenant {
+            name: "t".into(),
+            limits: Watched {
+                cap: 0,
+                allowed: vec!["GPU-x".into()],
+                slack_per_process: 0,
+            },
+            live: HashSet::new(),
+        };
+        let gpus = vec![("GPU-x".to_string(), vec![(pid, 1 << 30)])];
+        assert!(evaluate(&[t], &gpus, |_| Some(0)).is_empty());
+        child.wait().unwrap();
+        assert_eq!(interposer_mapped(pid), Mapped::No, "gone: fail closed");
     }
 
     #[test]
