@@ -176,7 +176,7 @@ unsafe fn bytes<'a>(p: *const u8, n: u64) -> Result<&'a [u8], ImageError> {
     Ok(unsafe { std::slice::from_raw_parts(p, n as usize) })
 }
 
-/// Reads the fatbinary at `p`, sized by its own header.
+/// The fatbinary at `p`, sized by its own header.
 ///
 /// # Safety
 /// As [`read_ptr`], for a fatbinary.
@@ -188,21 +188,35 @@ unsafe fn fatbin_at<'a>(p: *const u8) -> Result<&'a [u8], ImageError> {
     unsafe { bytes(p, n.max(fatbin::HEADER_BYTES)) }
 }
 
-/// Reads the image at `p` as `cuModuleLoadData` and its kin receive it: with no length, each
+/// An image copied out of the caller's memory: what is read is then exactly what a driver
+/// given [`Copied::bytes`] loads, whatever another thread writes to the original meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Copied {
+    /// The image: a cubin or fatbinary to the end its headers give, text with its NUL.
+    pub bytes: Vec<u8>,
+    /// It came wrapped in a `__fatBinC_Wrapper_t` (then `bytes` is the fatbinary).
+    pub wrapped: bool,
+}
+
+/// Copies the image at `p` as `cuModuleLoadData` and its kin receive it: with no length, each
 /// kind sized by its own headers (a cubin by its header, section table and sections; a
-/// fatbinary by `headerSize + fatSize`; text by its NUL), then read as [`read`] reads bytes.
-/// None for a null pointer, which the driver refuses itself.
+/// fatbinary by `headerSize + fatSize`, found through its wrapper if it has one; text by its
+/// NUL). None for a null pointer, which the driver refuses itself.
 ///
 /// # Safety
 /// `p` is null or points to an image as the driver requires one: readable for the extent its
 /// headers give, text NUL-terminated. The magic numbers are compared a byte at a time, so a
 /// short text image is never read past its NUL. An image whose headers lie about its length
 /// is read as far as they say, as the driver would read it.
-pub unsafe fn read_ptr(p: *const c_void) -> Option<Result<Image, ImageError>> {
+pub unsafe fn copy_ptr(p: *const c_void) -> Option<Result<Copied, ImageError>> {
     if p.is_null() {
         return None;
     }
     let p = p as *const u8;
+    let plain = |b: &[u8]| Copied {
+        bytes: b.to_vec(),
+        wrapped: false,
+    };
     // SAFETY: throughout, reads follow the headers of the image the caller vouches for.
     let r = unsafe {
         if begins_with(p, &cubin::ELF_MAGIC) {
@@ -214,26 +228,38 @@ pub unsafe fn read_ptr(p: *const c_void) -> Option<Result<Image, ImageError>> {
                 };
                 match cubin::extent(b) {
                     Ok(need) if need > n => n = need,
-                    Ok(_) => break read(b),
+                    Ok(_) => break Ok(plain(b)),
                     Err(e) => break Err(e),
                 }
             }
         } else if begins_with(p, &fatbin::MAGIC.to_le_bytes()) {
-            fatbin_at(p).and_then(read)
+            fatbin_at(p).map(plain)
         } else if begins_with(p, &fatbin::WRAPPER_MAGIC.to_le_bytes()) {
-            wrapper(p)
+            wrapper(p).map(|b| Copied {
+                bytes: b.to_vec(),
+                wrapped: true,
+            })
         } else {
-            read(CStr::from_ptr(p as *const c_char).to_bytes())
+            Ok(plain(CStr::from_ptr(p as *const c_char).to_bytes_with_nul()))
         }
     };
     Some(r)
+}
+
+/// Reads the image at `p` as the driver receives it ([`copy_ptr`], then [`read`]).
+///
+/// # Safety
+/// As [`copy_ptr`].
+pub unsafe fn read_ptr(p: *const c_void) -> Option<Result<Image, ImageError>> {
+    // SAFETY: as the caller guarantees.
+    unsafe { copy_ptr(p) }.map(|c| c.and_then(|c| read(&c.bytes)))
 }
 
 /// Follows a `__fatBinC_Wrapper_t` to its fatbinary.
 ///
 /// # Safety
 /// `p` is a wrapper (its magic checked) as `nvcc` lays it out on a 64-bit host.
-unsafe fn wrapper(p: *const u8) -> Result<Image, ImageError> {
+unsafe fn wrapper<'a>(p: *const u8) -> Result<&'a [u8], ImageError> {
     // SAFETY: the wrapper is WRAPPER_BYTES long.
     let w = unsafe { bytes(p, fatbin::WRAPPER_BYTES)? };
     let version = u32::from_le_bytes([w[4], w[5], w[6], w[7]]);
@@ -257,6 +283,6 @@ unsafe fn wrapper(p: *const u8) -> Result<Image, ImageError> {
                 "fatbinary wrapper: its data is not a fatbinary".into(),
             ));
         }
-        fatbin_at(data).and_then(read)
+        fatbin_at(data)
     }
 }
