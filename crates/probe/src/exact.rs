@@ -352,7 +352,7 @@ pub fn main(args: &[String]) {
                 let n: usize = arg(1).parse().unwrap();
                 let (mut m, mut f) = (std::ptr::null_mut(), std::ptr::null_mut());
                 super::check(
-                    (cu.module_load)(&mut m, c"image".as_ptr().cast()),
+                    (cu.module_load)(&mut m, super::KERNELS.as_ptr().cast()),
                     "cuModuleLoadData",
                 );
                 super::check(
