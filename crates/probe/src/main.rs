@@ -22,6 +22,7 @@
 #![allow(non_snake_case)]
 
 mod exact;
+mod images;
 
 use gpuslice_cuda_abi::driver::*;
 use std::ffi::{CString, c_char, c_int, c_uint, c_void};
