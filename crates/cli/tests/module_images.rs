@@ -41,16 +41,16 @@ const KINDS: [&str; 7] = [
 #[test]
 fn real_module_images_are_charged_refused_past_the_cap_and_given_back() {
     let m = Machine::new("module-images");
-    let (steps, err) = scenario(
-        &m,
-        "images",
-        &["images", "2GiB", "256MiB", "600MiB"],
-    );
+    let (steps, err) = scenario(&m, "images", &["images", "2GiB", "256MiB", "600MiB"]);
     for s in &steps {
         let name = s["step"].as_str().unwrap();
         assert!(u(s, "device") <= GIB, "the device passed the cap at {s}");
         if name != "mixed_load" {
-            assert_eq!(u(s, "ledger"), u(s, "device"), "ledger and device differ at {s}");
+            assert_eq!(
+                u(s, "ledger"),
+                u(s, "device"),
+                "ledger and device differ at {s}"
+            );
         }
     }
     for kind in KINDS {
@@ -61,7 +61,11 @@ fn real_module_images_are_charged_refused_past_the_cap_and_given_back() {
             "{kind}: 2 GiB of variables under a 1 GiB cap is refused with OUT_OF_MEMORY"
         );
         let small = step(&steps, &format!("{kind}_load_small"));
-        assert_eq!((u(small, "r"), u(small, "ledger")), (0, CTX + 256 * MIB), "{kind}");
+        assert_eq!(
+            (u(small, "r"), u(small, "ledger")),
+            (0, CTX + 256 * MIB),
+            "{kind}"
+        );
         assert_eq!(u(step(&steps, &format!("{kind}_kernel")), "r"), 0, "{kind}");
         assert_eq!(
             u(step(&steps, &format!("{kind}_missing")), "r"),
@@ -69,9 +73,17 @@ fn real_module_images_are_charged_refused_past_the_cap_and_given_back() {
             "{kind}: a name the image holds no kernel of is NOT_FOUND"
         );
         let got = step(&steps, &format!("{kind}_global_{}", 256 * MIB));
-        assert_eq!(u(got, "r"), 0, "{kind}: the variable is read back with its size");
+        assert_eq!(
+            u(got, "r"),
+            0,
+            "{kind}: the variable is read back with its size"
+        );
         let unloaded = step(&steps, &format!("{kind}_unload"));
-        assert_eq!((u(unloaded, "r"), u(unloaded, "ledger")), (0, CTX), "{kind}");
+        assert_eq!(
+            (u(unloaded, "r"), u(unloaded, "ledger")),
+            (0, CTX),
+            "{kind}"
+        );
     }
     // A fatbinary whose entries differ is charged its largest while loaded; the GPU (sm_90)
     // takes the smaller entry it runs.
@@ -92,7 +104,11 @@ fn an_image_rewritten_while_it_loads_is_charged_what_the_driver_loads() {
     let mut loaded = 0;
     for s in &steps {
         assert!(u(s, "device") <= GIB, "the device passed the cap at {s}");
-        assert_eq!(u(s, "ledger"), u(s, "device"), "ledger and device differ at {s}");
+        assert_eq!(
+            u(s, "ledger"),
+            u(s, "device"),
+            "ledger and device differ at {s}"
+        );
         if s["step"] == "load" {
             match u(s, "r") {
                 0 => {

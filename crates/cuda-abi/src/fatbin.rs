@@ -106,7 +106,9 @@ pub fn lz4_block(src: &[u8], want: u64) -> Result<Vec<u8>, ImageError> {
         if base == 15 {
             loop {
                 let b = byte(i)?;
-                n = n.checked_add(b as usize).ok_or_else(|| lz("a length overflows"))?;
+                n = n
+                    .checked_add(b as usize)
+                    .ok_or_else(|| lz("a length overflows"))?;
                 if b != 255 {
                     break;
                 }
@@ -117,8 +119,12 @@ pub fn lz4_block(src: &[u8], want: u64) -> Result<Vec<u8>, ImageError> {
     while i < src.len() {
         let token = byte(&mut i)?;
         let lit = length(&mut i, (token >> 4) as usize)?;
-        let end = i.checked_add(lit).ok_or_else(|| lz("a literal overflows"))?;
-        let run = src.get(i..end).ok_or_else(|| lz("a literal runs past the end"))?;
+        let end = i
+            .checked_add(lit)
+            .ok_or_else(|| lz("a literal overflows"))?;
+        let run = src
+            .get(i..end)
+            .ok_or_else(|| lz("a literal runs past the end"))?;
         if out.len() + lit > want {
             return Err(lz("expands past its stated size"));
         }

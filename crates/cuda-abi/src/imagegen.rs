@@ -54,7 +54,13 @@ pub fn cubin(kernels: &[&str], helpers: &[&str], vars: &[Var]) -> Vec<u8> {
     let i_str = sec(&mut secs, &mut shstr, ".strtab", SHT_STRTAB);
     let i_sym = sec(&mut secs, &mut shstr, ".symtab", SHT_SYMTAB);
     let mut syms: Vec<u8> = vec![0; 24];
-    let sym = |syms: &mut Vec<u8>, name: u32, info: u8, other: u8, shndx: usize, value: u64, size: u64| {
+    let sym = |syms: &mut Vec<u8>,
+               name: u32,
+               info: u8,
+               other: u8,
+               shndx: usize,
+               value: u64,
+               size: u64| {
         syms.extend_from_slice(&name.to_le_bytes());
         syms.push(info);
         syms.push(other);

@@ -240,7 +240,9 @@ pub unsafe fn copy_ptr(p: *const c_void) -> Option<Result<Copied, ImageError>> {
                 wrapped: true,
             })
         } else {
-            Ok(plain(CStr::from_ptr(p as *const c_char).to_bytes_with_nul()))
+            Ok(plain(
+                CStr::from_ptr(p as *const c_char).to_bytes_with_nul(),
+            ))
         }
     };
     Some(r)

@@ -212,8 +212,9 @@ fn statement(s: &[Tok], out: &mut Layout) -> Result<(), ImageError> {
                     i += 2;
                 }
                 (Some(Tok::Word(n)), Some(Tok::Punct(b']'))) => {
-                    let n = integer(n)
-                        .ok_or_else(|| bad(format!("{name}: dimension {} is not an integer", show(n))))?;
+                    let n = integer(n).ok_or_else(|| {
+                        bad(format!("{name}: dimension {} is not an integer", show(n)))
+                    })?;
                     dims.push(Some(n));
                     i += 3;
                 }
@@ -278,7 +279,9 @@ fn statement(s: &[Tok], out: &mut Layout) -> Result<(), ImageError> {
 pub fn parse(text: &[u8]) -> Result<Module, ImageError> {
     let toks = tokens(until_nul(text));
     if toks.first() != Some(&Tok::Word(b".version")) {
-        return Err(bad("the text does not begin with a .version directive".into()));
+        return Err(bad(
+            "the text does not begin with a .version directive".into()
+        ));
     }
     let mut out = Layout {
         vars: Vec::new(),

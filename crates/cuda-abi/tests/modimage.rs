@@ -41,13 +41,20 @@ fn a_cubin_declares_its_kernels_and_its_zero_filled_and_initialised_variables() 
     let i = read(&img).unwrap();
     assert!(matches!(i, Image::Cubin(_)));
     let m = module(&i);
-    assert_eq!(m.kernels, ["train", "infer"], "device functions are not kernels");
+    assert_eq!(
+        m.kernels,
+        ["train", "infer"],
+        "device functions are not kernels"
+    );
     let v = |n: &str| m.globals.vars.iter().find(|v| v.name == n).unwrap().clone();
     // .nv.global.init (100 B) first, then .nv.global at the next 256-byte boundary.
     assert_eq!((v("table").offset, v("table").bytes), (0, 100));
     assert_eq!((v("weights").offset, v("weights").bytes), (256, 2 * GIB));
     assert_eq!(v("bias").offset, 256 + 2 * GIB);
-    assert_eq!(m.globals.footprint, (256 + 2 * GIB + 10).next_multiple_of(4096));
+    assert_eq!(
+        m.globals.footprint,
+        (256 + 2 * GIB + 10).next_multiple_of(4096)
+    );
     assert_eq!(i.charge().bytes, m.globals.footprint);
     // The same bytes through a pointer, sized by the cubin's own headers.
     assert_eq!(unsafe { read_ptr(img.as_ptr().cast()) }, Some(Ok(i)));
@@ -176,25 +183,51 @@ fn a_fatbinary_loads_the_entry_for_the_gpu_and_is_charged_its_largest() {
     // As the bare fatbinary and through nvcc's wrapper.
     assert_eq!(unsafe { read_ptr(fb.as_ptr().cast()) }, Some(Ok(i.clone())));
     let w = imagegen::wrapper(&fb);
-    assert_eq!(unsafe { read_ptr((&w as *const imagegen::Wrapper).cast()) }, Some(Ok(i)));
+    assert_eq!(
+        unsafe { read_ptr((&w as *const imagegen::Wrapper).cast()) },
+        Some(Ok(i))
+    );
 }
 
 #[test]
 fn compressed_entries_are_read_whole() {
-    let cubin = imagegen::cubin(&["k"], &["h"], &[var("v", GIB), Var { name: "t", bytes: 3000, init: true }]);
+    let cubin = imagegen::cubin(
+        &["k"],
+        &["h"],
+        &[
+            var("v", GIB),
+            Var {
+                name: "t",
+                bytes: 3000,
+                init: true,
+            },
+        ],
+    );
     let ptx = imagegen::ptx(&["p"], &[("g", 12345)]);
     let plain = read(&imagegen::fatbin(
-        &[(EntryKind::Cubin, 90, &cubin), (EntryKind::Ptx, 90, ptx.as_bytes())],
+        &[
+            (EntryKind::Cubin, 90, &cubin),
+            (EntryKind::Ptx, 90, ptx.as_bytes()),
+        ],
         false,
     ))
     .unwrap();
     let packed = imagegen::fatbin(
-        &[(EntryKind::Cubin, 90, &cubin), (EntryKind::Ptx, 90, ptx.as_bytes())],
+        &[
+            (EntryKind::Cubin, 90, &cubin),
+            (EntryKind::Ptx, 90, ptx.as_bytes()),
+        ],
         true,
     );
-    assert!(packed.len() < cubin.len(), "the runs of the initialiser compress");
+    assert!(
+        packed.len() < cubin.len(),
+        "the runs of the initialiser compress"
+    );
     assert_eq!(read(&packed).unwrap(), plain);
-    assert_eq!(fatbin::lz4_block(&imagegen::lz4(&[7; 1000]), 1000).unwrap(), [7; 1000]);
+    assert_eq!(
+        fatbin::lz4_block(&imagegen::lz4(&[7; 1000]), 1000).unwrap(),
+        [7; 1000]
+    );
 }
 
 #[test]
@@ -226,7 +259,10 @@ fn zstd_entries_and_lying_headers_are_refused() {
     assert!(matches!(read(&c), Err(ImageError::Malformed(m)) if m.contains("past")));
     // The symbol table comes before the section headers: the first 0x12345 is st_size.
     let mut c = imagegen::cubin(&[], &[], &[var("v", 0x12345)]);
-    let sym = c.windows(8).position(|w| w == 0x12345u64.to_le_bytes()).unwrap();
+    let sym = c
+        .windows(8)
+        .position(|w| w == 0x12345u64.to_le_bytes())
+        .unwrap();
     c[sym..sym + 8].copy_from_slice(&0x12346u64.to_le_bytes());
     assert!(matches!(read(&c), Err(ImageError::Malformed(m)) if m.contains("outside")));
     // Not for the CUDA machine, or 32-bit.
@@ -241,9 +277,26 @@ fn zstd_entries_and_lying_headers_are_refused() {
 /// Every image of every kind, cut short anywhere, is refused or read; never a panic.
 #[test]
 fn truncated_images_are_refused_not_overread() {
-    let cubin = imagegen::cubin(&["k"], &["h"], &[var("v", GIB), Var { name: "t", bytes: 40, init: true }]);
+    let cubin = imagegen::cubin(
+        &["k"],
+        &["h"],
+        &[
+            var("v", GIB),
+            Var {
+                name: "t",
+                bytes: 40,
+                init: true,
+            },
+        ],
+    );
     let ptx = imagegen::ptx(&["p"], &[("g", 12345)]);
-    let fb = imagegen::fatbin(&[(EntryKind::Cubin, 90, &cubin), (EntryKind::Ptx, 90, ptx.as_bytes())], true);
+    let fb = imagegen::fatbin(
+        &[
+            (EntryKind::Cubin, 90, &cubin),
+            (EntryKind::Ptx, 90, ptx.as_bytes()),
+        ],
+        true,
+    );
     for img in [&cubin, ptx.as_bytes(), &fb] {
         for n in 0..img.len() {
             // An exact-size copy: any read past `n` would be caught by the slice bounds.

@@ -38,11 +38,15 @@ unsafe impl Send for Kept {}
 static KEPT: Mutex<BTreeMap<usize, Kept>> = Mutex::new(BTreeMap::new());
 
 fn keep(handle: usize, k: Kept) {
-    KEPT.lock().unwrap_or_else(|e| e.into_inner()).insert(handle, k);
+    KEPT.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(handle, k);
 }
 
 fn unkeep(handle: usize) {
-    KEPT.lock().unwrap_or_else(|e| e.into_inner()).remove(&handle);
+    KEPT.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&handle);
 }
 
 /// An image read and ready for the driver: `ptr` points into `kept`, which holds exactly the
@@ -101,7 +105,9 @@ unsafe fn stage_file(fname: *const c_char) -> Option<Result<Staged, ImageError>>
         return None;
     }
     // SAFETY: as the caller guarantees.
-    let path = unsafe { CStr::from_ptr(fname) }.to_string_lossy().into_owned();
+    let path = unsafe { CStr::from_ptr(fname) }
+        .to_string_lossy()
+        .into_owned();
     let mut bytes = std::fs::read(path).ok()?;
     // Text images are NUL-terminated in memory; binary ones ignore what follows them.
     bytes.push(0);

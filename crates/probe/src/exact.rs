@@ -385,7 +385,9 @@ pub fn main(args: &[String]) {
             "arrays" => arrays(&mut run),
             "globals" => globals(&mut run, bytes(1)),
             "images" => super::images::images(&mut run, bytes(1), bytes(2), bytes(3)),
-            "image-race" => super::images::race(&mut run, bytes(1), bytes(2), arg(3).parse().unwrap()),
+            "image-race" => {
+                super::images::race(&mut run, bytes(1), bytes(2), arg(3).parse().unwrap())
+            }
             other => super::die(format!("exact: unknown scenario {other}")),
         }
     }

@@ -71,7 +71,9 @@ unsafe fn load(run: &Run, kind: &str, img: &[u8]) -> (CUresult, usize) {
                 let f = TempImage::new(img);
                 (cu.module_load_file)(h_mod(&mut h), f.1.as_ptr())
             }
-            "library" => (cu.library_load)(h_lib(&mut h), img.as_ptr().cast(), no, nv, 0, no, nv, 0),
+            "library" => {
+                (cu.library_load)(h_lib(&mut h), img.as_ptr().cast(), no, nv, 0, no, nv, 0)
+            }
             _ => {
                 let f = TempImage::new(img);
                 (cu.library_load_file)(h_lib(&mut h), f.1.as_ptr(), no, nv, 0, no, nv, 0)

@@ -29,7 +29,8 @@ use std::ffi::{CString, c_char, c_int, c_uint, c_void};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The module image the probe's launches use: the simulator finds only the kernels it names.
-pub(crate) const KERNELS: &std::ffi::CStr = c"gpuslice-sim-image\nkernel busy\nkernel noop\nkernel k\n";
+pub(crate) const KERNELS: &std::ffi::CStr =
+    c"gpuslice-sim-image\nkernel busy\nkernel noop\nkernel k\n";
 
 macro_rules! api {
     ($($field:ident : $name:literal @ $ver:literal => fn($($arg:ty),*);)*) => {

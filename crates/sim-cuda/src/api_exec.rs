@@ -304,7 +304,9 @@ fn file_image(fname: *const c_char) -> Result<Option<Result<Image, ImageError>>,
     if fname.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let path = unsafe { CStr::from_ptr(fname) }.to_string_lossy().into_owned();
+    let path = unsafe { CStr::from_ptr(fname) }
+        .to_string_lossy()
+        .into_owned();
     let bytes = std::fs::read(&path).map_err(|_| CUDA_ERROR_FILE_NOT_FOUND)?;
     Ok(Some(modimage::read(&bytes)))
 }
@@ -314,7 +316,12 @@ fn file_image(fname: *const c_char) -> Result<Option<Result<Image, ImageError>>,
 fn place(r: &mut Reg, module: image::Module) -> Result<usize, CUresult> {
     let base = match module.globals.footprint {
         0 => None,
-        n => Some(crate::api_mem::alloc_linear(r, n, AllocKind::Global, false)?),
+        n => Some(crate::api_mem::alloc_linear(
+            r,
+            n,
+            AllocKind::Global,
+            false,
+        )?),
     };
     let h = r.handle();
     if let Some(b) = base {
