@@ -96,7 +96,8 @@ fn is_library(kind: &str) -> bool {
 }
 
 /// Every image kind, every way of loading it, first with variables of `big` bytes, then
-/// `small`; then a fatbinary whose entries differ (sm_80: `mixed`, sm_90: `small`).
+/// `small`; then a fatbinary whose entries differ (sm_80: `mixed`, sm_90: `small`); then
+/// images that cannot be sized.
 pub fn images(run: &mut Run, big: usize, small: usize, mixed: usize) {
     let cu = run.cu;
     for kind in KINDS {
@@ -159,6 +160,25 @@ pub fn images(run: &mut Run, big: usize, small: usize, mixed: usize) {
     run.step("mixed_load", r);
     if r == CUDA_SUCCESS {
         run.step("mixed_unload", unsafe { (cu.module_unload)(h as CUmodule) });
+    }
+    // Images that cannot be sized: a zstd-compressed entry (flags 0x8000), text that is no
+    // image, a cubin file whose section table lies past its end (a file has a length to check
+    // against; an image in memory is read as far as its headers say, as the driver reads it).
+    let mut zstd = imagegen::fatbin(&[(EntryKind::Cubin, 90, &cubin(small as u64))], false);
+    zstd[16 + 41] |= 0x80;
+    let mut cut = cubin(small as u64);
+    let n = cut.len() as u64;
+    cut[40..48].copy_from_slice(&n.to_le_bytes());
+    for (name, how, img) in [
+        ("zstd", "fatbin", zstd),
+        ("not_an_image", "fatbin", b"image\0".to_vec()),
+        ("past_its_end", "cubin_file", cut),
+    ] {
+        let (r, h) = unsafe { load(run, how, &img) };
+        run.step(&format!("{name}_load"), r);
+        if r == CUDA_SUCCESS {
+            run.step("unload", unsafe { (cu.module_unload)(h as CUmodule) });
+        }
     }
 }
 
