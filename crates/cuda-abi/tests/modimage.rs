@@ -380,3 +380,63 @@ proptest! {
         prop_assert_eq!(fatbin::lz4_block(&imagegen::lz4(&data), data.len() as u64).unwrap(), data);
     }
 }
+
+/// An image read through a pointer is read to exactly the end its headers give: placed so it
+/// ends at an unreadable page, every kind is read whole without touching that page.
+#[test]
+fn images_read_through_a_pointer_stop_at_their_own_end() {
+    let page = 4096usize;
+    let cubin = imagegen::cubin(
+        &["k"],
+        &["h"],
+        &[
+            var("v", GIB),
+            Var {
+                name: "t",
+                bytes: 40,
+                init: true,
+            },
+        ],
+    );
+    let ptx = std::ffi::CString::new(imagegen::ptx(&["p"], &[("g", 12345)])).unwrap();
+    let fb = imagegen::fatbin(
+        &[
+            (EntryKind::Cubin, 90, &cubin),
+            (EntryKind::Ptx, 90, ptx.as_bytes()),
+        ],
+        true,
+    );
+    for img in [&cubin[..], ptx.as_bytes_with_nul(), &fb[..]] {
+        let pages = img.len().div_ceil(page) + 1;
+        // SAFETY: a fresh private mapping; the last page is made unreadable.
+        let base = unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                pages * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            assert_eq!(
+                libc::mprotect(
+                    p.cast::<u8>().add((pages - 1) * page).cast(),
+                    page,
+                    libc::PROT_NONE
+                ),
+                0
+            );
+            p.cast::<u8>()
+        };
+        let at = (pages - 1) * page - img.len();
+        // SAFETY: `at..at + len` lies in the readable pages.
+        let placed = unsafe {
+            std::ptr::copy_nonoverlapping(img.as_ptr(), base.add(at), img.len());
+            base.add(at)
+        };
+        let direct = read(img).unwrap();
+        assert_eq!(unsafe { read_ptr(placed.cast()) }, Some(Ok(direct)));
+        unsafe { libc::munmap(base.cast(), pages * page) };
+    }
+}
