@@ -94,7 +94,9 @@ pub fn lz4_block(src: &[u8], want: u64) -> Result<Vec<u8>, ImageError> {
     }
     let lz = |what: &str| bad(format!("compressed entry: {what}"));
     let want = want as usize;
-    let mut out: Vec<u8> = Vec::with_capacity(want);
+    let mut out: Vec<u8> = Vec::new();
+    out.try_reserve_exact(want)
+        .map_err(|_| lz(&format!("no host memory for its {want} bytes")))?;
     let mut i = 0usize;
     let byte = |i: &mut usize| -> Result<u8, ImageError> {
         let b = *src.get(*i).ok_or_else(|| lz("ends inside a sequence"))?;

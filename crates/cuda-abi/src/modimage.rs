@@ -213,9 +213,11 @@ pub unsafe fn copy_ptr(p: *const c_void) -> Option<Result<Copied, ImageError>> {
         return None;
     }
     let p = p as *const u8;
-    let plain = |b: &[u8]| Copied {
-        bytes: b.to_vec(),
-        wrapped: false,
+    let plain = |b: &[u8]| {
+        Ok(Copied {
+            bytes: copy(b)?,
+            wrapped: false,
+        })
     };
     // SAFETY: throughout, reads follow the headers of the image the caller vouches for.
     let r = unsafe {
@@ -228,24 +230,34 @@ pub unsafe fn copy_ptr(p: *const c_void) -> Option<Result<Copied, ImageError>> {
                 };
                 match cubin::extent(b) {
                     Ok(need) if need > n => n = need,
-                    Ok(_) => break Ok(plain(b)),
+                    Ok(_) => break plain(b),
                     Err(e) => break Err(e),
                 }
             }
         } else if begins_with(p, &fatbin::MAGIC.to_le_bytes()) {
-            fatbin_at(p).map(plain)
+            fatbin_at(p).and_then(plain)
         } else if begins_with(p, &fatbin::WRAPPER_MAGIC.to_le_bytes()) {
-            wrapper(p).map(|b| Copied {
-                bytes: b.to_vec(),
-                wrapped: true,
+            wrapper(p).and_then(|b| {
+                Ok(Copied {
+                    bytes: copy(b)?,
+                    wrapped: true,
+                })
             })
         } else {
-            Ok(plain(
-                CStr::from_ptr(p as *const c_char).to_bytes_with_nul(),
-            ))
+            plain(CStr::from_ptr(p as *const c_char).to_bytes_with_nul())
         }
     };
     Some(r)
+}
+
+/// `b` copied, or an error when there is no memory for the copy (never an abort).
+fn copy(b: &[u8]) -> Result<Vec<u8>, ImageError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(b.len()).map_err(|_| {
+        ImageError::Unsupported(format!("no host memory to copy its {} bytes", b.len()))
+    })?;
+    v.extend_from_slice(b);
+    Ok(v)
 }
 
 /// Reads the image at `p` as the driver receives it ([`copy_ptr`], then [`read`]).
