@@ -9,12 +9,13 @@
 //! ```text
 //! gpuslice-sim-image
 //! global NAME BYTES     a __device__ variable of BYTES bytes (decimal, > 0)
-//! kernel NAME           a kernel (informational: any name launches on the simulator)
+//! kernel NAME           a kernel: the names `cuModuleGetFunction` finds in the module
 //! ```
 //!
 //! Variables are laid out in order, each aligned to [`GLOBAL_ALIGN`]; a module's variables
 //! are one device allocation rounded up to [`GLOBAL_GRANULARITY`] (none when it has none).
-//! Images that do not start with the magic line (real cubins, fatbins, PTX) are not read here.
+//! Images that do not start with the magic line (real cubins, fatbins, PTX) are read by
+//! [`crate::modimage`], which lays their variables out by the same granularity.
 
 use std::ffi::{CStr, c_char, c_void};
 
@@ -31,21 +32,30 @@ pub struct Global {
     pub bytes: u64,
 }
 
-/// A simulated image's variables and the device bytes they take together.
+/// A module's variables and the device bytes they take together.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Globals {
     pub vars: Vec<Global>,
     pub footprint: u64,
 }
 
+/// What a module image holds that the driver acts on at load: its kernels (the names
+/// `cuModuleGetFunction` finds) and its `__device__` variables.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Module {
+    pub kernels: Vec<String>,
+    pub globals: Globals,
+}
+
 /// Reads a simulated image: None when `text` is not one, Err(line) naming the first malformed
 /// declaration.
-pub fn parse(text: &str) -> Option<Result<Globals, String>> {
+pub fn parse(text: &str) -> Option<Result<Module, String>> {
     let mut lines = text.lines();
     if lines.next()?.trim_end() != MAGIC {
         return None;
     }
     let mut g = Globals::default();
+    let mut kernels = Vec::new();
     let mut end = 0u64;
     for line in lines {
         let line = line.trim();
@@ -53,7 +63,7 @@ pub fn parse(text: &str) -> Option<Result<Globals, String>> {
         match (w.next(), w.next(), w.next(), w.next()) {
             (None, ..) => {}
             (Some(c), ..) if c.starts_with('#') => {}
-            (Some("kernel"), Some(_), None, None) => {}
+            (Some("kernel"), Some(name), None, None) => kernels.push(name.to_string()),
             (Some("global"), Some(name), Some(bytes), None) => {
                 let bytes = match bytes.parse::<u64>() {
                     Ok(b) if b > 0 => b,
@@ -82,7 +92,10 @@ pub fn parse(text: &str) -> Option<Result<Globals, String>> {
         return Some(Err("the variables together".to_string()));
     };
     g.footprint = footprint;
-    Some(Ok(g))
+    Some(Ok(Module {
+        kernels,
+        globals: g,
+    }))
 }
 
 /// Reads the image at `image` (as `cuModuleLoadData` receives it): None when it is not a
@@ -92,7 +105,7 @@ pub fn parse(text: &str) -> Option<Result<Globals, String>> {
 /// `image` is null or points to readable memory that is either NUL-terminated or longer than
 /// the magic line where it differs from it: the bytes are compared one at a time and reading
 /// stops at the first that differs, so a shorter or binary image is never read past its end.
-pub unsafe fn parse_ptr(image: *const c_void) -> Option<Result<Globals, String>> {
+pub unsafe fn parse_ptr(image: *const c_void) -> Option<Result<Module, String>> {
     if image.is_null() {
         return None;
     }
@@ -118,10 +131,19 @@ mod tests {
             parse("gpuslice-sim-image\n# weights\nglobal a 10\nkernel busy_k\n\nglobal b 5000\n")
                 .unwrap()
                 .unwrap();
+        assert_eq!(g.kernels, ["busy_k"]);
+        let g = g.globals;
         assert_eq!(g.vars[0].offset, 0);
         assert_eq!(g.vars[1].offset, 256);
         assert_eq!(g.footprint, 8192);
-        assert_eq!(parse("gpuslice-sim-image\n").unwrap().unwrap().footprint, 0);
+        assert_eq!(
+            parse("gpuslice-sim-image\n")
+                .unwrap()
+                .unwrap()
+                .globals
+                .footprint,
+            0
+        );
     }
 
     #[test]
@@ -141,6 +163,6 @@ mod tests {
         }
         let c = std::ffi::CString::new(format!("{MAGIC}\nglobal g 4097\n")).unwrap();
         let g = unsafe { parse_ptr(c.as_ptr().cast()) }.unwrap().unwrap();
-        assert_eq!(g.footprint, 8192);
+        assert_eq!(g.globals.footprint, 8192);
     }
 }

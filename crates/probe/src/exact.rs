@@ -19,6 +19,15 @@
 //!                       variable read back; every module unloaded; then one loaded in a created
 //!                       context that is destroyed with it; then one library loaded, its
 //!                       variable read back, and unloaded
+//!   images BIG SMALL MIXED
+//!                       real module images (cubin, PTX, fatbinary bare and wrapped, from
+//!                       memory and from files, modules and libraries) whose `__device__`
+//!                       variables take BIG, then SMALL: each loaded, its kernel and a missing
+//!                       name looked up, its variable read back, unloaded; then a fatbinary
+//!                       whose sm_80 entry takes MIXED and sm_90 entry SMALL (images.rs)
+//!   image-race SMALL BIG N
+//!                       N loads of a cubin whose `.nv.global` size another thread flips
+//!                       between SMALL and BIG all along (images.rs)
 //!   arrays              layered mipmapped, cubemap-layered mipmapped and cubemap arrays, in
 //!                       turn, until one is refused; then every one destroyed
 
@@ -49,7 +58,7 @@ fn sym<T: Copy>(h: *mut c_void, name: &CStr) -> T {
 macro_rules! driver {
     ($($f:ident: $name:literal => fn($($a:ty),*);)*) => {
         #[derive(Clone, Copy)]
-        struct Cu { $($f: unsafe extern "C" fn($($a),*) -> CUresult,)* }
+        pub(crate) struct Cu { $(pub(crate) $f: unsafe extern "C" fn($($a),*) -> CUresult,)* }
         impl Cu {
             fn load(h: *mut c_void) -> Cu {
                 Cu { $($f: sym(h, {
@@ -102,13 +111,17 @@ driver! {
     library_load: "cuLibraryLoadData" => fn(*mut CUlibrary, *const c_void, *mut c_int, *mut *mut c_void, c_uint, *mut c_int, *mut *mut c_void, c_uint);
     library_global: "cuLibraryGetGlobal" => fn(*mut CUdeviceptr, *mut usize, CUlibrary, *const i8);
     library_unload: "cuLibraryUnload" => fn(CUlibrary);
+    module_load_file: "cuModuleLoad" => fn(*mut CUmodule, *const i8);
+    module_load_fatbin: "cuModuleLoadFatBinary" => fn(*mut CUmodule, *const c_void);
+    library_load_file: "cuLibraryLoadFromFile" => fn(*mut CUlibrary, *const i8, *mut c_int, *mut *mut c_void, c_uint, *mut c_int, *mut *mut c_void, c_uint);
+    library_kernel: "cuLibraryGetKernel" => fn(*mut CUkernel, CUlibrary, *const i8);
     launch_legacy: "cuLaunch" => fn(CUfunction);
     launch_grid: "cuLaunchGrid" => fn(CUfunction, c_int, c_int);
     launch_grid_async: "cuLaunchGridAsync" => fn(CUfunction, c_int, c_int, CUstream);
 }
 
-struct Run {
-    cu: Cu,
+pub(crate) struct Run {
+    pub(crate) cu: Cu,
     dev: CUdevice,
     ctx: CUcontext,
     ledger: gpuslice_ledger::Ledger,
@@ -182,7 +195,7 @@ impl Run {
         infos[..n as usize].iter().map(|p| p.usedGpuMemory).sum()
     }
 
-    fn step(&mut self, name: &str, r: CUresult) -> CUresult {
+    pub(crate) fn step(&mut self, name: &str, r: CUresult) -> CUresult {
         let (l, d) = (self.ledger_used(), self.device_used());
         if !self.steps.is_empty() {
             self.steps.push(',');
@@ -352,7 +365,7 @@ pub fn main(args: &[String]) {
                 let n: usize = arg(1).parse().unwrap();
                 let (mut m, mut f) = (std::ptr::null_mut(), std::ptr::null_mut());
                 super::check(
-                    (cu.module_load)(&mut m, c"image".as_ptr().cast()),
+                    (cu.module_load)(&mut m, super::KERNELS.as_ptr().cast()),
                     "cuModuleLoadData",
                 );
                 super::check(
@@ -371,6 +384,10 @@ pub fn main(args: &[String]) {
             }
             "arrays" => arrays(&mut run),
             "globals" => globals(&mut run, bytes(1)),
+            "images" => super::images::images(&mut run, bytes(1), bytes(2), bytes(3)),
+            "image-race" => {
+                super::images::race(&mut run, bytes(1), bytes(2), arg(3).parse().unwrap())
+            }
             other => super::die(format!("exact: unknown scenario {other}")),
         }
     }

@@ -22,10 +22,15 @@
 #![allow(non_snake_case)]
 
 mod exact;
+mod images;
 
 use gpuslice_cuda_abi::driver::*;
 use std::ffi::{CString, c_char, c_int, c_uint, c_void};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The module image the probe's launches use: the simulator finds only the kernels it names.
+pub(crate) const KERNELS: &std::ffi::CStr =
+    c"gpuslice-sim-image\nkernel busy\nkernel noop\nkernel k\n";
 
 macro_rules! api {
     ($($field:ident : $name:literal @ $ver:literal => fn($($arg:ty),*);)*) => {
@@ -197,7 +202,7 @@ impl Probe {
         let (mut m, mut f) = (std::ptr::null_mut(), std::ptr::null_mut());
         unsafe {
             check(
-                (self.api.module_load)(&mut m, c"image".as_ptr().cast()),
+                (self.api.module_load)(&mut m, KERNELS.as_ptr().cast()),
                 "cuModuleLoadData",
             );
             check(
@@ -594,7 +599,7 @@ fn main() {
             let (mut m, mut f) = (std::ptr::null_mut(), std::ptr::null_mut());
             unsafe {
                 check(
-                    (a.module_load)(&mut m, c"image".as_ptr().cast()),
+                    (a.module_load)(&mut m, KERNELS.as_ptr().cast()),
                     "cuModuleLoadData",
                 );
                 check(

@@ -243,7 +243,7 @@ fn worker(api: &Api, s: &Shape, own_ctx: bool, start: Instant) -> Tally {
         }
         let (mut m, mut f) = (std::ptr::null_mut(), std::ptr::null_mut());
         check(
-            (api.module_load)(&mut m, c"image".as_ptr().cast()),
+            (api.module_load)(&mut m, super::KERNELS.as_ptr().cast()),
             "cuModuleLoadData",
         );
         check(

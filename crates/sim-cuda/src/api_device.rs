@@ -32,6 +32,9 @@ unsafe fn copy_cstr(dst: *mut c_char, len: c_int, s: &str) -> R {
     Ok(())
 }
 
+/// The simulated GPUs' compute capability: which entry of a fatbinary they load.
+pub(crate) const COMPUTE_CAPABILITY: (u32, u32) = (9, 0);
+
 fn attribute(dev: usize, attr: c_int) -> Result<c_int, CUresult> {
     let spec = sim()?.spec(dev);
     let bus = u32::from_str_radix(spec.pci_bus_id.split(':').nth(1).unwrap_or("0"), 16).unwrap_or(0)
@@ -66,8 +69,8 @@ fn attribute(dev: usize, attr: c_int) -> Result<c_int, CUresult> {
         CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR => 2048,
         CU_DEVICE_ATTRIBUTE_ASYNC_ENGINE_COUNT => 3,
         CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING => 1,
-        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR => 9,
-        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR => 0,
+        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR => COMPUTE_CAPABILITY.0 as c_int,
+        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR => COMPUTE_CAPABILITY.1 as c_int,
         CU_DEVICE_ATTRIBUTE_STREAM_PRIORITIES_SUPPORTED => 1,
         CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR => 228 * 1024,
         CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY | CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS => 1,
@@ -142,6 +145,7 @@ pub(crate) fn destroy_ctx(reg: &mut Reg, c: usize) -> R {
     for m in mods {
         // Its variables' allocation went with the context's allocations above.
         reg.module_globals.remove(&m);
+        reg.module_kernels.remove(&m);
         reg.modules.remove(&m);
         reg.functions.retain(|_, f| f.owner != m);
     }
@@ -340,8 +344,8 @@ fn cuDeviceGetAttribute(v: *mut c_int, attr: CUdevice_attribute, dev: CUdevice) 
 
 fn cuDeviceComputeCapability(major: *mut c_int, minor: *mut c_int, dev: CUdevice) {
     device(dev)?;
-    out(major, 9)?;
-    out(minor, 0)
+    out(major, COMPUTE_CAPABILITY.0 as c_int)?;
+    out(minor, COMPUTE_CAPABILITY.1 as c_int)
 }
 
 fn cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUdevice) {

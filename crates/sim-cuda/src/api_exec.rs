@@ -4,6 +4,7 @@ use std::ffi::{CStr, c_char, c_float, c_int, c_uint, c_void};
 
 use gpuslice_cuda_abi::driver::*;
 use gpuslice_cuda_abi::image;
+use gpuslice_cuda_abi::modimage::{self, Image, ImageError};
 
 use crate::*;
 
@@ -284,34 +285,64 @@ unsafe fn new_stream(ph: *mut CUstream, flags: c_uint, priority: c_int) -> R {
 
 // ---- modules and functions -----------------------------------------------------------------
 
-/// Loads a module whose image declares `globals` (None: an image that is not a simulated one,
-/// loaded with no variables): its variables take device memory in the current context.
-fn new_module(m: *mut CUmodule, globals: Option<Result<image::Globals, String>>) -> R {
-    if m.is_null() {
+/// The module a load of `img` places on the simulated GPU: the part of it this GPU runs. An
+/// image that is not one, or that cannot be read, is refused as the driver refuses it.
+fn loadable(img: Option<Result<Image, ImageError>>) -> Result<image::Module, CUresult> {
+    let img = match img {
+        None => return Err(CUDA_ERROR_INVALID_VALUE),
+        Some(Err(_)) => return Err(CUDA_ERROR_INVALID_IMAGE),
+        Some(Ok(i)) => i,
+    };
+    let (major, minor) = crate::api_device::COMPUTE_CAPABILITY;
+    img.for_device(major, minor)
+        .cloned()
+        .ok_or(CUDA_ERROR_NO_BINARY_FOR_GPU)
+}
+
+/// The image in file `fname`, as `cuModuleLoad` and `cuLibraryLoadFromFile` read it.
+fn file_image(fname: *const c_char) -> Result<Option<Result<Image, ImageError>>, CUresult> {
+    if fname.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let globals = match globals {
-        None => image::Globals::default(),
-        Some(Ok(g)) => g,
-        Some(Err(_)) => return Err(CUDA_ERROR_INVALID_IMAGE),
-    };
-    sim()?;
-    let mut r = reg();
-    let ctx = r.current()?;
-    let base = match globals.footprint {
+    let path = unsafe { CStr::from_ptr(fname) }
+        .to_string_lossy()
+        .into_owned();
+    let bytes = std::fs::read(&path).map_err(|_| CUDA_ERROR_FILE_NOT_FOUND)?;
+    Ok(Some(modimage::read(&bytes)))
+}
+
+/// Places `module`'s variables in the current context's device memory and records its
+/// kernels under a new handle.
+fn place(r: &mut Reg, module: image::Module) -> Result<usize, CUresult> {
+    let base = match module.globals.footprint {
         0 => None,
         n => Some(crate::api_mem::alloc_linear(
-            &mut r,
+            r,
             n,
             AllocKind::Global,
             false,
         )?),
     };
     let h = r.handle();
-    r.modules.insert(h, ctx);
     if let Some(b) = base {
-        r.module_globals.insert(h, (b, globals.vars));
+        r.module_globals.insert(h, (b, module.globals.vars));
     }
+    r.module_kernels.insert(h, module.kernels);
+    Ok(h)
+}
+
+/// Loads the module of image `img` into the current context: its variables take device
+/// memory there.
+fn new_module(m: *mut CUmodule, img: Option<Result<Image, ImageError>>) -> R {
+    if m.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    sim()?;
+    let module = loadable(img)?;
+    let mut r = reg();
+    let ctx = r.current()?;
+    let h = place(&mut r, module)?;
+    r.modules.insert(h, ctx);
     unsafe { *m = h as CUmodule };
     Ok(())
 }
@@ -324,6 +355,14 @@ fn function(r: &mut Reg, owner: usize, name: *const c_char) -> Result<usize, CUr
     let name = unsafe { CStr::from_ptr(name) }
         .to_string_lossy()
         .into_owned();
+    // Only the kernels the image holds are found, as the driver finds them.
+    if !r
+        .module_kernels
+        .get(&owner)
+        .is_some_and(|k| k.contains(&name))
+    {
+        return Err(CUDA_ERROR_NOT_FOUND);
+    }
     if let Some((&h, _)) = r
         .functions
         .iter()
@@ -360,38 +399,18 @@ fn global_of(owner: usize, name: *const c_char) -> Result<(u64, u64), CUresult> 
     Ok((base + v.offset, v.bytes))
 }
 
-/// Loads a library whose image declares `globals`: its variables are placed in the current
-/// context (a library's variables live in the contexts that use it; the simulator places them
-/// eagerly, where the library is loaded).
-fn load_library(
-    lib: *mut CUlibrary,
-    ok: bool,
-    globals: Option<Result<image::Globals, String>>,
-) -> R {
+/// Loads the library of image `img`: its variables are placed in the current context (a
+/// library's variables live in the contexts that use it; the simulator places them eagerly,
+/// where the library is loaded).
+fn load_library(lib: *mut CUlibrary, img: Option<Result<Image, ImageError>>) -> R {
     sim()?;
-    if lib.is_null() || !ok {
+    if lib.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let globals = match globals {
-        None => image::Globals::default(),
-        Some(Ok(g)) => g,
-        Some(Err(_)) => return Err(CUDA_ERROR_INVALID_IMAGE),
-    };
+    let module = loadable(img)?;
     let mut r = reg();
-    let base = match globals.footprint {
-        0 => None,
-        n => Some(crate::api_mem::alloc_linear(
-            &mut r,
-            n,
-            AllocKind::Global,
-            false,
-        )?),
-    };
-    let h = r.handle();
+    let h = place(&mut r, module)?;
     r.libraries.insert(h, ());
-    if let Some(b) = base {
-        r.module_globals.insert(h, (b, globals.vars));
-    }
     unsafe { *lib = h as CUlibrary };
     Ok(())
 }
@@ -773,35 +792,19 @@ fn cuEventDestroy_v2(ev: CUevent) { event_destroy(ev) }
 
 fn cuModuleLoad(m: *mut CUmodule, fname: *const c_char) {
     sim()?;
-    if fname.is_null() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    let path = CStr::from_ptr(fname).to_string_lossy().into_owned();
-    let Ok(bytes) = std::fs::read(&path) else {
-        return Err(CUDA_ERROR_FILE_NOT_FOUND);
-    };
-    new_module(m, image::parse(&String::from_utf8_lossy(&bytes)))
+    new_module(m, file_image(fname)?)
 }
 
 fn cuModuleLoadData(m: *mut CUmodule, image: *const c_void) {
-    if image.is_null() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    new_module(m, image::parse_ptr(image))
+    new_module(m, modimage::read_ptr(image))
 }
 
 fn cuModuleLoadDataEx(m: *mut CUmodule, image: *const c_void, _n: c_uint, _opts: *mut c_int, _vals: *mut *mut c_void) {
-    if image.is_null() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    new_module(m, image::parse_ptr(image))
+    new_module(m, modimage::read_ptr(image))
 }
 
 fn cuModuleLoadFatBinary(m: *mut CUmodule, fatbin: *const c_void) {
-    if fatbin.is_null() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    new_module(m, image::parse_ptr(fatbin))
+    new_module(m, modimage::read_ptr(fatbin))
 }
 
 fn cuModuleUnload(m: CUmodule) {
@@ -809,6 +812,7 @@ fn cuModuleUnload(m: CUmodule) {
     let mut r = reg();
     r.modules.remove(&(m as usize)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
     r.functions.retain(|_, f| f.owner != m as usize);
+    r.module_kernels.remove(&(m as usize));
     if let Some((base, _)) = r.module_globals.remove(&(m as usize)) {
         crate::api_mem::free_alloc(&mut r, base, false)?;
     }
@@ -841,18 +845,12 @@ fn cuModuleGetFunction(f: *mut CUfunction, m: CUmodule, name: *const c_char) {
 }
 
 fn cuLibraryLoadData(lib: *mut CUlibrary, code: *const c_void, _jo: *mut c_int, _jv: *mut *mut c_void, _nj: c_uint, _lo: *mut c_int, _lv: *mut *mut c_void, _nl: c_uint) {
-    load_library(lib, !code.is_null(), image::parse_ptr(code))
+    load_library(lib, modimage::read_ptr(code))
 }
 
 fn cuLibraryLoadFromFile(lib: *mut CUlibrary, fname: *const c_char, _jo: *mut c_int, _jv: *mut *mut c_void, _nj: c_uint, _lo: *mut c_int, _lv: *mut *mut c_void, _nl: c_uint) {
     sim()?;
-    if fname.is_null() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    let Ok(bytes) = std::fs::read(&*CStr::from_ptr(fname).to_string_lossy()) else {
-        return Err(CUDA_ERROR_FILE_NOT_FOUND);
-    };
-    load_library(lib, true, image::parse(&String::from_utf8_lossy(&bytes)))
+    load_library(lib, file_image(fname)?)
 }
 
 fn cuLibraryUnload(lib: CUlibrary) {
@@ -860,6 +858,7 @@ fn cuLibraryUnload(lib: CUlibrary) {
     let mut r = reg();
     r.libraries.remove(&(lib as usize)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
     r.functions.retain(|_, f| f.owner != lib as usize);
+    r.module_kernels.remove(&(lib as usize));
     if let Some((base, _)) = r.module_globals.remove(&(lib as usize)) {
         // Gone already when the context it was placed in has ended.
         if r.allocs.contains_key(&base) {

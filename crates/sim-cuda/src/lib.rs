@@ -304,6 +304,9 @@ pub(crate) struct Reg {
     pub modules: HashMap<usize, usize>,
     /// Module → the base of its variables' allocation and the variables in it.
     pub module_globals: HashMap<usize, (u64, Vec<gpuslice_cuda_abi::image::Global>)>,
+    /// Module or library → the kernels its image holds: the names `cuModuleGetFunction` and
+    /// `cuLibraryGetKernel` find.
+    pub module_kernels: HashMap<usize, Vec<String>>,
     pub libraries: HashMap<usize, ()>,
     pub functions: HashMap<usize, Function>,
     pub graphs: HashMap<usize, Graph>,

@@ -13,6 +13,9 @@ use gpuslice_cuda_abi::driver::*;
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
 const ROLE: &str = "SIMCUDA_TEST_ROLE";
+/// A module with the kernels these tests launch: the driver finds only the kernels an image
+/// holds.
+const KERNELS: &CStr = c"gpuslice-sim-image\nkernel busy_kernel\nkernel saxpy\n";
 
 fn lib_path() -> PathBuf {
     // target/<profile>/deps/<test> -> target/<profile>/libcuda.so
@@ -133,7 +136,7 @@ fn busy_function(cu: &Cu) -> CUfunction {
         cu.f("cuModuleGetFunction");
     let mut m = std::ptr::null_mut();
     assert_eq!(
-        unsafe { load(&mut m, c"any image".as_ptr().cast()) },
+        unsafe { load(&mut m, KERNELS.as_ptr().cast()) },
         CUDA_SUCCESS
     );
     let mut f = std::ptr::null_mut();
@@ -901,7 +904,9 @@ fn events_time_stream_work() {
         let mut m = std::ptr::null_mut();
         let mut quick = std::ptr::null_mut();
         assert_eq!(
-            unsafe { load(&mut m, c"x".as_ptr().cast()) + get(&mut quick, m, c"saxpy".as_ptr()) },
+            unsafe {
+                load(&mut m, KERNELS.as_ptr().cast()) + get(&mut quick, m, c"saxpy".as_ptr())
+            },
             CUDA_SUCCESS
         );
         assert_eq!(launch_busy(&cu, quick, s1, 1_000_000), CUDA_SUCCESS);
@@ -1243,4 +1248,171 @@ fn dynamic_flags(cu: &Cu) -> (bool, Option<String>) {
             .into_owned()
     });
     (symbolic, soname)
+}
+
+type FModLoad = unsafe extern "C" fn(*mut CUmodule, *const c_void) -> c_int;
+type FModGetFunction = unsafe extern "C" fn(*mut CUfunction, CUmodule, *const c_char) -> c_int;
+type FModGetGlobal = unsafe extern "C" fn(*mut u64, *mut usize, CUmodule, *const c_char) -> c_int;
+type FLibLoad = unsafe extern "C" fn(
+    *mut CUlibrary,
+    *const c_void,
+    *mut c_int,
+    *mut *mut c_void,
+    c_uint,
+    *mut c_int,
+    *mut *mut c_void,
+    c_uint,
+) -> c_int;
+
+/// Real module images (cubin, PTX, fatbinary bare and wrapped, compressed): the module holds
+/// the kernels and variables of the part the GPU runs, takes its variables' device memory from
+/// load to unload, and finds no kernel the image does not hold.
+#[test]
+fn real_module_images_place_their_variables_and_find_only_their_kernels() {
+    use gpuslice_cuda_abi::fatbin::EntryKind;
+    use gpuslice_cuda_abi::imagegen::{self, Var};
+    isolated(
+        "real_module_images_place_their_variables_and_find_only_their_kernels",
+        "count=1,memory=80GiB",
+        || {
+            let cu = Cu::open();
+            setup(&cu);
+            let load: FModLoad = cu.f("cuModuleLoadData");
+            let fatload: FModLoad = cu.f("cuModuleLoadFatBinary");
+            let unload: FCtx = cu.f("cuModuleUnload");
+            let get: FModGetFunction = cu.f("cuModuleGetFunction");
+            let global: FModGetGlobal = cu.f("cuModuleGetGlobal_v2");
+            let lib_load: FLibLoad = cu.f("cuLibraryLoadData");
+            let lib_kernel: FModGetFunction = cu.f("cuLibraryGetKernel");
+            let big = Var {
+                name: "weights",
+                bytes: 2 * GIB as u64,
+                init: false,
+            };
+            let cubin = imagegen::cubin(&["train"], &["helper"], &[big]);
+            let ptx =
+                CString::new(imagegen::ptx(&["infer"], &[("cache", 3 * GIB as u64)])).unwrap();
+            let other = imagegen::cubin(
+                &["old"],
+                &[],
+                &[Var {
+                    bytes: 5 * GIB as u64,
+                    ..big
+                }],
+            );
+            let fb = imagegen::fatbin(
+                &[
+                    (EntryKind::Cubin, 80, &other),
+                    (EntryKind::Cubin, 90, &cubin),
+                ],
+                true,
+            );
+            let wrapped = imagegen::wrapper(&fb);
+            let before = free_mem(&cu);
+            for (what, img, size, kernel, var) in [
+                (
+                    "cubin",
+                    cubin.as_ptr().cast::<c_void>(),
+                    2 * GIB,
+                    c"train",
+                    c"weights",
+                ),
+                ("ptx", ptx.as_ptr().cast(), 3 * GIB, c"infer", c"cache"),
+                ("fatbin", fb.as_ptr().cast(), 2 * GIB, c"train", c"weights"),
+                (
+                    "wrapper",
+                    (&wrapped as *const imagegen::Wrapper).cast(),
+                    2 * GIB,
+                    c"train",
+                    c"weights",
+                ),
+            ] {
+                for loader in [load, fatload] {
+                    let mut m = std::ptr::null_mut();
+                    assert_eq!(unsafe { loader(&mut m, img) }, CUDA_SUCCESS, "{what}");
+                    assert_eq!(
+                        before - free_mem(&cu),
+                        size,
+                        "{what}: its variables take device memory"
+                    );
+                    let mut f = std::ptr::null_mut();
+                    assert_eq!(
+                        unsafe { get(&mut f, m, kernel.as_ptr()) },
+                        CUDA_SUCCESS,
+                        "{what}"
+                    );
+                    for missing in [c"helper", c"old", c"busy_kernel", c"nothing"] {
+                        assert_eq!(
+                            unsafe { get(&mut f, m, missing.as_ptr()) },
+                            CUDA_ERROR_NOT_FOUND,
+                            "{what}: {missing:?} is not a kernel of the image"
+                        );
+                    }
+                    let (mut p, mut n) = (0u64, 0usize);
+                    assert_eq!(
+                        unsafe { global(&mut p, &mut n, m, var.as_ptr()) },
+                        CUDA_SUCCESS,
+                        "{what}"
+                    );
+                    assert_eq!(n, size, "{what}");
+                    assert_ne!(p, 0);
+                    assert_eq!(unsafe { unload(m.cast()) }, CUDA_SUCCESS);
+                    assert_eq!(
+                        free_mem(&cu),
+                        before,
+                        "{what}: unloading frees its variables"
+                    );
+                }
+            }
+            // A library: its kernels by name, and only those.
+            let mut lib = std::ptr::null_mut();
+            let null = std::ptr::null_mut();
+            assert_eq!(
+                unsafe {
+                    lib_load(
+                        &mut lib,
+                        ptx.as_ptr().cast(),
+                        null,
+                        null.cast(),
+                        0,
+                        null,
+                        null.cast(),
+                        0,
+                    )
+                },
+                CUDA_SUCCESS
+            );
+            let mut k = std::ptr::null_mut();
+            assert_eq!(
+                unsafe { lib_kernel(&mut k, lib.cast(), c"infer".as_ptr()) },
+                CUDA_SUCCESS
+            );
+            assert_eq!(
+                unsafe { lib_kernel(&mut k, lib.cast(), c"train".as_ptr()) },
+                CUDA_ERROR_NOT_FOUND
+            );
+            let lib_unload: FCtx = cu.f("cuLibraryUnload");
+            assert_eq!(unsafe { lib_unload(lib.cast()) }, CUDA_SUCCESS);
+            // What is not an image, or has nothing this GPU runs, is refused.
+            let mut m = std::ptr::null_mut();
+            assert_eq!(
+                unsafe { load(&mut m, c"image".as_ptr().cast()) },
+                CUDA_ERROR_INVALID_IMAGE
+            );
+            let only_old = imagegen::fatbin(&[(EntryKind::Cubin, 70, &other)], false);
+            assert_eq!(
+                unsafe { load(&mut m, only_old.as_ptr().cast()) },
+                CUDA_ERROR_NO_BINARY_FOR_GPU
+            );
+            // A file load reads the same formats.
+            let path = std::env::temp_dir().join(format!("gpuslice-cubin-{}", std::process::id()));
+            std::fs::write(&path, &cubin).unwrap();
+            let file_load: unsafe extern "C" fn(*mut CUmodule, *const c_char) -> c_int =
+                cu.f("cuModuleLoad");
+            let c = CString::new(path.to_str().unwrap()).unwrap();
+            assert_eq!(unsafe { file_load(&mut m, c.as_ptr()) }, CUDA_SUCCESS);
+            let _ = std::fs::remove_file(&path);
+            assert_eq!(before - free_mem(&cu), 2 * GIB);
+        },
+    );
 }
