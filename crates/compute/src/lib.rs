@@ -9,7 +9,9 @@
 //! futex on the shared word `turn` with a timeout; no process ever waits on a lock.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod page;
 pub mod policy;
+pub mod wire;
 
 use gpuslice_shm::MappedFile;
 use std::io;
