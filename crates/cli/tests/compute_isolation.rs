@@ -6,7 +6,6 @@
 
 mod common;
 use common::*;
-use gpuslice_compute::Region;
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,55 +22,63 @@ fn tenant(m: &Machine, name: &str, compute: &[&str], args: &[&str]) -> Command {
     c
 }
 
-fn regions(m: &Machine) -> Vec<Region> {
-    std::fs::read_dir(m.dir.join("state/compute"))
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| Region::open(&e.path()).ok())
-                .collect()
-        })
-        .unwrap_or_default()
+/// `gpuslice run` processes of the test, by pid, with their tenant names.
+type Supervisors = BTreeMap<u32, String>;
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    rest.split(' ').nth(1)?.parse().ok()
 }
 
-fn names(m: &Machine) -> BTreeMap<u32, String> {
-    regions(m)
-        .iter()
-        .flat_map(|r| r.entries())
-        .map(|v| (v.pid, v.name))
-        .collect()
+/// The tenant a process belongs to: the supervisor among its ancestors.
+fn owner(pid: u32, sup: &Supervisors) -> Option<String> {
+    let mut p = pid;
+    for _ in 0..32 {
+        if let Some(n) = sup.get(&p) {
+            return Some(n.clone());
+        }
+        p = parent_of(p)?;
+    }
+    None
 }
 
-/// Waits until `n` processes have attached to the GPU's compute region.
+/// The arbiter's published rows for this machine.
+fn status(m: &Machine) -> Vec<gpuslice_arbiter::status::Row> {
+    gpuslice_arbiter::status::read(&m.dir.join("state/compute/status"))
+}
+
+/// Waits until `n` tenants have launched on the GPU (the arbiter lists them).
 fn wait_attached(m: &Machine, n: usize) {
     let t = Instant::now();
-    while names(m).len() < n {
+    while status(m).len() < n {
         assert!(
-            t.elapsed() < Duration::from_secs(20),
+            t.elapsed() < Duration::from_secs(30),
             "tenants never launched: {:?}",
-            names(m)
+            status(m)
         );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// Percent of wall time each tenant's work ran during the next `secs` seconds.
-fn shares(m: &Machine, secs: f64) -> BTreeMap<String, f64> {
+fn shares(m: &Machine, sup: &Supervisors, secs: f64) -> BTreeMap<String, f64> {
     let specs = gpuslice_sim_state::parse_devices("").unwrap();
     let sim = gpuslice_sim_state::Sim::open(&m.dir.join("sim-gpu"), &specs).unwrap();
-    let mut who = names(m);
     let since = gpuslice_sim_state::Sim::now_ns();
     std::thread::sleep(Duration::from_secs_f64(secs));
     let now = gpuslice_sim_state::Sim::now_ns();
-    who.extend(names(m));
     let mut out = BTreeMap::new();
     for (pid, busy, _) in sim.process_busy(0, since) {
-        let n = who
-            .get(&pid)
-            .cloned()
-            .unwrap_or_else(|| format!("pid{pid}"));
+        let n = owner(pid, sup).unwrap_or_else(|| format!("pid{pid}"));
         *out.entry(n).or_insert(0.0) += busy as f64 * 100.0 / (now - since) as f64;
     }
     out
+}
+
+/// Consecutive windows of `secs` each.
+fn windows(m: &Machine, sup: &Supervisors, secs: f64, k: usize) -> Vec<BTreeMap<String, f64>> {
+    (0..k).map(|_| shares(m, sup, secs)).collect()
 }
 
 fn finish(c: Child) -> std::process::Output {
