@@ -27,6 +27,8 @@ pub struct Spec {
     pub quota: u8,
     pub mode: u8,
     pub priority: u8,
+    /// The tenant's ledger id, published beside its figures (display and joins only).
+    pub ledger_id: u64,
 }
 
 impl Spec {
@@ -110,6 +112,7 @@ impl Registration {
                 quota: spec.quota,
                 mode: spec.mode,
                 priority: spec.priority,
+                ledger_id: spec.ledger_id,
             },
         )
         .map_err(RegisterError::Io)?;

@@ -427,6 +427,7 @@ impl Server {
                     quota,
                     mode,
                     priority,
+                    ledger_id,
                 },
             ) => self.register(
                 fd,
@@ -435,6 +436,7 @@ impl Server {
                     quota,
                     mode,
                     priority,
+                    ledger_id,
                 },
             ),
             (Kind::Pending, Msg::Attach { token }) => {
@@ -753,6 +755,7 @@ impl Server {
                 rows.push(crate::status::Row {
                     gpu: *uuid,
                     tenant_id: t.id,
+                    ledger_id: ten.spec.ledger_id,
                     name: ten.spec.name.clone(),
                     quota: t.quota,
                     mode: t.mode,

@@ -1,15 +1,20 @@
 //! The arbiter's published figures: one text file only the arbiter writes (0644), replaced
 //! whole by rename so a reader never sees half of it. One line per tenant and GPU:
-//! `gpu=<32 hex> tenant=<id> name=<name> quota=<0-100> mode=<code> priority=<code>
+//! `gpu=<32 hex> tenant=<id> ledger=<id> name=<name> quota=<0-100> mode=<code> priority=<code>
 //!  charged_ns=<n> throttled_ns=<n> holder=<0|1> processes=<n>`.
 
 use std::io::{self, Write};
+
+/// The status file's name in the compute directory.
+pub const FILE: &str = "status";
 use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
     pub gpu: [u8; 16],
     pub tenant_id: u64,
+    /// The id the tenant's ledger holds (0 if unknown), for joining to it.
+    pub ledger_id: u64,
     pub name: String,
     pub quota: u8,
     pub mode: u8,
@@ -41,9 +46,10 @@ pub fn format(rows: &[Row]) -> String {
     let mut s = String::new();
     for r in rows {
         s.push_str(&format!(
-            "gpu={} tenant={} name={} quota={} mode={} priority={} charged_ns={} throttled_ns={} holder={} processes={}\n",
+            "gpu={} tenant={} ledger={} name={} quota={} mode={} priority={} charged_ns={} throttled_ns={} holder={} processes={}\n",
             hex(&r.gpu),
             r.tenant_id,
+            r.ledger_id,
             r.name,
             r.quota,
             r.mode,
@@ -69,6 +75,7 @@ pub fn parse(text: &str) -> Vec<Row> {
             Some(Row {
                 gpu: unhex(kv.get("gpu")?)?,
                 tenant_id: kv.get("tenant")?.parse().ok()?,
+                ledger_id: kv.get("ledger")?.parse().ok()?,
                 name: kv.get("name")?.to_string(),
                 quota: kv.get("quota")?.parse().ok()?,
                 mode: kv.get("mode")?.parse().ok()?,
@@ -112,6 +119,7 @@ mod tests {
         let r = Row {
             gpu: [0xab; 16],
             tenant_id: 3,
+            ledger_id: 77,
             name: "a30".into(),
             quota: 30,
             mode: 0,

@@ -23,6 +23,7 @@ fn spec(name: &str, quota: u8, mode: u8, priority: u8) -> Spec {
         quota,
         mode,
         priority,
+        ledger_id: 0,
     }
 }
 

@@ -23,7 +23,7 @@ pub fn socket_path() -> PathBuf {
 
 /// Where the arbiter serving `socket` publishes its figures.
 pub fn status_path(socket: &Path) -> PathBuf {
-    socket.with_file_name("status")
+    socket.with_file_name(gpuslice_arbiter::status::FILE)
 }
 
 pub fn main(args: Args) -> i32 {
@@ -107,13 +107,14 @@ fn spawn_daemon(socket: &Path) -> std::io::Result<()> {
 
 /// Registers the tenant with the machine's arbiter, starting one if needed. A registration
 /// refused for its mode is an error naming both modes; the caller exits 1.
-pub fn register(name: &str, c: &ComputeSpec) -> Result<Registration, String> {
+pub fn register(name: &str, ledger_id: u64, c: &ComputeSpec) -> Result<Registration, String> {
     let socket = socket_path();
     let spec = Spec {
         name: name.to_string(),
         quota: c.quota,
         mode: c.mode,
         priority: c.priority,
+        ledger_id,
     };
     // An arbiter that is just exiting may close our connection: try again once.
     let mut last = String::new();
@@ -134,8 +135,9 @@ pub fn register(name: &str, c: &ComputeSpec) -> Result<Registration, String> {
 /// channel. The registration lives as long as the returned closure (the supervisor's life).
 pub fn channels(
     name: &str,
+    ledger_id: u64,
     c: &ComputeSpec,
 ) -> Result<gpuslice_warden::server::ArbiterFn, String> {
-    let reg = register(name, c)?;
+    let reg = register(name, ledger_id, c)?;
     Ok(Box::new(move || reg.attach()))
 }

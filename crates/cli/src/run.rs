@@ -177,11 +177,14 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
     // The tenant's processes take their limits from here, never from their environment. A
     // process's exit (its connection closing) returns its memory at once; the tick also
     // covers processes that died before connecting.
+    // The compute arbiter gives each tenant process its own channel (a refused mode exits 1).
+    let arbiter =
+        crate::arbiter::channels(&name, granted.tenant_id, &compute_spec(&compute))?;
     gpuslice_warden::server::start(
         gpuslice_warden::server::Grant {
             limits: granted,
             ledger: ledger_path.clone(),
-            arbiter: Some(crate::arbiter::channels(&name, &compute_spec(&compute))?),
+            arbiter: Some(arbiter),
         },
         move || {
             ledger.reclaim_dead(None);

@@ -46,6 +46,9 @@ pub enum Msg {
         quota: u8,
         mode: u8,
         priority: u8,
+        /// The id the tenant's ledger holds: shown beside its figures so readers can join them
+        /// to the ledger; never used to schedule.
+        ledger_id: u64,
     },
     Attach {
         token: [u8; 16],
@@ -82,6 +85,7 @@ impl Msg {
                 quota,
                 mode,
                 priority,
+                ledger_id,
             } => {
                 tag(&mut b, REGISTER);
                 let mut n = [0u8; NAME_LEN];
@@ -89,6 +93,7 @@ impl Msg {
                 n[..k].copy_from_slice(&name.as_bytes()[..k]);
                 b.extend_from_slice(&n);
                 b.extend_from_slice(&[*quota, *mode, *priority, 0]);
+                b.extend_from_slice(&ledger_id.to_le_bytes());
             }
             Msg::Attach { token } => {
                 tag(&mut b, ATTACH);
@@ -134,7 +139,7 @@ impl Msg {
         let fixed = |n: usize| (body.len() == n).then_some(body);
         Some(match tag {
             REGISTER => {
-                let p = fixed(NAME_LEN + 4)?;
+                let p = fixed(NAME_LEN + 12)?;
                 let end = p[..NAME_LEN]
                     .iter()
                     .position(|&c| c == 0)
@@ -145,6 +150,7 @@ impl Msg {
                     quota: p[NAME_LEN],
                     mode: p[NAME_LEN + 1],
                     priority: p[NAME_LEN + 2],
+                    ledger_id: u64::from_le_bytes(p[NAME_LEN + 4..].try_into().ok()?),
                 }
             }
             ATTACH => Msg::Attach {
@@ -414,6 +420,7 @@ mod tests {
                 quota: 30,
                 mode: 1,
                 priority: 2,
+                ledger_id: 9,
             },
             Msg::Attach { token: [7; 16] },
             Msg::Open { uuid: [9; 16] },

@@ -1,12 +1,12 @@
-//! The tenants' compute share and throttled time: every GPU's compute region is read once a
-//! second (and at each scrape), and `gpuslice_core::usage` turns the per-process counters into
-//! per-tenant totals that never go backwards. The same reading feeds `gpuslice top`.
+//! The tenants' compute share and throttled time: the compute arbiter's status file (in the
+//! compute directory, written only by the arbiter) is read once a second (and at each scrape),
+//! and `gpuslice_core::usage` turns its per-tenant counters into totals that never go
+//! backwards. The same reading feeds `gpuslice top`.
 //!
-//! A region entry names its tenant by the id the tenant's ledger holds, so an entry is matched
-//! to the ledger (and through it to the pod) by that id, not by its name, which is truncated in
-//! the region and need not be unique. Entries of tenants whose ledger the agent cannot see
-//! (`gpuslice run` under another user's state directory) are still reported, as
-//! `<name>#<id>`.
+//! A row names its tenant by the id the tenant's ledger holds, so it is matched to the ledger
+//! (and through it to the pod) by that id, not by its name. Rows of tenants whose ledger the
+//! agent cannot see (`gpuslice run` under another user's state directory) are still reported,
+//! as `<name>#<id>`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -27,23 +27,27 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// closes one even when a scrape read the regions just before.
 const WINDOW: Duration = Duration::from_millis(950);
 
-/// Every region in `dir` read now: the entries, and the tenant names they carry.
+/// The arbiter's figures in `dir` read now: one reading per tenant and GPU, and the tenant
+/// names they carry. A tenant is keyed by its ledger's id (the arbiter's own id when the
+/// tenant gave none).
 pub fn read(dir: &Path) -> (Vec<Reading>, BTreeMap<u64, String>) {
     let mut out = Vec::new();
     let mut names = BTreeMap::new();
-    for (uuid, region) in gpuslice_compute::regions(dir) {
-        let gpu = gpuslice_ledger::format_uuid(&uuid);
-        for r in region.readings() {
-            names.entry(r.tenant_id).or_insert(r.name);
-            out.push(Reading {
-                gpu: gpu.clone(),
-                entry: r.entry,
-                pid: r.pid,
-                tenant: r.tenant_id,
-                used_ns: r.used_ns,
-                throttled_ns: r.throttled_ns,
-            });
-        }
+    for r in gpuslice_arbiter::status::read(&dir.join(gpuslice_arbiter::status::FILE)) {
+        let tenant = if r.ledger_id != 0 {
+            r.ledger_id
+        } else {
+            r.tenant_id
+        };
+        names.entry(tenant).or_insert(r.name);
+        out.push(Reading {
+            gpu: gpuslice_ledger::format_uuid(&r.gpu),
+            entry: 0,
+            pid: 0,
+            tenant,
+            used_ns: r.charged_ns,
+            throttled_ns: r.throttled_ns,
+        });
     }
     (out, names)
 }
