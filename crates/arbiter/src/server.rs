@@ -55,6 +55,9 @@ struct Channel {
     page: Option<PageWriter>,
     busy: bool,
     released_epoch: u32,
+    /// Went from idle to wanting: if its tenant still holds the GPU, the grant is renewed
+    /// (new epoch) so the process knows this grant postdates its WANT.
+    regrant: bool,
 }
 
 struct Conn {
@@ -470,7 +473,11 @@ impl Server {
             }
             (Kind::Channel(ch), Msg::Open { uuid }) if ch.gpu.is_none() => self.open(fd, uuid, now),
             (Kind::Channel(ch), Msg::Want) if ch.gpu.is_some() => {
-                self.channel(fd).busy = true;
+                let c = self.channel(fd);
+                if !c.busy {
+                    c.busy = true;
+                    c.regrant = true;
+                }
                 true
             }
             (Kind::Channel(ch), Msg::Idle) if ch.gpu.is_some() => {
@@ -712,6 +719,22 @@ impl Server {
                 g.sched.step(now);
                 // Publish what changed.
                 let mut changed = false;
+                let mut renew: Vec<u64> = Vec::new();
+                for c in self.conns.values_mut() {
+                    if let Kind::Channel(ch) = &mut c.kind
+                        && ch.gpu == Some(*uuid)
+                        && std::mem::take(&mut ch.regrant)
+                    {
+                        renew.push(ch.tenant);
+                    }
+                }
+                for t in renew {
+                    if let Some(e) = g.published.get_mut(&t)
+                        && matches!(e.0, View::Granted { .. })
+                    {
+                        e.1 = e.1.wrapping_add(1);
+                    }
+                }
                 let ids: Vec<u64> = g.sched.tenants.iter().map(|t| t.id).collect();
                 for t in ids {
                     let v = g.sched.view(t);
@@ -779,6 +802,7 @@ impl Channel {
             page: None,
             busy: false,
             released_epoch: 0,
+            regrant: false,
         }
     }
 }

@@ -288,8 +288,16 @@ impl Sched {
     /// Every process of draining tenant `id` has released its work.
     pub fn released(&mut self, id: u64, now: u64) {
         if let Some(i) = self.draining.iter().position(|d| d.tenant == id) {
-            self.draining.remove(i);
+            let since = self.draining.remove(i).since;
             self.stop_busy(id, now);
+            // The holder granted during this drain was waiting behind it until now.
+            if let Some(h) = self.holder
+                && let Some(t) = self.t(h.tenant)
+                && let Some(b) = t.busy_since
+                && b >= since
+            {
+                t.busy_since = Some(now);
+            }
         }
     }
 
@@ -361,13 +369,10 @@ impl Sched {
         for _ in 0..4 {
             match self.holder {
                 None => {
-                    // Only a higher priority than every drainer starts before the drains end.
-                    let above = self
-                        .draining
-                        .iter()
-                        .filter_map(|d| self.tenant(d.tenant).map(|t| t.priority))
-                        .min();
-                    if let Some(next) = self.pick(now, above) {
+                    // The next holder starts while the last one drains: its first work queues
+                    // behind the few launches still in flight, so the GPU does not idle at the
+                    // hand-over, and its charge starts only once that drain ends.
+                    if let Some(next) = self.pick(now, None) {
                         self.grant(next, now);
                     }
                     return;
@@ -570,23 +575,30 @@ mod tests {
         }
         let mut used = vec![0u64; ids.len()];
         let mut granted_at = std::collections::HashMap::new();
+        // The GPU is serial: work granted during a drain starts when the drain ends.
+        let mut free_at = 0u64;
         while now < total_ns {
             s.step(now);
+            let mut drained = None;
             for (k, &i) in ids.iter().enumerate() {
-                match s.view(i) {
-                    View::Granted { .. } => {
-                        granted_at.entry(i).or_insert(now);
-                    }
-                    View::Revoked => {
-                        if let Some(g) = granted_at.remove(&i) {
-                            // It drains its last kernel, then releases.
-                            used[k] += now + drain_ns - g;
-                            now += drain_ns;
-                            s.released(i, now);
-                        }
-                    }
-                    View::Wait => {}
+                if let View::Revoked = s.view(i)
+                    && let Some(g) = granted_at.remove(&i)
+                {
+                    // It drains its last kernel, then releases.
+                    let start: u64 = g;
+                    used[k] += now + drain_ns - start.max(free_at);
+                    free_at = now + drain_ns;
+                    drained = Some(i);
                 }
+            }
+            for &i in ids {
+                if let View::Granted { .. } = s.view(i) {
+                    granted_at.entry(i).or_insert(now.max(free_at));
+                }
+            }
+            if let Some(i) = drained {
+                now += drain_ns;
+                s.released(i, now);
             }
             now = s.deadline().unwrap_or(now + 1_000_000).max(now + 1);
         }

@@ -46,12 +46,17 @@ const ACT_CLEAN: u32 = 1;
 const ACT_TOUCHED: u32 = 2;
 /// The arbiter is gone or refused us: launches are refused.
 const ACT_DEAD: u32 = 3;
+/// Told `WANT` after `IDLE`: launches wait for a grant newer than the one we went idle in, so
+/// nothing is submitted on a turn the arbiter may already have handed on.
+const ACT_WANTING: u32 = 4;
 
 /// One process's gate on one GPU.
 pub struct Gate {
     chan: OwnedFd,
     page: PageReader,
     act: AtomicU32,
+    /// The grant epoch in which this process last told the arbiter it was idle.
+    stale: AtomicU32,
     /// Serialises WANT/IDLE with the transitions of `act` they stand for.
     msg: Mutex<()>,
     /// Contexts (as addresses) the process launched in on this GPU.
@@ -136,6 +141,7 @@ fn open_gate(uuid: [u8; 16]) -> Result<&'static Gate, c_int> {
         chan,
         page,
         act: AtomicU32::new(ACT_IDLE),
+        stale: AtomicU32::new(0),
         msg: Mutex::new(()),
         contexts: Mutex::new(Vec::new()),
         fences: Mutex::new(HashMap::new()),
@@ -251,7 +257,7 @@ impl Gate {
     /// the arbiter it was idle.
     fn mark_busy(&self) {
         match self.act.load(Relaxed) {
-            ACT_TOUCHED | ACT_DEAD => {}
+            ACT_TOUCHED | ACT_DEAD | ACT_WANTING => {}
             ACT_CLEAN => {
                 let _ = self
                     .act
@@ -260,7 +266,7 @@ impl Gate {
             _ => {
                 let _m = self.msg.lock().unwrap_or_else(|e| e.into_inner());
                 if self.act.load(SeqCst) == ACT_IDLE {
-                    self.act.store(ACT_TOUCHED, SeqCst);
+                    self.act.store(ACT_WANTING, SeqCst);
                     self.send(&Msg::Want);
                     futex_wake(&self.act);
                 }
@@ -287,6 +293,16 @@ impl Gate {
                 return self.dead();
             }
             self.mark_busy();
+            if page::state(w) == page::GRANTED && self.act.load(SeqCst) == ACT_WANTING {
+                if page::epoch(w) == self.stale.load(SeqCst) {
+                    // The grant we went idle in: the arbiter has not answered our WANT yet.
+                    futex_wait(&p.seq, seq, RECHECK_NS);
+                    continue;
+                }
+                let _ = self
+                    .act
+                    .compare_exchange(ACT_WANTING, ACT_TOUCHED, SeqCst, SeqCst);
+            }
             if page::state(w) == page::GRANTED {
                 let bound = match page::bound(w) {
                     0 => UNCONTENDED_FENCES,
@@ -368,6 +384,10 @@ impl Gate {
                         futex_wait(&p.seq, seq, RECHECK_NS);
                     }
                 }
+                page::GRANTED if a == ACT_WANTING => {
+                    // A launcher takes the new grant (or waits for it); nothing to drain yet.
+                    futex_wait(&p.seq, seq, 1_000_000);
+                }
                 page::GRANTED => {
                     let _ = self
                         .act
@@ -388,6 +408,7 @@ impl Gate {
                         .compare_exchange(ACT_CLEAN, ACT_IDLE, SeqCst, SeqCst)
                         .is_ok()
                     {
+                        self.stale.store(page::epoch(w), SeqCst);
                         self.send(&Msg::Idle);
                     }
                 }
