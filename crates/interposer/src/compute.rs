@@ -309,6 +309,10 @@ impl Gate {
                     b => b as usize,
                 };
                 let mut f = self.fences.lock().unwrap_or_else(|e| e.into_inner());
+                if p.word.load(SeqCst) != w {
+                    // The grant moved while we queued for the lock.
+                    continue;
+                }
                 let q = f.entry(ctx).or_default();
                 q.reap();
                 if q.inflight.len() >= bound {
