@@ -7,6 +7,7 @@
  *   shapes SECONDS graph NODES US   a captured graph of NODES kernels, launched and synced
  *   shapes SECONDS procs P US       P processes (forked before CUDA), each: 4 launches, sync
  *   shapes SECONDS flood US         launches without ever synchronising (until the end)
+ *   shapes SECONDS idle P US        P processes that launch one kernel, then sleep SECONDS
  *
  * Prints {"launches":N,"errors":E,"pid":P} per process. */
 #include <pthread.h>
@@ -107,7 +108,7 @@ int main(int argc, char **argv) {
     const char *shape = argv[2];
     int n = atoi(argv[3]);
     us = strtoull(argv[4], NULL, 10);
-    if (!strcmp(shape, "procs")) {
+    if (!strcmp(shape, "procs") || !strcmp(shape, "idle")) {
         for (int i = 1; i < n; i++)
             if (fork() == 0) break;
     }
@@ -160,6 +161,14 @@ int main(int argc, char **argv) {
             if (cuGraphLaunch(e, s) != 0) errors++; else launches++;
             cuStreamSynchronize(s);
         }
+    } else if (!strcmp(shape, "idle")) {
+        primary();
+        CUfunction f = busy();
+        launch(f, NULL);
+        cuCtxSynchronize();
+        printf("{\"ready\":%d}\n", getpid());
+        fflush(stdout);
+        usleep((useconds_t)(secs * 1e6));
     } else if (!strcmp(shape, "flood")) {
         primary();
         CUfunction f = busy();
@@ -172,6 +181,6 @@ int main(int argc, char **argv) {
         return 2;
     }
     report();
-    if (!strcmp(shape, "procs")) while (wait(NULL) > 0) {}
+    if (!strcmp(shape, "procs") || !strcmp(shape, "idle")) while (wait(NULL) > 0) {}
     return 0;
 }
