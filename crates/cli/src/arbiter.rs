@@ -2,7 +2,7 @@
 //! demand by the first supervisor that finds nobody listening, and gone a few seconds after its
 //! last tenant. Also the supervisor's side: registering its tenant.
 
-use gpuslice_arbiter::{Registration, RegisterError, Spec};
+use gpuslice_arbiter::{RegisterError, Registration, Spec};
 use gpuslice_ledger::ComputeSpec;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -56,7 +56,10 @@ pub fn main(args: Args) -> i32 {
     let listener = match gpuslice_arbiter::listen(&socket, 0o666) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("gpuslice arbiter: cannot listen at {}: {e}", socket.display());
+            eprintln!(
+                "gpuslice arbiter: cannot listen at {}: {e}",
+                socket.display()
+            );
             return 1;
         }
     };

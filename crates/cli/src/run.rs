@@ -178,8 +178,7 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
     // process's exit (its connection closing) returns its memory at once; the tick also
     // covers processes that died before connecting.
     // The compute arbiter gives each tenant process its own channel (a refused mode exits 1).
-    let arbiter =
-        crate::arbiter::channels(&name, granted.tenant_id, &compute_spec(&compute))?;
+    let arbiter = crate::arbiter::channels(&name, granted.tenant_id, &compute_spec(&compute))?;
     gpuslice_warden::server::start(
         gpuslice_warden::server::Grant {
             limits: granted,

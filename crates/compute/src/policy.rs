@@ -704,7 +704,10 @@ mod tests {
             now = s.deadline().unwrap();
             s.step(now);
         }
-        assert!(now <= SLICE_NS, "the next holder starts at the slice end: {now}");
+        assert!(
+            now <= SLICE_NS,
+            "the next holder starts at the slice end: {now}"
+        );
     }
 
     #[test]

@@ -21,8 +21,8 @@ use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{c_int, c_uint};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
 
 use crate::real::call_real;
 use crate::tenant::{CONFIG_ERROR, tenant};
@@ -32,8 +32,8 @@ const GRACE_NS: u64 = 200_000;
 /// Uncontended, one launch in this many (per thread) is fenced, and at most
 /// `UNCONTENDED_FENCES` fences are outstanding per context: a tenant alone cannot queue so much
 /// that a newcomer waits long for it to drain.
-const UNCONTENDED_EVERY: u32 = 16;
-const UNCONTENDED_FENCES: usize = 4;
+const UNCONTENDED_EVERY: u32 = 8;
+const UNCONTENDED_FENCES: usize = 2;
 /// How long a waiter sleeps before checking that the arbiter is still there.
 const RECHECK_NS: u64 = 50_000_000;
 
@@ -284,7 +284,12 @@ impl Gate {
     }
 
     /// The launch path when the fast one does not apply.
-    fn slow(&self, ctx: usize, streams: &[CUstream], launch: impl FnOnce() -> CUresult) -> CUresult {
+    fn slow(
+        &self,
+        ctx: usize,
+        streams: &[CUstream],
+        launch: impl FnOnce() -> CUresult,
+    ) -> CUresult {
         let p = self.page.page();
         loop {
             let seq = p.seq.load(SeqCst);
@@ -334,7 +339,11 @@ impl Gate {
 
     /// Waits until every context's work submitted so far has completed.
     fn sync_all(&self) {
-        let ctxs = self.contexts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let ctxs = self
+            .contexts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for c in ctxs {
             let ctx = c as CUcontext;
             let r = call_real!(CUDA, cuCtxPushCurrent_v2: unsafe extern "C" fn(CUcontext) -> CUresult, ctx);
