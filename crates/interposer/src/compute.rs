@@ -256,19 +256,28 @@ impl Gate {
     /// Makes sure the arbiter counts this process as having work. Cheap unless it had told
     /// the arbiter it was idle.
     fn mark_busy(&self) {
-        match self.act.load(Relaxed) {
-            ACT_TOUCHED | ACT_DEAD | ACT_WANTING => {}
-            ACT_CLEAN => {
-                let _ = self
-                    .act
-                    .compare_exchange(ACT_CLEAN, ACT_TOUCHED, Relaxed, Relaxed);
-            }
-            _ => {
-                let _m = self.msg.lock().unwrap_or_else(|e| e.into_inner());
-                if self.act.load(SeqCst) == ACT_IDLE {
-                    self.act.store(ACT_WANTING, SeqCst);
-                    self.send(&Msg::Want);
-                    futex_wake(&self.act);
+        loop {
+            match self.act.load(SeqCst) {
+                ACT_TOUCHED | ACT_DEAD | ACT_WANTING => return,
+                ACT_CLEAN => {
+                    // Losing this race to the gate thread means it just declared us idle:
+                    // look again, and tell the arbiter we want the GPU back.
+                    if self
+                        .act
+                        .compare_exchange(ACT_CLEAN, ACT_TOUCHED, SeqCst, SeqCst)
+                        .is_ok()
+                    {
+                        return;
+                    }
+                }
+                _ => {
+                    let _m = self.msg.lock().unwrap_or_else(|e| e.into_inner());
+                    if self.act.load(SeqCst) == ACT_IDLE {
+                        self.act.store(ACT_WANTING, SeqCst);
+                        self.send(&Msg::Want);
+                        futex_wake(&self.act);
+                    }
+                    return;
                 }
             }
         }
@@ -314,8 +323,10 @@ impl Gate {
                     b => b as usize,
                 };
                 let mut f = self.fences.lock().unwrap_or_else(|e| e.into_inner());
-                if p.word.load(SeqCst) != w {
-                    // The grant moved while we queued for the lock.
+                if p.word.load(SeqCst) != w
+                    || !matches!(self.act.load(SeqCst), ACT_TOUCHED | ACT_CLEAN)
+                {
+                    // The grant moved, or we were declared idle, while we queued for the lock.
                     continue;
                 }
                 let q = f.entry(ctx).or_default();
