@@ -15,6 +15,10 @@ pub struct Args {
     /// Exit after this many seconds without tenants (0: never).
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     pub linger: u64,
+    /// Fork once more and let the starter return: the arbiter then belongs to no tenant's
+    /// process tree.
+    #[arg(long, hide = true)]
+    pub daemon: bool,
 }
 
 pub fn socket_path() -> PathBuf {
@@ -27,6 +31,15 @@ pub fn status_path(socket: &Path) -> PathBuf {
 }
 
 pub fn main(args: Args) -> i32 {
+    if args.daemon {
+        // SAFETY: single-threaded at this point; the parent only exits.
+        match unsafe { libc::fork() } {
+            0 => {}
+            -1 => return 1,
+            // SAFETY: exiting the intermediate process without running destructors is the point.
+            _ => unsafe { libc::_exit(0) },
+        }
+    }
     let socket = args.socket.unwrap_or_else(socket_path);
     if let Some(d) = socket.parent() {
         let _ = gpuslice_compute::prepare_dir(d);
@@ -90,6 +103,7 @@ fn spawn_daemon(socket: &Path) -> std::io::Result<()> {
     let exe = std::env::current_exe()?;
     let mut c = Command::new(exe);
     c.arg("arbiter")
+        .arg("--daemon")
         .arg("--socket")
         .arg(socket)
         .stdin(Stdio::null())
@@ -102,9 +116,8 @@ fn spawn_daemon(socket: &Path) -> std::io::Result<()> {
             Ok(())
         });
     }
-    // The daemon is reparented to init once we exit; nobody waits for it here.
-    let child = c.spawn()?;
-    std::mem::forget(child);
+    // The intermediate process exits at once; the arbiter itself is reparented away from us.
+    c.spawn()?.wait()?;
     Ok(())
 }
 

@@ -170,6 +170,9 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
         .limits()
         .map_err(|e| format!("cannot read back the tenant's limits: {e}"))?;
 
+    // The compute arbiter gives each tenant process its own channel (a refused mode exits 1).
+    // Before we become a subreaper: an arbiter started here must not stay in our tree.
+    let arbiter = crate::arbiter::channels(&name, granted.tenant_id, &compute_spec(&compute))?;
     // Orphaned processes of the tenant (double forks, daemons) stay in our tree, so that the
     // warden still answers them and nobody outside the tree can pose as one of them.
     // SAFETY: prctl with these arguments only sets a flag of this process.
@@ -177,8 +180,6 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
     // The tenant's processes take their limits from here, never from their environment. A
     // process's exit (its connection closing) returns its memory at once; the tick also
     // covers processes that died before connecting.
-    // The compute arbiter gives each tenant process its own channel (a refused mode exits 1).
-    let arbiter = crate::arbiter::channels(&name, granted.tenant_id, &compute_spec(&compute))?;
     gpuslice_warden::server::start(
         gpuslice_warden::server::Grant {
             limits: granted,
