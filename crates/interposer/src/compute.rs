@@ -77,8 +77,9 @@ unsafe impl Send for Fences {}
 type Gates = Mutex<HashMap<usize, Result<Option<&'static Gate>, c_int>>>;
 /// Per context; reset in a forked child, which must make its own channels.
 static GATES: AtomicPtr<Gates> = AtomicPtr::new(std::ptr::null_mut());
-static DEVICES: AtomicPtr<Mutex<HashMap<[u8; 16], Result<&'static Gate, c_int>>>> =
-    AtomicPtr::new(std::ptr::null_mut());
+type Devices = Mutex<HashMap<[u8; 16], Result<&'static Gate, c_int>>>;
+/// Per GPU: this process's gate (one channel and gate thread per GPU).
+static DEVICES: AtomicPtr<Devices> = AtomicPtr::new(std::ptr::null_mut());
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
