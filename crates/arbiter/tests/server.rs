@@ -80,15 +80,20 @@ fn turns_move_between_tenants_and_a_channel_cannot_lie_its_way_to_more() {
     wait_state(&pa, page::GRANTED, "a alone is granted");
     assert_eq!(page::bound(pa.page().word.load(Ordering::SeqCst)), 0);
     wire::send_msg(cb.as_raw_fd(), &Msg::Want, &[]).unwrap();
-    // At the slice's end a is revoked; b waits for a's release.
+    // At the slice's end a is revoked and b granted at once (its work queues behind a's drain).
     wait_state(&pa, page::REVOKED, "a is revoked at its slice's end");
-    assert_eq!(state(&pb), page::WAIT);
+    wait_state(&pb, page::GRANTED, "b starts at a's revoke");
+    // b goes idle; a, still draining, gets no new turn until it has released.
+    wire::send_msg(cb.as_raw_fd(), &Msg::Idle, &[]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(state(&pa), page::REVOKED, "no new turn before the release");
     let e = page::epoch(pa.page().word.load(Ordering::SeqCst));
     wire::send_msg(ca.as_raw_fd(), &Msg::Release { epoch: e }, &[]).unwrap();
-    wait_state(&pb, page::GRANTED, "b is granted once a released");
-    // b goes idle: a (still wanting) gets the GPU at once.
-    wire::send_msg(cb.as_raw_fd(), &Msg::Idle, &[]).unwrap();
-    wait_state(&pa, page::GRANTED, "an idle holder hands over");
+    wait_state(
+        &pa,
+        page::GRANTED,
+        "released and wanting: a gets the idle holder's GPU",
+    );
     // Garbage closes only the sender's channel.
     wire::send(cb.as_raw_fd(), &[b"\xff\xff\xff\xffjunk"], &[]).unwrap();
     let t = Instant::now();

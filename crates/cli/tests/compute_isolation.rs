@@ -419,6 +419,15 @@ fn long_kernels_repay_their_turns() {
 
         assert_split_long("200 ms (30) vs 1 ms (70)", &w, 30.0, 3.0);
     });
+}
+
+/// The same with the long kernels on the 70 % side: the 30 % tenant measured 25-26 % (mean
+/// over 10 s) on the simulator. Open work: not yet a gate.
+#[test]
+#[ignore = "30 % tenant measured 25-26 % against 200 ms kernels of the 70 % tenant; open work"]
+fn long_kernels_of_the_larger_tenant_repay_their_turns() {
+    let long: &[&str] = &["13", "train", "1", "200000"];
+    let short: &[&str] = &["13", "train", "4", "1000"];
     twice("split", || {
         let w = pair(
             "long-rev",
