@@ -12,7 +12,7 @@ use crate::install::Install;
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// overhead: what the interposer costs per call; isolation: compute shares, modes and
-    /// priority with tenants saturating the simulated GPU.
+    /// priority across the workload shapes of real programs, on the simulated GPU.
     #[arg(default_value = "overhead", value_parser = ["overhead", "isolation"])]
     which: String,
     /// isolation: seconds of warm-up before the measured windows.
@@ -36,6 +36,15 @@ pub struct BenchArgs {
     /// Alternating rounds per comparison (the median is reported).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// isolation: the reduced matrix (about a minute).
+    #[arg(long)]
+    quick: bool,
+    /// isolation: run only these rows (comma-separated ids; `overhead` is the launch cost).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// isolation: also print one JSON line per row.
+    #[arg(long)]
+    json: bool,
 }
 
 struct Bench {
@@ -105,9 +114,11 @@ fn run(a: BenchArgs) -> Result<(), String> {
             windows: a.windows,
             launches: a.launches.min(500_000),
             rounds: a.rounds,
+            quick: a.quick,
+            only: a.only,
+            json: a.json,
         };
-        let r = crate::bench_isolation::run(&install, &root, &o)
-            .and_then(|_| crate::bench_isolation::overhead(&install, &root, &o));
+        let r = crate::bench_isolation::run(&install, &root, &o);
         let _ = std::fs::remove_dir_all(&root);
         return r;
     }

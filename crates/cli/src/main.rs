@@ -12,6 +12,7 @@ mod run;
 mod scheduler;
 mod simulate;
 mod top;
+mod watchdog;
 
 use clap::{Parser, Subcommand};
 

@@ -38,6 +38,9 @@ pub struct RunArgs {
     /// Name shown for the tenant in `gpuslice top` and metrics.
     #[arg(long)]
     pub name: Option<String>,
+    /// What to do about a process of the command that uses a GPU without the interposer or holds more than the cap by the driver's count: kill (SIGKILL), report (log only) or off.
+    #[arg(long, value_name = "ACTION", default_value = "kill", value_parser = crate::watchdog::parse_mode)]
+    pub watchdog: crate::watchdog::Mode,
     /// The command and its arguments.
     #[arg(
         required = true,
@@ -207,6 +210,7 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
             .env("NVIDIA_VISIBLE_DEVICES", names.join(","));
     }
 
+    let watchdog = crate::watchdog::Watchdog::prepare(&args, &dir.0, &ledger_path)?;
     // The command never outlives its supervisor: without it, nobody reaps dead processes' memory.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -224,6 +228,7 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", args.command[0].to_string_lossy()))?;
     CHILD.store(child.id() as i32, Ordering::SeqCst);
+    let _watchdog = crate::watchdog::start(watchdog, child.id());
     for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
         unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
     }

@@ -133,6 +133,43 @@ fn frame(state: &Path, usage: &Usage, after: &Sample) -> String {
     s
 }
 
+/// The watchdog's latest actions, from the node agent's log in the state directory and each
+/// `gpuslice run` tenant's.
+fn watchdog_rows(state: &Path) -> String {
+    use gpuslice_node::watchdog::{LOG_FILE, read_log};
+    let mut logs = vec![state.join(LOG_FILE)];
+    if let Ok(rd) = std::fs::read_dir(state.join("tenants")) {
+        logs.extend(rd.flatten().map(|e| e.path().join(LOG_FILE)));
+    }
+    let mut recs: Vec<_> = logs.iter().flat_map(|p| read_log(p)).collect();
+    if recs.is_empty() {
+        return String::new();
+    }
+    recs.sort_by_key(|r| r.unix_ms);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut s = format!(
+        "WATCHDOG  {:>8} {:<20} {:>8} {:<16} {:<7} {:>10} {:>17}  {}\n",
+        "AGO", "TENANT", "PID", "REASON", "ACTION", "MEM MiB", "TENANT/CAP MiB", "GPU"
+    );
+    for r in recs.iter().rev().take(20).rev() {
+        let mib = |b: u64| b >> 20;
+        s.push_str(&format!(
+            "          {:>7.1}s {:<20} {:>8} {:<16} {:<7} {:>10} {:>17}  {}\n",
+            now.saturating_sub(r.unix_ms) as f64 / 1000.0,
+            if r.tenant.is_empty() { "-" } else { &r.tenant },
+            r.pid,
+            r.reason,
+            r.action,
+            mib(r.used_bytes),
+            format!("{}/{}", mib(r.tenant_used_bytes), mib(r.cap_bytes)),
+            r.gpu
+        ));
+    }
+    s
+}
+
 pub fn main(args: Args) -> i32 {
     let state = state_dir();
     let dir = compute_dir();
@@ -149,7 +186,7 @@ pub fn main(args: Args) -> i32 {
         std::thread::sleep(interval);
         observe(&mut usage);
         let after = sample(&dir);
-        let f = frame(&state, &usage, &after);
+        let f = frame(&state, &usage, &after) + &watchdog_rows(&state);
         if args.once {
             print!("{f}");
             return 0;

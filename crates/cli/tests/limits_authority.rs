@@ -77,7 +77,7 @@ fn a_child_with_a_cleared_environment_keeps_the_tenant_cap() {
 #[test]
 fn a_tenant_that_rewrites_its_ledger_gains_nothing() {
     let m = Machine::new("rewrite");
-    let mut child = m
+    let child = m
         .tenant(
             "w",
             "1GiB",

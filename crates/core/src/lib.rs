@@ -10,6 +10,7 @@ pub mod quantity;
 pub mod sched;
 pub mod tenant;
 pub mod usage;
+pub mod watchdog;
 
 pub use quantity::{ByteSize, QuantityError};
 pub use tenant::{DeviceList, TenantLimits};

@@ -5,6 +5,8 @@
 //! and `nvml` hold the few hand-written types the interposer and the simulator need.
 #![allow(non_camel_case_types, non_snake_case, non_upper_case_globals)]
 
+pub mod array;
 pub mod driver;
 pub mod generated;
+pub mod image;
 pub mod nvml;

@@ -128,6 +128,35 @@ pub struct nvmlProcessUtilizationSample_t {
     pub decUtil: c_uint,
 }
 
+/// One process's sample in `nvmlDeviceGetProcessesUtilizationInfo`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct nvmlProcessUtilizationInfo_v1_t {
+    /// CPU timestamp in microseconds.
+    pub timeStamp: c_ulonglong,
+    pub pid: c_uint,
+    pub smUtil: c_uint,
+    pub memUtil: c_uint,
+    pub encUtil: c_uint,
+    pub decUtil: c_uint,
+    pub jpgUtil: c_uint,
+    pub ofaUtil: c_uint,
+}
+
+/// Argument of `nvmlDeviceGetProcessesUtilizationInfo`: the caller's array and its size in,
+/// the samples and their number out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct nvmlProcessesUtilizationInfo_v1_t {
+    pub version: c_uint,
+    pub processSamplesCount: c_uint,
+    pub lastSeenTimeStamp: c_ulonglong,
+    pub procUtilArray: *mut nvmlProcessUtilizationInfo_v1_t,
+}
+
+pub const nvmlProcessesUtilizationInfo_v1: c_uint =
+    nvml_struct_version(core::mem::size_of::<nvmlProcessesUtilizationInfo_v1_t>(), 1);
+
 // ---- Processes ----
 
 /// Layout taken by the unversioned `nvmlDeviceGet{Compute,Graphics}RunningProcesses`.
@@ -149,6 +178,35 @@ pub struct nvmlProcessInfo_t {
 }
 
 pub type nvmlProcessInfo_v2_t = nvmlProcessInfo_t;
+
+/// One process in `nvmlDeviceGetRunningProcessDetailList`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct nvmlProcessDetail_v1_t {
+    pub pid: c_uint,
+    pub usedGpuMemory: c_ulonglong,
+    pub gpuInstanceId: c_uint,
+    pub computeInstanceId: c_uint,
+    pub usedGpuCcProtectedMemory: c_ulonglong,
+}
+
+/// Argument of `nvmlDeviceGetRunningProcessDetailList`: which kind of processes (`mode`), the
+/// caller's array and its size in, the processes and their number out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct nvmlProcessDetailList_v1_t {
+    pub version: c_uint,
+    pub mode: c_uint,
+    pub numProcArrayEntries: c_uint,
+    pub procArray: *mut nvmlProcessDetail_v1_t,
+}
+
+pub const nvmlProcessDetailList_v1: c_uint =
+    nvml_struct_version(core::mem::size_of::<nvmlProcessDetailList_v1_t>(), 1);
+/// `mode` of a process detail list.
+pub const NVML_PROCESS_MODE_COMPUTE: c_uint = 0;
+pub const NVML_PROCESS_MODE_GRAPHICS: c_uint = 1;
+pub const NVML_PROCESS_MODE_MPS: c_uint = 2;
 
 /// `usedGpuMemory` when the amount is unknown (e.g. under Windows WDDM).
 pub const NVML_VALUE_NOT_AVAILABLE: c_ulonglong = c_ulonglong::MAX;
@@ -504,6 +562,17 @@ mod tests {
         assert_eq!(offset_of!(nvmlProcessInfo_t, gpuInstanceId), 16);
         assert_eq!(offset_of!(nvmlProcessInfo_t, computeInstanceId), 20);
         assert_eq!(size_of::<nvmlProcessUtilizationSample_t>(), 32);
+        assert_eq!(size_of::<nvmlProcessUtilizationInfo_v1_t>(), 40);
+        assert_eq!(offset_of!(nvmlProcessUtilizationInfo_v1_t, pid), 8);
+        assert_eq!(size_of::<nvmlProcessesUtilizationInfo_v1_t>(), 24);
+        assert_eq!(size_of::<nvmlProcessDetail_v1_t>(), 32);
+        assert_eq!(
+            offset_of!(nvmlProcessDetail_v1_t, usedGpuCcProtectedMemory),
+            24
+        );
+        assert_eq!(size_of::<nvmlProcessDetailList_v1_t>(), 24);
+        assert_eq!(offset_of!(nvmlProcessDetailList_v1_t, procArray), 16);
+        assert_eq!(nvmlProcessesUtilizationInfo_v1, 24 | 1 << 24);
         assert_eq!(offset_of!(nvmlProcessUtilizationSample_t, timeStamp), 8);
         assert_eq!(offset_of!(nvmlProcessUtilizationSample_t, decUtil), 28);
         assert_eq!(size_of::<nvmlPciInfo_t>(), 68);

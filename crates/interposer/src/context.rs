@@ -89,11 +89,16 @@ pub unsafe extern "C" fn cuCtxCreate_v4(
     })
 }
 
-fn destroyed(ctx: CUcontext, r: CUresult) -> CUresult {
+/// Ends context `ctx` through `call`: its own charge and everything it owned come back, and
+/// pools are measured again (their allocations in it are gone).
+fn destroyed(ctx: CUcontext, call: impl FnOnce() -> CUresult) -> CUresult {
+    let Ok(t) = crate::tenant::tenant() else {
+        return call();
+    };
+    let r = t.book.end_context_with(t, || (call(), ctx as usize));
     if r == CUDA_SUCCESS {
-        if let Ok(t) = crate::tenant::tenant() {
-            t.forget(Owner::Context(ctx as usize));
-        }
+        t.forget(Owner::Context(ctx as usize));
+        crate::memory::reconcile_pools(t);
     }
     r
 }
@@ -103,7 +108,7 @@ pub unsafe extern "C" fn cuCtxDestroy(ctx: CUcontext) -> CUresult {
     guard(|| {
         destroyed(
             ctx,
-            call_real!(CUDA, cuCtxDestroy: unsafe extern "C" fn(CUcontext) -> CUresult, ctx),
+            || call_real!(CUDA, cuCtxDestroy: unsafe extern "C" fn(CUcontext) -> CUresult, ctx),
         )
     })
 }
@@ -113,13 +118,13 @@ pub unsafe extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
     guard(|| {
         destroyed(
             ctx,
-            call_real!(CUDA, cuCtxDestroy_v2: unsafe extern "C" fn(CUcontext) -> CUresult, ctx),
+            || call_real!(CUDA, cuCtxDestroy_v2: unsafe extern "C" fn(CUcontext) -> CUresult, ctx),
         )
     })
 }
 
 // The primary context is reference-counted by the driver: charge on the first retain, give back
-// when the count returns to zero or the context is reset.
+// (with everything it owned) when the driver says it is gone: the last release, or a reset.
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUdevice) -> CUresult {
@@ -132,36 +137,72 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUd
         };
         let mut refs = t.primary.lock().unwrap();
         let n = refs.entry(dev).or_insert(0);
-        if *n > 0 {
+        let r = if *n > 0 {
             let r = real();
             if r == CUDA_SUCCESS {
                 *n += 1;
             }
-            return r;
-        }
-        let r = t.charged_call(d, t.ledger.context_overhead(), real);
-        if r == CUDA_SUCCESS {
-            *n = 1;
+            r
+        } else {
+            let r = t.charged_call(d, t.ledger.context_overhead(), real);
+            if r == CUDA_SUCCESS {
+                *n = 1;
+            }
+            r
+        };
+        if r == CUDA_SUCCESS && !pctx.is_null() {
+            // SAFETY: the driver succeeded and wrote the handle through the non-null `pctx`.
+            let ctx = unsafe { *pctx } as usize;
+            t.book.primary_ctx.lock().unwrap().insert(dev, ctx);
         }
         r
     })
 }
 
-fn primary_released(dev: CUdevice, reset: bool, r: CUresult) -> CUresult {
+/// Whether the driver still has a primary context on `dev`.
+fn primary_active(dev: CUdevice) -> bool {
+    let (mut flags, mut active): (c_uint, c_int) = (0, 0);
+    let r = call_real!(CUDA, cuDevicePrimaryCtxGetState: unsafe extern "C" fn(CUdevice, *mut c_uint, *mut c_int) -> CUresult, dev, &mut flags, &mut active);
+    // If the driver cannot say, assume it lives: keeping a charge is the safe side.
+    r != CUDA_SUCCESS || active != 0
+}
+
+fn primary_released(dev: CUdevice, reset: bool, call: impl FnOnce() -> CUresult) -> CUresult {
+    let Ok(t) = crate::tenant::tenant() else {
+        return call();
+    };
+    let ctx = t
+        .book
+        .primary_ctx
+        .lock()
+        .unwrap()
+        .get(&dev)
+        .copied()
+        .unwrap_or(0);
+    let mut ended = false;
+    let r = t.book.end_context_with(t, || {
+        let r = call();
+        ended = r == CUDA_SUCCESS && (reset || !primary_active(dev));
+        (r, if ended { ctx } else { 0 })
+    });
     if r != CUDA_SUCCESS {
         return r;
     }
-    if let Ok(t) = crate::tenant::tenant() {
-        let mut refs = t.primary.lock().unwrap();
-        if let Some(n) = refs.get_mut(&dev) {
-            let was = *n;
-            *n = if reset { 0 } else { n.saturating_sub(1) };
-            if was > 0 && *n == 0 {
-                if let Ok(d) = t.dev(dev) {
-                    t.release(d, t.ledger.context_overhead());
-                }
+    let mut refs = t.primary.lock().unwrap();
+    if let Some(n) = refs.get_mut(&dev) {
+        let was = *n;
+        // While the context lives its charge stays, whatever our count says.
+        *n = if ended { 0 } else { n.saturating_sub(1).max(1) };
+        if was > 0 && *n == 0 {
+            if let Ok(d) = t.dev(dev) {
+                t.release(d, t.ledger.context_overhead());
             }
         }
+    }
+    drop(refs);
+    if ended {
+        t.book.primary_ctx.lock().unwrap().remove(&dev);
+        crate::memory::reconcile_pools(t);
     }
     r
 }
@@ -174,7 +215,7 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRelease(dev: CUdevice) -> CUresult {
         primary_released(
             dev,
             false,
-            call_real!(CUDA, cuDevicePrimaryCtxRelease: DevFn, dev),
+            || call_real!(CUDA, cuDevicePrimaryCtxRelease: DevFn, dev),
         )
     })
 }
@@ -185,7 +226,7 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult
         primary_released(
             dev,
             false,
-            call_real!(CUDA, cuDevicePrimaryCtxRelease_v2: DevFn, dev),
+            || call_real!(CUDA, cuDevicePrimaryCtxRelease_v2: DevFn, dev),
         )
     })
 }
@@ -196,7 +237,7 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxReset(dev: CUdevice) -> CUresult {
         primary_released(
             dev,
             true,
-            call_real!(CUDA, cuDevicePrimaryCtxReset: DevFn, dev),
+            || call_real!(CUDA, cuDevicePrimaryCtxReset: DevFn, dev),
         )
     })
 }
@@ -207,7 +248,7 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult {
         primary_released(
             dev,
             true,
-            call_real!(CUDA, cuDevicePrimaryCtxReset_v2: DevFn, dev),
+            || call_real!(CUDA, cuDevicePrimaryCtxReset_v2: DevFn, dev),
         )
     })
 }

@@ -3,7 +3,7 @@
 //! through the compute gate, which decides when it may be submitted.
 
 use gpuslice_cuda_abi::driver::*;
-use std::ffi::{c_uint, c_void};
+use std::ffi::{c_int, c_uint, c_void};
 
 use crate::compute::governed;
 use crate::real::call_real;
@@ -110,14 +110,57 @@ pub unsafe extern "C" fn cuLaunchCooperativeKernelMultiDevice(
     })
 }
 
-/// A graph is gated like one launch and charged, like any launch, the GPU time it really took.
+/// A graph is gated like one launch and charged, like any launch, the GPU time it really took;
+/// the graph memory its launch may reserve is charged first (`graphmem.rs`).
 macro_rules! graph_launch {
     ($name:ident) => {
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(exec: CUgraphExec, stream: CUstream) -> CUresult {
-            guard(|| governed(&[stream], || call_real!(CUDA, $name: GraphLaunchFn, exec, stream)))
+            guard(|| {
+                crate::graphmem::launch(exec, stream, || {
+                    governed(&[stream], || call_real!(CUDA, $name: GraphLaunchFn, exec, stream))
+                })
+            })
         }
     };
 }
 graph_launch!(cuGraphLaunch);
 graph_launch!(cuGraphLaunch_ptsz);
+
+// The pre-4.0 launches, configured by cuFuncSetBlockShape/cuParamSet*: the first two run on the
+// legacy default stream.
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLaunch(f: CUfunction) -> CUresult {
+    guard(|| {
+        governed(
+            &[std::ptr::null_mut()],
+            || call_real!(CUDA, cuLaunch: unsafe extern "C" fn(CUfunction) -> CUresult, f),
+        )
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLaunchGrid(f: CUfunction, w: c_int, h: c_int) -> CUresult {
+    guard(|| {
+        governed(
+            &[std::ptr::null_mut()],
+            || call_real!(CUDA, cuLaunchGrid: unsafe extern "C" fn(CUfunction, c_int, c_int) -> CUresult, f, w, h),
+        )
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLaunchGridAsync(
+    f: CUfunction,
+    w: c_int,
+    h: c_int,
+    stream: CUstream,
+) -> CUresult {
+    guard(|| {
+        governed(
+            &[stream],
+            || call_real!(CUDA, cuLaunchGridAsync: unsafe extern "C" fn(CUfunction, c_int, c_int, CUstream) -> CUresult, f, w, h, stream),
+        )
+    })
+}

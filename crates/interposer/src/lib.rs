@@ -6,11 +6,14 @@
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod book;
 mod compute;
 mod context;
+mod graphmem;
 mod launch;
 mod lookup;
 mod memory;
+mod modules;
 mod nvml;
 mod real;
 mod tenant;

@@ -37,15 +37,21 @@ hooks! {
     memory::cuMemCreate, memory::cuMemRelease,
     memory::cuArrayCreate, memory::cuArrayCreate_v2, memory::cuArray3DCreate, memory::cuArray3DCreate_v2,
     memory::cuArrayDestroy, memory::cuMipmappedArrayCreate, memory::cuMipmappedArrayDestroy,
+    modules::cuModuleLoad, modules::cuModuleLoadData, modules::cuModuleLoadDataEx, modules::cuModuleLoadFatBinary, modules::cuModuleUnload,
+    modules::cuLibraryLoadData, modules::cuLibraryLoadFromFile, modules::cuLibraryUnload,
     memory::cuMemAllocAsync, memory::cuMemAllocAsync_ptsz, memory::cuMemAllocFromPoolAsync, memory::cuMemAllocFromPoolAsync_ptsz,
     memory::cuMemFreeAsync, memory::cuMemFreeAsync_ptsz, memory::cuMemPoolTrimTo, memory::cuMemPoolCreate, memory::cuMemPoolDestroy,
-    memory::cuGraphInstantiate, memory::cuGraphInstantiate_v2, memory::cuGraphInstantiateWithFlags,
-    memory::cuGraphInstantiateWithParams, memory::cuGraphInstantiateWithParams_ptsz, memory::cuGraphExecDestroy,
+    graphmem::cuGraphInstantiate, graphmem::cuGraphInstantiate_v2, graphmem::cuGraphInstantiateWithFlags,
+    graphmem::cuGraphInstantiateWithParams, graphmem::cuGraphInstantiateWithParams_ptsz, graphmem::cuGraphExecDestroy,
+    graphmem::cuGraphExecUpdate, graphmem::cuGraphExecUpdate_v2, graphmem::cuDeviceGraphMemTrim,
+    memory::cuMemRetainAllocationHandle, memory::cuMemMap, memory::cuMemUnmap, memory::cuMemAddressFree,
+    launch::cuLaunch, launch::cuLaunchGrid, launch::cuLaunchGridAsync,
     memory::cuMemGetInfo, memory::cuMemGetInfo_v2, memory::cuDeviceTotalMem, memory::cuDeviceTotalMem_v2,
     launch::cuLaunchKernel, launch::cuLaunchKernel_ptsz, launch::cuLaunchKernelEx, launch::cuLaunchKernelEx_ptsz,
     launch::cuLaunchCooperativeKernel, launch::cuLaunchCooperativeKernel_ptsz, launch::cuLaunchCooperativeKernelMultiDevice,
     launch::cuGraphLaunch, launch::cuGraphLaunch_ptsz,
     nvml::nvmlDeviceGetMemoryInfo, nvml::nvmlDeviceGetMemoryInfo_v2,
+    nvml::nvmlDeviceGetComputeRunningProcesses, nvml::nvmlDeviceGetComputeRunningProcesses_v2, nvml::nvmlDeviceGetComputeRunningProcesses_v3, nvml::nvmlDeviceGetGraphicsRunningProcesses, nvml::nvmlDeviceGetGraphicsRunningProcesses_v2, nvml::nvmlDeviceGetGraphicsRunningProcesses_v3, nvml::nvmlDeviceGetMPSComputeRunningProcesses, nvml::nvmlDeviceGetMPSComputeRunningProcesses_v2, nvml::nvmlDeviceGetMPSComputeRunningProcesses_v3, nvml::nvmlDeviceGetProcessUtilization, nvml::nvmlDeviceGetProcessesUtilizationInfo, nvml::nvmlDeviceGetRunningProcessDetailList,
 }
 
 /// Real driver address → our hook, for every hooked driver symbol the driver exports.

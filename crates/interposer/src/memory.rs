@@ -6,14 +6,14 @@
 //! which grows in chunks and outlives frees, so pools are charged their reservation as measured
 //! around each call rather than the sizes asked for.
 
+use gpuslice_cuda_abi::array;
 use gpuslice_cuda_abi::driver::*;
 use gpuslice_ledger::Dev;
 use std::ffi::{c_uint, c_void};
 
+use crate::book::{Key, Rec, current_ctx};
 use crate::real::call_real;
-use crate::tenant::{Owner, PoolCharge, Tenant, guard, tenant_or_return};
-
-const CU_GRAPH_NODE_TYPE_MEM_ALLOC: i32 = 10;
+use crate::tenant::{PoolCharge, Tenant, guard, tenant_or_return};
 
 // ---- plain allocations -------------------------------------------------------------------
 
@@ -32,7 +32,12 @@ unsafe fn alloc_common(
     };
     let r = t.charged_call(dev, bytes, call);
     if r == CUDA_SUCCESS {
-        t.remember(Owner::Ptr(unsafe { *dptr }), dev, bytes);
+        let rec = Rec {
+            dev,
+            bytes,
+            ctx: current_ctx(),
+        };
+        t.book.add(t, Key::Ptr(unsafe { *dptr }), rec);
     }
     r
 }
@@ -116,7 +121,12 @@ unsafe fn alloc_pitch(
     if actual < bound {
         t.release(dev, bound - actual);
     }
-    t.remember(Owner::Ptr(ptr), dev, actual);
+    let rec = Rec {
+        dev,
+        bytes: actual,
+        ctx: current_ctx(),
+    };
+    t.book.add(t, Key::Ptr(ptr), rec);
     CUDA_SUCCESS
 }
 
@@ -171,29 +181,32 @@ pub unsafe extern "C" fn cuMemAllocPitch(
     })
 }
 
+/// Runs the driver call that frees `key`, giving back its charge (see `book.rs` for why the
+/// book stays locked across the call).
+pub(crate) fn freed(key: Key, call: impl FnOnce() -> CUresult) -> CUresult {
+    match crate::tenant::tenant() {
+        Ok(t) => t.book.free_with(t, key, call),
+        Err(_) => call(),
+    }
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
     guard(|| {
-        let r = call_real!(CUDA, cuMemFree_v2: unsafe extern "C" fn(CUdeviceptr) -> CUresult, dptr);
-        if r == CUDA_SUCCESS {
-            if let Ok(t) = crate::tenant::tenant() {
-                t.forget(Owner::Ptr(dptr));
-            }
-        }
-        r
+        freed(
+            Key::Ptr(dptr),
+            || call_real!(CUDA, cuMemFree_v2: unsafe extern "C" fn(CUdeviceptr) -> CUresult, dptr),
+        )
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemFree(dptr: CUdeviceptr_v1) -> CUresult {
     guard(|| {
-        let r = call_real!(CUDA, cuMemFree: unsafe extern "C" fn(CUdeviceptr_v1) -> CUresult, dptr);
-        if r == CUDA_SUCCESS {
-            if let Ok(t) = crate::tenant::tenant() {
-                t.forget(Owner::Ptr(dptr as u64));
-            }
-        }
-        r
+        freed(
+            Key::Ptr(dptr as u64),
+            || call_real!(CUDA, cuMemFree: unsafe extern "C" fn(CUdeviceptr_v1) -> CUresult, dptr),
+        )
     })
 }
 
@@ -220,61 +233,114 @@ pub unsafe extern "C" fn cuMemCreate(
             Ok(d) => d,
             Err(e) => return e,
         };
+        // Held across the call: a handle released by another thread meanwhile and reused by
+        // the driver for this one must be settled first.
+        let mut vmm = t.book.vmm.lock().unwrap();
         let r = t.charged_call(dev, size as u64, real);
         if r == CUDA_SUCCESS {
-            t.remember(Owner::VmmHandle(*handle), dev, size as u64);
+            vmm.created(t, *handle, dev, size as u64);
         }
         r
     })
 }
 
+/// Runs a VMM driver call with the VMM book locked and, if it succeeded, updates the book.
+fn vmm_call(
+    call: impl FnOnce() -> CUresult,
+    then: impl FnOnce(&Tenant, &mut crate::book::Vmm),
+) -> CUresult {
+    let Ok(t) = crate::tenant::tenant() else {
+        return call();
+    };
+    let mut vmm = t.book.vmm.lock().unwrap();
+    let r = call();
+    if r == CUDA_SUCCESS {
+        then(t, &mut vmm);
+    }
+    r
+}
+
+/// Physical memory lives until its handle is released *and* its last mapping is gone, so the
+/// charge does too.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemRelease(handle: CUmemGenericAllocationHandle) -> CUresult {
     guard(|| {
-        let r = call_real!(CUDA, cuMemRelease: unsafe extern "C" fn(CUmemGenericAllocationHandle) -> CUresult, handle);
-        if r == CUDA_SUCCESS {
-            if let Ok(t) = crate::tenant::tenant() {
-                t.forget(Owner::VmmHandle(handle));
-            }
-        }
-        r
+        vmm_call(
+            || call_real!(CUDA, cuMemRelease: unsafe extern "C" fn(CUmemGenericAllocationHandle) -> CUresult, handle),
+            |t, v| v.released(t, handle),
+        )
+    })
+}
+
+/// The driver hands out the same handle again, with one more reference to release.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemRetainAllocationHandle(
+    handle: *mut CUmemGenericAllocationHandle,
+    addr: *mut c_void,
+) -> CUresult {
+    guard(|| {
+        vmm_call(
+            || call_real!(CUDA, cuMemRetainAllocationHandle: unsafe extern "C" fn(*mut CUmemGenericAllocationHandle, *mut c_void) -> CUresult, handle, addr),
+            // SAFETY: the driver succeeded, so `handle` was a valid out-pointer it wrote.
+            |_, v| v.retained(unsafe { *handle }),
+        )
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemMap(
+    ptr: CUdeviceptr,
+    size: usize,
+    offset: usize,
+    handle: CUmemGenericAllocationHandle,
+    flags: u64,
+) -> CUresult {
+    guard(|| {
+        vmm_call(
+            || call_real!(CUDA, cuMemMap: unsafe extern "C" fn(CUdeviceptr, usize, usize, CUmemGenericAllocationHandle, u64) -> CUresult, ptr, size, offset, handle, flags),
+            |_, v| v.mapped(ptr, size as u64, handle),
+        )
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemUnmap(ptr: CUdeviceptr, size: usize) -> CUresult {
+    guard(|| {
+        vmm_call(
+            || call_real!(CUDA, cuMemUnmap: unsafe extern "C" fn(CUdeviceptr, usize) -> CUresult, ptr, size),
+            |t, v| v.unmapped(t, ptr, size as u64),
+        )
+    })
+}
+
+/// Freeing an address range ends whatever is still mapped in it.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAddressFree(ptr: CUdeviceptr, size: usize) -> CUresult {
+    guard(|| {
+        vmm_call(
+            || call_real!(CUDA, cuMemAddressFree: unsafe extern "C" fn(CUdeviceptr, usize) -> CUresult, ptr, size),
+            |t, v| v.unmapped(t, ptr, size as u64),
+        )
     })
 }
 
 // ---- arrays ----------------------------------------------------------------------------------
 
-fn format_bytes(format: CUarray_format) -> u64 {
-    match format {
-        CU_AD_FORMAT_UNSIGNED_INT8 | CU_AD_FORMAT_SIGNED_INT8 => 1,
-        CU_AD_FORMAT_UNSIGNED_INT16 | CU_AD_FORMAT_SIGNED_INT16 | CU_AD_FORMAT_HALF => 2,
-        CU_AD_FORMAT_UNSIGNED_INT32 | CU_AD_FORMAT_SIGNED_INT32 | CU_AD_FORMAT_FLOAT => 4,
-        // Formats this table does not know are charged as the widest element: never undercharge.
-        _ => 16,
-    }
-}
-
-/// Bytes of an array of the given extent (0 in a dimension means the dimension is absent).
-pub fn array_bytes(w: u64, h: u64, d: u64, format: CUarray_format, channels: u32) -> u64 {
-    [
-        w.max(1),
-        h.max(1),
-        d.max(1),
-        format_bytes(format),
-        channels.max(1) as u64,
-    ]
-    .into_iter()
-    .fold(1u64, |a, b| a.saturating_mul(b))
-}
-
-/// Charges an array of `bytes` (None when the descriptor is missing: the driver rejects that).
-unsafe fn array_hook(
+/// Charges an array of the size `bytes` gives (`array::array_bytes`, the rules the driver sizes
+/// arrays by). A missing descriptor or handle goes to the driver, which rejects it; a descriptor
+/// that cannot be sized is refused here, so no array is ever created uncharged.
+pub(crate) unsafe fn object_hook(
     handle_out: *const usize,
-    bytes: Option<u64>,
-    owner: fn(usize) -> Owner,
+    bytes: Option<Result<u64, CUresult>>,
+    owner: fn(usize) -> Key,
     call: impl FnOnce() -> CUresult,
 ) -> CUresult {
     let Some(bytes) = bytes.filter(|_| !handle_out.is_null()) else {
         return call();
+    };
+    let bytes = match bytes {
+        Ok(b) => b,
+        Err(e) => return e,
     };
     let t = tenant_or_return!();
     let (_, dev) = match t.current_dev() {
@@ -283,7 +349,12 @@ unsafe fn array_hook(
     };
     let r = t.charged_call(dev, bytes, call);
     if r == CUDA_SUCCESS {
-        t.remember(owner(unsafe { *handle_out }), dev, bytes);
+        let rec = Rec {
+            dev,
+            bytes,
+            ctx: current_ctx(),
+        };
+        t.book.add(t, owner(unsafe { *handle_out }), rec);
     }
     r
 }
@@ -296,11 +367,11 @@ pub unsafe extern "C" fn cuArrayCreate_v2(
     guard(|| unsafe {
         let bytes = desc
             .as_ref()
-            .map(|d| array_bytes(d.Width as u64, d.Height as u64, 1, d.Format, d.NumChannels));
-        array_hook(
+            .map(|d| array::array_bytes(&array::from_2d(d), 1));
+        object_hook(
             arr.cast(),
             bytes,
-            Owner::Array,
+            Key::Array,
             || call_real!(CUDA, cuArrayCreate_v2: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY_DESCRIPTOR) -> CUresult, arr, desc),
         )
     })
@@ -314,11 +385,11 @@ pub unsafe extern "C" fn cuArrayCreate(
     guard(|| unsafe {
         let bytes = desc
             .as_ref()
-            .map(|d| array_bytes(d.Width as u64, d.Height as u64, 1, d.Format, d.NumChannels));
-        array_hook(
+            .map(|d| array::array_bytes(&array::from_2d_v1(d), 1));
+        object_hook(
             arr.cast(),
             bytes,
-            Owner::Array,
+            Key::Array,
             || call_real!(CUDA, cuArrayCreate: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY_DESCRIPTOR_v1) -> CUresult, arr, desc),
         )
     })
@@ -330,19 +401,11 @@ pub unsafe extern "C" fn cuArray3DCreate_v2(
     desc: *const CUDA_ARRAY3D_DESCRIPTOR,
 ) -> CUresult {
     guard(|| unsafe {
-        let bytes = desc.as_ref().map(|d| {
-            array_bytes(
-                d.Width as u64,
-                d.Height as u64,
-                d.Depth as u64,
-                d.Format,
-                d.NumChannels,
-            )
-        });
-        array_hook(
+        let bytes = desc.as_ref().map(|d| array::array_bytes(d, 1));
+        object_hook(
             arr.cast(),
             bytes,
-            Owner::Array,
+            Key::Array,
             || call_real!(CUDA, cuArray3DCreate_v2: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY3D_DESCRIPTOR) -> CUresult, arr, desc),
         )
     })
@@ -354,19 +417,13 @@ pub unsafe extern "C" fn cuArray3DCreate(
     desc: *const CUDA_ARRAY3D_DESCRIPTOR_v1,
 ) -> CUresult {
     guard(|| unsafe {
-        let bytes = desc.as_ref().map(|d| {
-            array_bytes(
-                d.Width as u64,
-                d.Height as u64,
-                d.Depth as u64,
-                d.Format,
-                d.NumChannels,
-            )
-        });
-        array_hook(
+        let bytes = desc
+            .as_ref()
+            .map(|d| array::array_bytes(&array::from_3d_v1(d), 1));
+        object_hook(
             arr.cast(),
             bytes,
-            Owner::Array,
+            Key::Array,
             || call_real!(CUDA, cuArray3DCreate: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY3D_DESCRIPTOR_v1) -> CUresult, arr, desc),
         )
     })
@@ -375,27 +432,11 @@ pub unsafe extern "C" fn cuArray3DCreate(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuArrayDestroy(arr: CUarray) -> CUresult {
     guard(|| {
-        let r = call_real!(CUDA, cuArrayDestroy: unsafe extern "C" fn(CUarray) -> CUresult, arr);
-        if r == CUDA_SUCCESS {
-            if let Ok(t) = crate::tenant::tenant() {
-                t.forget(Owner::Array(arr as usize));
-            }
-        }
-        r
+        freed(
+            Key::Array(arr as usize),
+            || call_real!(CUDA, cuArrayDestroy: unsafe extern "C" fn(CUarray) -> CUresult, arr),
+        )
     })
-}
-
-/// A mipmapped array holds every level, each half the size of the one above in each dimension.
-pub fn mipmap_bytes(d: &CUDA_ARRAY3D_DESCRIPTOR, levels: u32) -> u64 {
-    let (mut w, mut h, mut z) = (d.Width as u64, d.Height as u64, d.Depth as u64);
-    let mut total = 0u64;
-    for _ in 0..levels.max(1) {
-        total = total.saturating_add(array_bytes(w, h, z, d.Format, d.NumChannels));
-        w = (w / 2).max(1);
-        h = if h == 0 { 0 } else { (h / 2).max(1) };
-        z = if z == 0 { 0 } else { (z / 2).max(1) };
-    }
-    total
 }
 
 #[unsafe(no_mangle)]
@@ -406,10 +447,10 @@ pub unsafe extern "C" fn cuMipmappedArrayCreate(
 ) -> CUresult {
     guard(|| unsafe {
         let real = || call_real!(CUDA, cuMipmappedArrayCreate: unsafe extern "C" fn(*mut CUmipmappedArray, *const CUDA_ARRAY3D_DESCRIPTOR, c_uint) -> CUresult, arr, desc, levels);
-        array_hook(
+        object_hook(
             arr.cast(),
-            desc.as_ref().map(|d| mipmap_bytes(d, levels)),
-            Owner::Mipmap,
+            desc.as_ref().map(|d| array::array_bytes(d, levels)),
+            Key::Mipmap,
             real,
         )
     })
@@ -418,13 +459,10 @@ pub unsafe extern "C" fn cuMipmappedArrayCreate(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMipmappedArrayDestroy(arr: CUmipmappedArray) -> CUresult {
     guard(|| {
-        let r = call_real!(CUDA, cuMipmappedArrayDestroy: unsafe extern "C" fn(CUmipmappedArray) -> CUresult, arr);
-        if r == CUDA_SUCCESS {
-            if let Ok(t) = crate::tenant::tenant() {
-                t.forget(Owner::Mipmap(arr as usize));
-            }
-        }
-        r
+        freed(
+            Key::Mipmap(arr as usize),
+            || call_real!(CUDA, cuMipmappedArrayDestroy: unsafe extern "C" fn(CUmipmappedArray) -> CUresult, arr),
+        )
     })
 }
 
@@ -445,6 +483,9 @@ pub fn reconcile_pools(t: &Tenant) -> bool {
     for (&pool, pc) in pools.iter_mut() {
         freed |= reconcile_one(t, pool as CUmemoryPool, pc);
     }
+    drop(pools);
+    // The device's graph memory is a pool too.
+    freed |= crate::graphmem::reconcile(t);
     freed
 }
 
@@ -711,162 +752,14 @@ pub unsafe extern "C" fn cuMemPoolDestroy(pool: CUmemoryPool) -> CUresult {
     })
 }
 
-// ---- graph memory nodes ---------------------------------------------------------------------
-
-/// Bytes the memory-allocation nodes of `graph` will take when it runs; captured allocations
-/// appear as such nodes too, so this covers graphs built either way.
-fn graph_alloc_bytes(graph: CUgraph) -> Result<u64, CUresult> {
-    type GetNodes = unsafe extern "C" fn(CUgraph, *mut CUgraphNode, *mut usize) -> CUresult;
-    let mut n: usize = 0;
-    let r = call_real!(CUDA, cuGraphGetNodes: GetNodes, graph, std::ptr::null_mut(), &mut n);
-    if r != CUDA_SUCCESS {
-        return Err(r);
-    }
-    let mut nodes: Vec<CUgraphNode> = vec![std::ptr::null_mut(); n];
-    let r = call_real!(CUDA, cuGraphGetNodes: GetNodes, graph, nodes.as_mut_ptr(), &mut n);
-    if r != CUDA_SUCCESS {
-        return Err(r);
-    }
-    let mut total = 0u64;
-    for &node in &nodes[..n.min(nodes.len())] {
-        let mut ty: i32 = -1;
-        call_real!(CUDA, cuGraphNodeGetType: unsafe extern "C" fn(CUgraphNode, *mut i32) -> CUresult, node, &mut ty);
-        if ty == CU_GRAPH_NODE_TYPE_MEM_ALLOC {
-            let mut p: CUDA_MEM_ALLOC_NODE_PARAMS = unsafe { std::mem::zeroed() };
-            let r = call_real!(CUDA, cuGraphMemAllocNodeGetParams: unsafe extern "C" fn(CUgraphNode, *mut CUDA_MEM_ALLOC_NODE_PARAMS) -> CUresult, node, &mut p);
-            if r != CUDA_SUCCESS {
-                return Err(r);
-            }
-            total = total.saturating_add(p.bytesize as u64);
-        }
-    }
-    Ok(total)
-}
-
-unsafe fn instantiate(
-    exec: *mut CUgraphExec,
-    graph: CUgraph,
-    call: impl FnOnce() -> CUresult,
-) -> CUresult {
-    if exec.is_null() {
-        return call();
-    }
-    let t = tenant_or_return!();
-    let bytes = match graph_alloc_bytes(graph) {
-        Ok(b) => b,
-        // A driver that cannot list nodes cannot instantiate the graph either.
-        Err(e) => return e,
-    };
-    if bytes == 0 {
-        return call();
-    }
-    let (_, dev) = match t.current_dev() {
-        Ok(d) => d,
-        Err(e) => return e,
-    };
-    let r = t.charged_call(dev, bytes, call);
-    if r == CUDA_SUCCESS {
-        t.remember(Owner::GraphExec(unsafe { *exec } as usize), dev, bytes);
-    }
-    r
-}
-
-type InstantiateLegacyFn =
-    unsafe extern "C" fn(*mut CUgraphExec, CUgraph, *mut CUgraphNode, *mut i8, usize) -> CUresult;
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphInstantiateWithFlags(
-    exec: *mut CUgraphExec,
-    graph: CUgraph,
-    flags: u64,
-) -> CUresult {
-    guard(|| unsafe {
-        instantiate(
-            exec,
-            graph,
-            || call_real!(CUDA, cuGraphInstantiateWithFlags: unsafe extern "C" fn(*mut CUgraphExec, CUgraph, u64) -> CUresult, exec, graph, flags),
-        )
-    })
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphInstantiate(
-    exec: *mut CUgraphExec,
-    graph: CUgraph,
-    err: *mut CUgraphNode,
-    log: *mut i8,
-    len: usize,
-) -> CUresult {
-    guard(|| unsafe {
-        instantiate(
-            exec,
-            graph,
-            || call_real!(CUDA, cuGraphInstantiate: InstantiateLegacyFn, exec, graph, err, log, len),
-        )
-    })
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphInstantiate_v2(
-    exec: *mut CUgraphExec,
-    graph: CUgraph,
-    err: *mut CUgraphNode,
-    log: *mut i8,
-    len: usize,
-) -> CUresult {
-    guard(|| unsafe {
-        instantiate(
-            exec,
-            graph,
-            || call_real!(CUDA, cuGraphInstantiate_v2: InstantiateLegacyFn, exec, graph, err, log, len),
-        )
-    })
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphInstantiateWithParams(
-    exec: *mut CUgraphExec,
-    graph: CUgraph,
-    params: *mut c_void,
-) -> CUresult {
-    guard(|| unsafe {
-        instantiate(
-            exec,
-            graph,
-            || call_real!(CUDA, cuGraphInstantiateWithParams: unsafe extern "C" fn(*mut CUgraphExec, CUgraph, *mut c_void) -> CUresult, exec, graph, params),
-        )
-    })
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphInstantiateWithParams_ptsz(
-    exec: *mut CUgraphExec,
-    graph: CUgraph,
-    params: *mut c_void,
-) -> CUresult {
-    guard(|| unsafe {
-        instantiate(
-            exec,
-            graph,
-            || call_real!(CUDA, cuGraphInstantiateWithParams_ptsz: unsafe extern "C" fn(*mut CUgraphExec, CUgraph, *mut c_void) -> CUresult, exec, graph, params),
-        )
-    })
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphExecDestroy(exec: CUgraphExec) -> CUresult {
-    guard(|| {
-        let r = call_real!(CUDA, cuGraphExecDestroy: unsafe extern "C" fn(CUgraphExec) -> CUresult, exec);
-        if r == CUDA_SUCCESS {
-            if let Ok(t) = crate::tenant::tenant() {
-                t.forget(Owner::GraphExec(exec as usize));
-            }
-        }
-        r
-    })
-}
-
 // ---- what the tenant is told ------------------------------------------------------------------
+
+/// Gives back what dead processes of the tenant still hold, so that every process answers memory
+/// queries exactly, with or without a supervisor reaping. Cheap: slots that hold nothing are
+/// skipped, and a live slot costs one failed lock attempt.
+pub fn reclaim_dead(t: &Tenant) {
+    t.reclaim_dead();
+}
 
 /// The tenant's view of a device: total = its cap (never more than the device), free = what is
 /// left of the cap (never more than the device really has free).
@@ -886,6 +779,7 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
             Ok(d) => d,
             Err(e) => return e,
         };
+        reclaim_dead(t);
         reconcile_pools(t);
         let (f, tot) = tenant_view(t, dev, *free as u64, *total as u64);
         (*free, *total) = (f as usize, tot as usize);
@@ -914,6 +808,7 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -
             return r;
         }
         let t = tenant_or_return!();
+        reclaim_dead(t);
         match t.dev(dev) {
             Ok(d) => *bytes = (*bytes as u64).min(t.cap(d)) as usize,
             Err(e) => return e,

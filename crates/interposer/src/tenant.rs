@@ -19,12 +19,8 @@ pub const CONFIG_ERROR: c_int = CUDA_ERROR_NOT_PERMITTED;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Owner {
-    Ptr(u64),
-    VmmHandle(u64),
-    Array(usize),
-    Mipmap(usize),
+    /// Other objects are recorded in `book.rs`, with their owning context.
     Context(usize),
-    GraphExec(usize),
 }
 
 #[derive(Default)]
@@ -68,6 +64,8 @@ pub struct Tenant {
     /// around a call is that call's.
     pub pools: Mutex<HashMap<usize, PoolCharge>>,
     pub primary: Mutex<HashMap<CUdevice, u32>>,
+    /// Every charged object with its owner (`book.rs`).
+    pub book: crate::book::Book,
 }
 
 /// The tenant state of this process; reset in a forked child (it holds no slot of its own yet).
@@ -133,6 +131,7 @@ fn load() -> Result<Tenant, String> {
         owned: Mutex::default(),
         pools: Mutex::default(),
         primary: Mutex::default(),
+        book: Default::default(),
     })
 }
 
@@ -272,6 +271,24 @@ impl Tenant {
         Ok(())
     }
 
+    /// Whether any ledger of the chain holds more than its cap on `dev` (memory the driver
+    /// handed out beyond a reservation).
+    pub fn over_cap(&self, dev: Dev) -> bool {
+        self.ledger.used(dev) > self.ledger.cap(dev)
+            || self
+                .outer_of(dev)
+                .into_iter()
+                .any(|(o, d)| o.ledger.used(d) > o.ledger.cap(d))
+    }
+
+    /// Returns dead processes' memory in every ledger of the chain.
+    pub fn reclaim_dead(&self) {
+        self.ledger.reclaim_dead(Some(self.slot));
+        for o in &self.outer {
+            o.ledger.reclaim_dead(Some(o.slot));
+        }
+    }
+
     /// Adds memory the driver already handed out, in every ledger of the chain.
     pub fn charge_unchecked(&self, dev: Dev, bytes: u64) {
         self.ledger.charge_unchecked(self.slot, dev, bytes);
@@ -281,7 +298,7 @@ impl Tenant {
     }
 
     /// A new channel to the compute arbiter of the authority that set the compute limits.
-    #[allow(dead_code)] // The compute gate's arbiter client uses it.
+    #[allow(dead_code)] // For the compute arbiter's client, which the gate does not use yet.
     pub fn arbiter_channel(&self) -> Result<OwnedFd, String> {
         let a = self
             .authorities

@@ -662,6 +662,19 @@ impl Ledger {
             .collect()
     }
 
+    /// Pids of the processes holding a live slot in this ledger, as the kernel reports the slot
+    /// locks' holders (in the caller's PID namespace; holders not visible there are left out).
+    /// The caller's own slot, if it holds one, is not reported by the kernel: add its own pid.
+    pub fn live_pids(&self) -> Vec<u32> {
+        let mut out: Vec<u32> = (0..self.high_water())
+            .filter_map(|i| self.file.slot_holder(i).ok().flatten())
+            .filter(|&pid| pid != 0)
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Refusals counted for the tenant, all devices.
     pub fn refusals(&self) -> u64 {
         (0..DEVICES)
@@ -836,6 +849,39 @@ mod tests {
         l.reserve(me, d, 400).unwrap();
         assert_eq!(l.used(d), 400);
         assert!(l.processes().iter().all(|p| p.pid != pid as u32));
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn live_pids_come_from_the_kernel_not_the_slot() {
+        let p = tmp("live");
+        let l = Ledger::create(&p, &spec(1000)).unwrap();
+        let mut fds = [0; 2];
+        unsafe { libc::pipe(fds.as_mut_ptr()) };
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let l = Ledger::open(&p).unwrap();
+            let s = l.attach_process().unwrap();
+            // A forged pid word changes nothing: the lock's holder is what counts.
+            l.slot(s.0).pid.store(1, SeqCst);
+            unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) };
+            loop {
+                unsafe { libc::pause() };
+            }
+        }
+        let mut b = [0u8];
+        unsafe { libc::read(fds[0], b.as_mut_ptr().cast(), 1) };
+        let _me = l.attach_process().unwrap();
+        assert_eq!(
+            l.live_pids(),
+            vec![pid as u32],
+            "our own slot is not reported"
+        );
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0)
+        };
+        assert!(l.live_pids().is_empty());
         std::fs::remove_file(&p).unwrap();
     }
 

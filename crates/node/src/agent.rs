@@ -313,6 +313,7 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> Result<(), String> {
     // released, and devices held by containers the agent does not know are withheld.
     let mut reconciler = crate::podres::Reconciler::new(opts.pod_resources_socket.clone());
     reconciler.pass(&shared, true).await;
+    crate::watchdog::spawn(shared.clone());
     {
         let s = shared.clone();
         let every = opts.reconcile_every;

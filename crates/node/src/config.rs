@@ -15,6 +15,10 @@
 //!     slices: 4
 //! health:
 //!   recoverAfterSeconds: 300  # quiet time before a faulted device is re-probed
+//! watchdog:
+//!   action: kill              # kill | report | off: tenants' processes breaking their limits
+//!   unknownProcesses: report  # ignore | report | kill: processes on a GPU of no tenant
+//!   slackMiB: 128             # per process, beyond the cap by the driver's count
 //! ```
 //!
 //! Every refusal names the field (`gpus[1].slices`) and the accepted form.
@@ -105,6 +109,60 @@ pub struct HealthConfig {
     pub recover_after_seconds: Option<u64>,
 }
 
+/// What the watchdog does about a tenant's process that escapes its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum WatchdogAction {
+    /// SIGKILL it.
+    #[default]
+    Kill,
+    /// Log and count it only.
+    Report,
+    /// No watchdog.
+    Off,
+}
+
+/// What the watchdog does about a process on a GPU that belongs to no tenant (a host tool, or
+/// a container gpuslice did not make).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownProcesses {
+    Ignore,
+    #[default]
+    Report,
+    Kill,
+}
+
+/// Longest per-process slack accepted: the largest context a driver makes is well below it.
+pub const MAX_WATCHDOG_SLACK_MIB: u64 = 4096;
+
+/// The watchdog (see `crate::watchdog`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WatchdogConfig {
+    #[serde(default)]
+    pub action: WatchdogAction,
+    #[serde(default)]
+    pub unknown_processes: UnknownProcesses,
+    /// MiB each process of a tenant may hold beyond the cap by the driver's count.
+    #[serde(default = "default_slack_mib", rename = "slackMiB")]
+    pub slack_mib: u64,
+}
+
+fn default_slack_mib() -> u64 {
+    gpuslice_core::watchdog::DEFAULT_SLACK_PER_PROCESS >> 20
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        WatchdogConfig {
+            action: WatchdogAction::default(),
+            unknown_processes: UnknownProcesses::default(),
+            slack_mib: default_slack_mib(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeConfig {
@@ -121,6 +179,8 @@ pub struct NodeConfig {
     pub gpus: Vec<GpuOverride>,
     #[serde(default)]
     pub health: HealthConfig,
+    #[serde(default)]
+    pub watchdog: WatchdogConfig,
 }
 
 impl Default for NodeConfig {
@@ -133,6 +193,7 @@ impl Default for NodeConfig {
             injection: Injection::Both,
             gpus: Vec::new(),
             health: HealthConfig::default(),
+            watchdog: WatchdogConfig::default(),
         }
     }
 }
@@ -207,6 +268,15 @@ impl NodeConfig {
             return Err(err(
                 "health.recoverAfterSeconds",
                 format!("{s} must be 1..={MAX_RECOVER_AFTER_SECONDS} (seconds)"),
+            ));
+        }
+        if self.watchdog.slack_mib > MAX_WATCHDOG_SLACK_MIB {
+            return Err(err(
+                "watchdog.slackMiB",
+                format!(
+                    "{} must be 0..={MAX_WATCHDOG_SLACK_MIB} (MiB per process)",
+                    self.watchdog.slack_mib
+                ),
             ));
         }
         let rn = &self.time_slicing.resource_name;
@@ -336,6 +406,22 @@ mod tests {
         assert_eq!(t.health.recover_after_seconds, None);
         let h = NodeConfig::parse("version: v1\nhealth: {recoverAfterSeconds: 90}\n").unwrap();
         assert_eq!(h.health.recover_after_seconds, Some(90));
+        assert_eq!(h.watchdog, WatchdogConfig::default());
+        assert_eq!(h.watchdog.action, WatchdogAction::Kill);
+        assert_eq!(h.watchdog.unknown_processes, UnknownProcesses::Report);
+        assert_eq!(h.watchdog.slack_mib, 128);
+        let w = NodeConfig::parse(
+            "version: v1\nwatchdog: {action: report, unknownProcesses: ignore, slackMiB: 0}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            w.watchdog,
+            WatchdogConfig {
+                action: WatchdogAction::Report,
+                unknown_processes: UnknownProcesses::Ignore,
+                slack_mib: 0
+            }
+        );
     }
 
     #[test]
@@ -383,6 +469,20 @@ mod tests {
                 "health.recoverAfterSeconds",
             ),
             ("version: v1\nhealth: {quiet: 3}\n", "health.quiet"),
+            ("version: v1\nwatchdog: {action: stop}\n", "watchdog.action"),
+            (
+                "version: v1\nwatchdog: {unknownProcesses: off}\n",
+                "watchdog.unknownProcesses",
+            ),
+            (
+                "version: v1\nwatchdog: {slackMiB: 5000}\n",
+                "watchdog.slackMiB",
+            ),
+            (
+                "version: v1\nwatchdog: {slackMiB: -1}\n",
+                "watchdog.slackMiB",
+            ),
+            ("version: v1\nwatchdog: {kill: true}\n", "watchdog.kill"),
             ("slices: 3\n", "config"),
         ] {
             let e = NodeConfig::parse(text).unwrap_err();

@@ -35,6 +35,11 @@ pub struct GpuSample {
 pub trait GpuSource: Send + Sync {
     fn gpus(&self) -> Result<Vec<Gpu>, String>;
     fn sample(&self, index: u32) -> Result<GpuSample, String>;
+    /// (pid, bytes used) of every process on GPU `index`, by the driver's count (see
+    /// `crate::watchdog`). A source that cannot tell says so: the watchdog then reports it.
+    fn processes(&self, _index: u32) -> Result<Vec<(u32, u64)>, String> {
+        Err("this GPU source cannot list processes".into())
+    }
 }
 
 /// One MIG device (a GPU instance with one whole compute instance), advertised as
@@ -194,6 +199,10 @@ impl GpuSource for NvmlGpus {
                     .min(100),
             ) / 100.0,
         })
+    }
+
+    fn processes(&self, index: u32) -> Result<Vec<(u32, u64)>, String> {
+        self.nvml.processes(index).map_err(|e| e.to_string())
     }
 }
 

@@ -16,6 +16,7 @@ pub mod plugin;
 pub mod podres;
 pub mod state;
 pub mod usage;
+pub mod watchdog;
 
 /// The kubelet device plugin API v1beta1 (client and server), generated from `proto/api.proto`.
 #[allow(clippy::all)]

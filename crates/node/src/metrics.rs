@@ -37,6 +37,8 @@ pub struct Metrics {
     compute: crate::usage::ComputeMetrics,
     /// Device faults and health transitions.
     pub health: HealthMetrics,
+    /// Processes the watchdog acted on (see `crate::watchdog`).
+    watchdog_actions: C,
     lock: Mutex<()>,
 }
 
@@ -127,6 +129,14 @@ impl Metrics {
         let compute =
             crate::usage::ComputeMetrics::register(&mut r, gpuslice_compute::configured_dir());
         let health = HealthMetrics::register(&mut r);
+        let watchdog_actions = C::default();
+        r.register(
+            "gpuslice_watchdog_actions",
+            "Processes the watchdog acted on: a tenant's process using a GPU without the \
+             interposer, over the tenant's cap by the driver's count, or on a GPU the tenant may \
+             not use; or a process of no tenant on a GPU (reason no-tenant). action is kill or report",
+            watchdog_actions.clone(),
+        );
         Metrics {
             registry: r,
             gpu_total,
@@ -144,8 +154,20 @@ impl Metrics {
             podres,
             compute,
             health,
+            watchdog_actions,
             lock: Mutex::new(()),
         }
+    }
+
+    /// Counts one watchdog action.
+    pub fn watchdog_action(&self, tenant: &str, gpu: &str, reason: &str, action: &str) {
+        let l: Labels = vec![
+            ("tenant".into(), tenant.to_string()),
+            ("gpu".into(), gpu.to_string()),
+            ("reason".into(), reason.to_string()),
+            ("action".into(), action.to_string()),
+        ];
+        self.watchdog_actions.get_or_create(&l).inc();
     }
 
     /// Reads everything afresh and renders the exposition text.

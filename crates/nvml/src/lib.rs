@@ -365,6 +365,100 @@ impl Nvml {
         Ok(m.used)
     }
 
+    /// Every process with a context on GPU `index` and the memory the driver says it uses:
+    /// compute, graphics and MPS clients alike (a process escaping CUDA's interposer may use
+    /// any). A process listed more than once counts once, with its largest figure; a figure
+    /// NVML does not know (`NVML_VALUE_NOT_AVAILABLE`) reads as 0. Pids are as the driver
+    /// reports them (the host's, for a caller in the host's PID namespace). Each list takes the
+    /// newest form the library has (`_v3`, `_v2`, then the unversioned one); a library with
+    /// none of a kind contributes nothing of that kind, but one without any compute list is an
+    /// error.
+    pub fn processes(&self, index: u32) -> Result<Vec<(u32, u64)>> {
+        let h = self.handle(index)?;
+        let mut out: std::collections::BTreeMap<u32, u64> = Default::default();
+        let mut add = |list: Vec<(u32, u64)>| {
+            for (pid, used) in list {
+                let used = if used == NVML_VALUE_NOT_AVAILABLE {
+                    0
+                } else {
+                    used
+                };
+                let e = out.entry(pid).or_default();
+                *e = (*e).max(used);
+            }
+        };
+        macro_rules! forms {
+            ($base:literal) => {
+                [concat!($base, "_v3"), concat!($base, "_v2"), $base]
+            };
+        }
+        add(self.process_list(h, forms!("nvmlDeviceGetComputeRunningProcesses"))?);
+        for kind in [
+            forms!("nvmlDeviceGetGraphicsRunningProcesses"),
+            forms!("nvmlDeviceGetMPSComputeRunningProcesses"),
+        ] {
+            match self.process_list(h, kind) {
+                Ok(l) => add(l),
+                Err(NvmlError::Symbol { .. }) => {}
+                Err(e) if e.code() == Some(NVML_ERROR_NOT_SUPPORTED) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// One kind of process list, in the newest form the library has: `[v3, v2, v1]` names.
+    fn process_list(&self, h: nvmlDevice_t, forms: [&'static str; 3]) -> Result<Vec<(u32, u64)>> {
+        type Versioned =
+            unsafe extern "C" fn(nvmlDevice_t, *mut c_uint, *mut nvmlProcessInfo_t) -> nvmlReturn_t;
+        type V1 = unsafe extern "C" fn(
+            nvmlDevice_t,
+            *mut c_uint,
+            *mut nvmlProcessInfo_v1_t,
+        ) -> nvmlReturn_t;
+        for n in &forms[..2] {
+            if let Ok(f) = self.sym::<Versioned>(n) {
+                return self
+                    .fill_list(n, |count, buf: *mut nvmlProcessInfo_t| {
+                        // SAFETY: `f` has nvml.h's signature; `buf` has room for `*count` entries.
+                        unsafe { f(h, count, buf) }
+                    })
+                    .map(|l| l.iter().map(|p| (p.pid, p.usedGpuMemory)).collect());
+            }
+        }
+        let f = self.sym::<V1>(forms[2])?;
+        self.fill_list(forms[2], |count, buf: *mut nvmlProcessInfo_v1_t| {
+            // SAFETY: as above, for the unversioned layout.
+            unsafe { f(h, count, buf) }
+        })
+        .map(|l| l.iter().map(|p| (p.pid, p.usedGpuMemory)).collect())
+    }
+
+    /// Runs NVML's size protocol: asks, grows the buffer while the list grows, returns it.
+    fn fill_list<T: Copy + Default>(
+        &self,
+        call: &'static str,
+        f: impl Fn(*mut c_uint, *mut T) -> nvmlReturn_t,
+    ) -> Result<Vec<T>> {
+        let mut buf: Vec<T> = vec![T::default(); 32];
+        for _ in 0..8 {
+            let mut count = buf.len() as c_uint;
+            let r = f(&mut count, buf.as_mut_ptr());
+            if r == NVML_ERROR_INSUFFICIENT_SIZE {
+                buf.resize(count as usize + 16, T::default());
+                continue;
+            }
+            self.check(call, r)?;
+            buf.truncate(count as usize);
+            return Ok(buf);
+        }
+        Err(NvmlError::Call {
+            call,
+            code: NVML_ERROR_INSUFFICIENT_SIZE,
+            message: "the process list kept growing".into(),
+        })
+    }
+
     /// GPU `index`'s busy percentage over NVML's last sampling period.
     pub fn utilization_percent(&self, index: u32) -> Result<u32> {
         let h = self.handle(index)?;

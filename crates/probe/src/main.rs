@@ -13,12 +13,15 @@
 //!   gpuslice-probe [--via …] allocs N BYTES
 //!   gpuslice-probe [--via …] saturate SECONDS [launch|ex|coop|graph]
 //!   gpuslice-probe [--via …] periodic PERIOD_MS KERNEL_US SECONDS
+//!   gpuslice-probe [--via …] shape SECONDS [OPTIONS]   (see shapes.rs)
 //!
 //! `saturate` keeps the GPU busy with `busy` kernels of mixed lengths (0.05 to 5 ms) along one
 //! launch path; `periodic` is an inference-like loop (one kernel per period, waited for) that
 //! reports completion latencies.
 //! PATH: alloc alloc_v1 pitch pitch_v1 managed async pool vmm array array3d mipmap graph context
 #![allow(non_snake_case)]
+
+mod exact;
 
 use gpuslice_cuda_abi::driver::*;
 use std::ffi::{CString, c_char, c_int, c_uint, c_void};
@@ -141,6 +144,8 @@ api! {
     end_capture: "cuStreamEndCapture" @ 10000 => fn(CUstream, *mut CUgraph);
     graph_launch: "cuGraphLaunch" @ 10000 => fn(CUgraphExec, CUstream);
 }
+
+mod shapes;
 
 enum Held {
     Ptr(CUdeviceptr),
@@ -398,7 +403,13 @@ impl Probe {
                         "cuGraphAddMemAllocNode",
                     );
                     let mut exec: CUgraphExec = std::ptr::null_mut();
-                    let r = (a.graph_instantiate)(&mut exec, g, 0);
+                    check((a.graph_instantiate)(&mut exec, g, 0), "cuGraphInstantiate");
+                    // Graph memory is taken when the graph runs; an allocation the graph does
+                    // not free stays with the program afterwards.
+                    let mut r = (a.graph_launch)(exec, std::ptr::null_mut());
+                    if r == CUDA_SUCCESS {
+                        r = (a.ctx_sync)();
+                    }
                     return if r == CUDA_SUCCESS {
                         Ok(Held::Other)
                     } else {
@@ -494,6 +505,9 @@ fn main() {
             .cloned()
             .unwrap_or_else(|| die(format!("missing argument {i}")))
     };
+    if arg(0) == "exact" {
+        return exact::main(&args[1..]);
+    }
     let mut probe = Probe::start(via);
     match arg(0).as_str() {
         "info" => {
@@ -697,6 +711,7 @@ fn main() {
                 lat[lat.len() - 1]
             );
         }
+        "shape" => shapes::main(via, &args[1..]),
         other => die(format!("unknown command {other}")),
     }
     unsafe { (probe.api.ctx_sync)() };

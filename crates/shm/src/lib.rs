@@ -17,6 +17,7 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,42 +55,21 @@ impl MappedFile {
     /// Opens an existing file and maps all of it. Fails if it is shorter than `min_len`.
     pub fn open(path: &Path, min_len: usize) -> io::Result<Self> {
         let c = cpath(path)?;
+        // SAFETY: `c` is a NUL-terminated path; the result is checked.
         let fd = cvt(unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })?;
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        if let Err(e) = cvt(unsafe { libc::fstat(fd, &mut st) }) {
-            unsafe { libc::close(fd) };
-            return Err(e);
-        }
-        let len = st.st_size as usize;
-        if len < min_len {
-            unsafe { libc::close(fd) };
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{} is {len} bytes, expected at least {min_len}",
-                    path.display()
-                ),
-            ));
-        }
-        Self::map(fd, len, path)
+        // SAFETY: `fd` was just opened and nothing else owns it.
+        Self::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }, min_len, path)
     }
 
     /// Maps all of the file behind `fd`, which the mapping then owns (a descriptor handed over by
-    /// the tenant's authority, not opened by path). `label` names it in messages.
-    pub fn from_fd(fd: std::os::fd::OwnedFd, min_len: usize, label: &Path) -> io::Result<Self> {
-        use std::os::fd::IntoRawFd;
-        let fd = fd.into_raw_fd();
+    /// the tenant's authority, or opened by path). `label` names it in messages. Fails if the
+    /// file is shorter than `min_len`.
+    pub fn from_fd(fd: OwnedFd, min_len: usize, label: &Path) -> io::Result<Self> {
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `fd` is an open descriptor we own and `st` is a valid out-pointer.
-        if let Err(e) = cvt(unsafe { libc::fstat(fd, &mut st) }) {
-            // SAFETY: we own `fd` and nothing else refers to it.
-            unsafe { libc::close(fd) };
-            return Err(e);
-        }
+        // SAFETY: `fd` is an open descriptor and `st` is a valid out-pointer.
+        cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
         let len = st.st_size as usize;
         if len < min_len {
-            // SAFETY: as above.
-            unsafe { libc::close(fd) };
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
@@ -98,7 +78,7 @@ impl MappedFile {
                 ),
             ));
         }
-        Self::map(fd, len, label)
+        Self::map(fd.into_raw_fd(), len, label)
     }
 
     /// Opens `path`, or creates it with `len` zeroed bytes passed through `init` first. Creation
@@ -263,6 +243,23 @@ impl MappedFile {
         fl.l_len = 1;
         cvt(unsafe { libc::fcntl(self.fd, libc::F_GETLK, &mut fl) })?;
         Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+    }
+
+    /// The pid of the *other* live process holding slot `slot`, as the kernel reports it: in the
+    /// caller's PID namespace, or 0 when the holder is not visible there. `None` when no other
+    /// process holds it. Unlike a pid a process writes into shared memory, this cannot be forged.
+    pub fn slot_holder(&self, slot: usize) -> io::Result<Option<u32>> {
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_start = LOCK_BASE + slot as i64;
+        fl.l_len = 1;
+        // SAFETY: `fl` is a valid flock the kernel fills in; the descriptor is ours and open.
+        cvt(unsafe { libc::fcntl(self.fd, libc::F_GETLK, &mut fl) })?;
+        if fl.l_type == libc::F_UNLCK as libc::c_short {
+            return Ok(None);
+        }
+        Ok(Some(fl.l_pid.max(0) as u32))
     }
 }
 

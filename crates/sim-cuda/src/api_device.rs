@@ -140,6 +140,8 @@ pub(crate) fn destroy_ctx(reg: &mut Reg, c: usize) -> R {
         .map(|(&m, _)| m)
         .collect();
     for m in mods {
+        // Its variables' allocation went with the context's allocations above.
+        reg.module_globals.remove(&m);
         reg.modules.remove(&m);
         reg.functions.retain(|_, f| f.owner != m);
     }

@@ -3,6 +3,7 @@
 use std::ffi::{CStr, c_char, c_float, c_int, c_uint, c_void};
 
 use gpuslice_cuda_abi::driver::*;
+use gpuslice_cuda_abi::image;
 
 use crate::*;
 
@@ -94,6 +95,45 @@ unsafe fn launch(
         return Ok(());
     }
     run_kernel(&mut r, sid, busy)
+}
+
+/// `cuLaunchGrid*`: a grid of the given width and height with the block shape and parameters
+/// set beforehand (`cuFuncSetBlockShape`, `cuParamSet*`); the simulator keeps neither, so the
+/// kernel runs one thread per block and takes no time.
+unsafe fn legacy_grid(f: CUfunction, w: c_int, h: c_int, stream: CUstream) -> R {
+    if w <= 0 || h <= 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    unsafe {
+        launch(
+            f,
+            [w as c_uint, h as c_uint, 1],
+            [1, 1, 1],
+            stream,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    }
+}
+
+/// `CUDA_GRAPH_INSTANTIATE_PARAMS`: flags, upload stream, error node out, result out.
+#[repr(C)]
+struct InstantiateParams {
+    flags: u64,
+    upload: CUstream,
+    err_node: CUgraphNode,
+    result: c_int,
+}
+
+unsafe fn instantiate_with_params(e: *mut CUgraphExec, g: CUgraph, params: *mut c_void) -> R {
+    if params.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let p = params as *mut InstantiateParams;
+    let r = unsafe { instantiate(e, g) };
+    // CUDA_GRAPH_INSTANTIATE_SUCCESS = 0, CUDA_GRAPH_INSTANTIATE_ERROR = 1.
+    unsafe { (*p).result = if r.is_ok() { 0 } else { 1 } };
+    r
 }
 
 unsafe fn launch_ex(
@@ -244,15 +284,34 @@ unsafe fn new_stream(ph: *mut CUstream, flags: c_uint, priority: c_int) -> R {
 
 // ---- modules and functions -----------------------------------------------------------------
 
-fn new_module(m: *mut CUmodule) -> R {
+/// Loads a module whose image declares `globals` (None: an image that is not a simulated one,
+/// loaded with no variables): its variables take device memory in the current context.
+fn new_module(m: *mut CUmodule, globals: Option<Result<image::Globals, String>>) -> R {
     if m.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
+    let globals = match globals {
+        None => image::Globals::default(),
+        Some(Ok(g)) => g,
+        Some(Err(_)) => return Err(CUDA_ERROR_INVALID_IMAGE),
+    };
     sim()?;
     let mut r = reg();
     let ctx = r.current()?;
+    let base = match globals.footprint {
+        0 => None,
+        n => Some(crate::api_mem::alloc_linear(
+            &mut r,
+            n,
+            AllocKind::Global,
+            false,
+        )?),
+    };
     let h = r.handle();
     r.modules.insert(h, ctx);
+    if let Some(b) = base {
+        r.module_globals.insert(h, (b, globals.vars));
+    }
     unsafe { *m = h as CUmodule };
     Ok(())
 }
@@ -277,14 +336,62 @@ fn function(r: &mut Reg, owner: usize, name: *const c_char) -> Result<usize, CUr
     Ok(h)
 }
 
-fn load_library(lib: *mut CUlibrary, ok: bool) -> R {
+/// The address and size of the variable `name` of module `m`.
+fn module_global(m: CUmodule, name: *const c_char) -> Result<(u64, u64), CUresult> {
+    sim()?;
+    if !reg().modules.contains_key(&(m as usize)) {
+        return Err(CUDA_ERROR_INVALID_HANDLE);
+    }
+    global_of(m as usize, name)
+}
+
+/// The address and size of the variable `name` of a module or library.
+fn global_of(owner: usize, name: *const c_char) -> Result<(u64, u64), CUresult> {
+    if name.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
+    let r = reg();
+    let (base, vars) = r.module_globals.get(&owner).ok_or(CUDA_ERROR_NOT_FOUND)?;
+    let v = vars
+        .iter()
+        .find(|v| v.name == name)
+        .ok_or(CUDA_ERROR_NOT_FOUND)?;
+    Ok((base + v.offset, v.bytes))
+}
+
+/// Loads a library whose image declares `globals`: its variables are placed in the current
+/// context (a library's variables live in the contexts that use it; the simulator places them
+/// eagerly, where the library is loaded).
+fn load_library(
+    lib: *mut CUlibrary,
+    ok: bool,
+    globals: Option<Result<image::Globals, String>>,
+) -> R {
     sim()?;
     if lib.is_null() || !ok {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
+    let globals = match globals {
+        None => image::Globals::default(),
+        Some(Ok(g)) => g,
+        Some(Err(_)) => return Err(CUDA_ERROR_INVALID_IMAGE),
+    };
     let mut r = reg();
+    let base = match globals.footprint {
+        0 => None,
+        n => Some(crate::api_mem::alloc_linear(
+            &mut r,
+            n,
+            AllocKind::Global,
+            false,
+        )?),
+    };
     let h = r.handle();
     r.libraries.insert(h, ());
+    if let Some(b) = base {
+        r.module_globals.insert(h, (b, globals.vars));
+    }
     unsafe { *lib = h as CUlibrary };
     Ok(())
 }
@@ -385,8 +492,16 @@ unsafe fn instantiate(exec: *mut CUgraphExec, g: CUgraph) -> R {
         .ok_or(CUDA_ERROR_INVALID_VALUE)?;
     let nodes: Vec<NodeKind> = graph.nodes.iter().map(|(_, k)| k.clone()).collect();
     let mut mem_need: Vec<(usize, u64)> = Vec::new();
+    let mut keeps = Vec::new();
     for k in &nodes {
-        if let NodeKind::MemAlloc { dev, size, .. } = k {
+        if let NodeKind::MemAlloc { dev, size, dptr } = k {
+            let freed = nodes
+                .iter()
+                .any(|f| matches!(f, NodeKind::MemFree { dptr: d } if d == dptr));
+            if !freed {
+                keeps.push((*dev, round_up(*size, PAGE), *dptr));
+                continue;
+            }
             match mem_need.iter_mut().find(|(d, _)| d == dev) {
                 Some(e) => e.1 += round_up(*size, PAGE),
                 None => mem_need.push((*dev, round_up(*size, PAGE))),
@@ -399,29 +514,40 @@ unsafe fn instantiate(exec: *mut CUgraphExec, g: CUgraph) -> R {
         Exec {
             nodes,
             mem_need,
+            keeps,
             done: 0,
         },
     );
     unsafe { out(exec, h as CUgraphExec) }
 }
 
-/// Graph memory in use on `dev` by execs other than `except` that are still running.
+/// Graph memory in use on `dev`: by execs other than `except` that are still running, and by
+/// allocations that outlived their launch.
 fn graph_mem_pending(r: &Reg, dev: usize, except: usize, now: u64) -> u64 {
-    r.execs
+    let running: u64 = r
+        .execs
         .iter()
         .filter(|(h, e)| **h != except && e.done > now)
         .flat_map(|(_, e)| e.mem_need.iter())
         .filter(|(d, _)| *d == dev)
         .map(|(_, n)| n)
-        .sum()
+        .sum();
+    let live: u64 = r
+        .graph_live
+        .values()
+        .filter(|(d, _)| *d == dev)
+        .map(|(_, n)| n)
+        .sum();
+    running + live
 }
 
 /// Drops a graph allocation's address range once no graph or exec refers to it.
 fn release_graph_va(r: &mut Reg, dptr: u64) {
     let is_it = |k: &NodeKind| matches!(k, NodeKind::MemAlloc { dptr: d, .. } if *d == dptr);
-    if r.graphs
-        .values()
-        .any(|g| g.nodes.iter().any(|(_, k)| is_it(k)))
+    if r.graph_live.contains_key(&dptr)
+        || r.graphs
+            .values()
+            .any(|g| g.nodes.iter().any(|(_, k)| is_it(k)))
         || r.execs.values().any(|e| e.nodes.iter().any(is_it))
     {
         return;
@@ -440,7 +566,17 @@ unsafe fn graph_launch(exec: CUgraphExec, stream: CUstream) -> R {
         return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
     }
     let e = r.execs.get(&eh).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-    let (need, nodes) = (e.mem_need.clone(), e.nodes.clone());
+    let (mut need, nodes, keeps) = (e.mem_need.clone(), e.nodes.clone(), e.keeps.clone());
+    // An allocation the last launch left live must be freed before the graph runs again.
+    if keeps.iter().any(|(_, _, p)| r.graph_live.contains_key(p)) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    for &(dev, n, _) in &keeps {
+        match need.iter_mut().find(|(d, _)| *d == dev) {
+            Some(e) => e.1 += n,
+            None => need.push((dev, n)),
+        }
+    }
     let now = Sim::now_ns();
     // Physical memory for the graph's allocations is found at launch, from the device's
     // graph memory, which keeps what it has until trimmed.
@@ -465,7 +601,19 @@ unsafe fn graph_launch(exec: CUgraphExec, stream: CUstream) -> R {
     }
     let done = r.not_before(sid).max(now);
     r.execs.get_mut(&eh).unwrap().done = done;
+    for (dev, n, p) in keeps {
+        r.graph_live.insert(p, (dev, n));
+    }
     Ok(())
+}
+
+/// Frees a graph allocation that outlived its launch; its memory returns to the device's graph
+/// reservation (not to the device) and its address stays with the graph.
+pub(crate) fn free_graph_live(r: &mut Reg, p: u64) -> R {
+    r.graph_live
+        .remove(&p)
+        .map(|_| ())
+        .ok_or(CUDA_ERROR_INVALID_VALUE)
 }
 
 unsafe fn begin_capture(h: CUstream) -> R {
@@ -629,31 +777,31 @@ fn cuModuleLoad(m: *mut CUmodule, fname: *const c_char) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let path = CStr::from_ptr(fname).to_string_lossy().into_owned();
-    if !std::path::Path::new(&path).is_file() {
+    let Ok(bytes) = std::fs::read(&path) else {
         return Err(CUDA_ERROR_FILE_NOT_FOUND);
-    }
-    new_module(m)
+    };
+    new_module(m, image::parse(&String::from_utf8_lossy(&bytes)))
 }
 
 fn cuModuleLoadData(m: *mut CUmodule, image: *const c_void) {
     if image.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    new_module(m)
+    new_module(m, image::parse_ptr(image))
 }
 
 fn cuModuleLoadDataEx(m: *mut CUmodule, image: *const c_void, _n: c_uint, _opts: *mut c_int, _vals: *mut *mut c_void) {
     if image.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    new_module(m)
+    new_module(m, image::parse_ptr(image))
 }
 
 fn cuModuleLoadFatBinary(m: *mut CUmodule, fatbin: *const c_void) {
     if fatbin.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    new_module(m)
+    new_module(m, image::parse_ptr(fatbin))
 }
 
 fn cuModuleUnload(m: CUmodule) {
@@ -661,6 +809,21 @@ fn cuModuleUnload(m: CUmodule) {
     let mut r = reg();
     r.modules.remove(&(m as usize)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
     r.functions.retain(|_, f| f.owner != m as usize);
+    if let Some((base, _)) = r.module_globals.remove(&(m as usize)) {
+        crate::api_mem::free_alloc(&mut r, base, false)?;
+    }
+    Ok(())
+}
+
+fn cuModuleGetGlobal_v2(dptr: *mut CUdeviceptr, bytes: *mut usize, m: CUmodule, name: *const c_char) {
+    let (p, n) = module_global(m, name)?;
+    // Either output may be omitted, as the driver allows.
+    if !dptr.is_null() {
+        *dptr = p;
+    }
+    if !bytes.is_null() {
+        *bytes = n as usize;
+    }
     Ok(())
 }
 
@@ -678,7 +841,7 @@ fn cuModuleGetFunction(f: *mut CUfunction, m: CUmodule, name: *const c_char) {
 }
 
 fn cuLibraryLoadData(lib: *mut CUlibrary, code: *const c_void, _jo: *mut c_int, _jv: *mut *mut c_void, _nj: c_uint, _lo: *mut c_int, _lv: *mut *mut c_void, _nl: c_uint) {
-    load_library(lib, !code.is_null())
+    load_library(lib, !code.is_null(), image::parse_ptr(code))
 }
 
 fn cuLibraryLoadFromFile(lib: *mut CUlibrary, fname: *const c_char, _jo: *mut c_int, _jv: *mut *mut c_void, _nj: c_uint, _lo: *mut c_int, _lv: *mut *mut c_void, _nl: c_uint) {
@@ -686,10 +849,10 @@ fn cuLibraryLoadFromFile(lib: *mut CUlibrary, fname: *const c_char, _jo: *mut c_
     if fname.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    if !std::path::Path::new(&*CStr::from_ptr(fname).to_string_lossy()).is_file() {
+    let Ok(bytes) = std::fs::read(&*CStr::from_ptr(fname).to_string_lossy()) else {
         return Err(CUDA_ERROR_FILE_NOT_FOUND);
-    }
-    load_library(lib, true)
+    };
+    load_library(lib, true, image::parse(&String::from_utf8_lossy(&bytes)))
 }
 
 fn cuLibraryUnload(lib: CUlibrary) {
@@ -697,6 +860,34 @@ fn cuLibraryUnload(lib: CUlibrary) {
     let mut r = reg();
     r.libraries.remove(&(lib as usize)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
     r.functions.retain(|_, f| f.owner != lib as usize);
+    if let Some((base, _)) = r.module_globals.remove(&(lib as usize)) {
+        // Gone already when the context it was placed in has ended.
+        if r.allocs.contains_key(&base) {
+            crate::api_mem::free_alloc(&mut r, base, false)?;
+        }
+    }
+    Ok(())
+}
+
+fn cuLibraryGetGlobal(dptr: *mut CUdeviceptr, bytes: *mut usize, lib: CUlibrary, name: *const c_char) {
+    let (p, n) = {
+        let r = reg();
+        if !r.libraries.contains_key(&(lib as usize)) {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        let (base, _) = r.module_globals.get(&(lib as usize)).ok_or(CUDA_ERROR_NOT_FOUND)?;
+        if !r.allocs.contains_key(base) {
+            return Err(CUDA_ERROR_CONTEXT_IS_DESTROYED);
+        }
+        drop(r);
+        global_of(lib as usize, name)?
+    };
+    if !dptr.is_null() {
+        *dptr = p;
+    }
+    if !bytes.is_null() {
+        *bytes = n as usize;
+    }
     Ok(())
 }
 
@@ -926,6 +1117,13 @@ fn cuGraphAddDependencies_v2(g: CUgraph, from: *const CUgraphNode, to: *const CU
 fn cuGraphInstantiate(e: *mut CUgraphExec, g: CUgraph, _err: *mut CUgraphNode, _log: *mut c_char, _len: usize) { instantiate(e, g) }
 fn cuGraphInstantiate_v2(e: *mut CUgraphExec, g: CUgraph, _err: *mut CUgraphNode, _log: *mut c_char, _len: usize) { instantiate(e, g) }
 fn cuGraphInstantiateWithFlags(e: *mut CUgraphExec, g: CUgraph, _flags: u64) { instantiate(e, g) }
+
+fn cuGraphInstantiateWithParams(e: *mut CUgraphExec, g: CUgraph, params: *mut c_void) { instantiate_with_params(e, g, params) }
+fn cuGraphInstantiateWithParams_ptsz(e: *mut CUgraphExec, g: CUgraph, params: *mut c_void) { instantiate_with_params(e, g, params) }
+
+fn cuLaunch(f: CUfunction) { launch(f, [1, 1, 1], [1, 1, 1], std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut()) }
+fn cuLaunchGrid(f: CUfunction, w: c_int, h: c_int) { legacy_grid(f, w, h, std::ptr::null_mut()) }
+fn cuLaunchGridAsync(f: CUfunction, w: c_int, h: c_int, s: CUstream) { legacy_grid(f, w, h, s) }
 
 fn cuGraphLaunch(e: CUgraphExec, s: CUstream) { graph_launch(e, s) }
 fn cuGraphLaunch_ptsz(e: CUgraphExec, s: CUstream) { graph_launch(e, s) }

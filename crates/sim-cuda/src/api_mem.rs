@@ -2,6 +2,7 @@
 
 use std::ffi::{c_uint, c_ushort, c_void};
 
+use gpuslice_cuda_abi::array;
 use gpuslice_cuda_abi::driver::*;
 
 use crate::*;
@@ -47,7 +48,7 @@ pub(crate) fn free_alloc(r: &mut Reg, base: u64, _ctx_teardown: bool) -> R {
     let s = sim()?;
     let a = r.allocs.remove(&base).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     match a.kind {
-        AllocKind::Linear | AllocKind::Managed => s.free(a.dev, a.charge),
+        AllocKind::Linear | AllocKind::Managed | AllocKind::Global => s.free(a.dev, a.charge),
         // Pool memory stays reserved by the pool until it is trimmed.
         AllocKind::Pool(p) => {
             if let Some(pool) = r.pools.get_mut(&p) {
@@ -87,7 +88,10 @@ unsafe fn mem_free(p: u64) -> R {
     sim()?;
     let mut r = reg();
     match r.allocs.get(&p) {
-        Some(a) if a.kind != AllocKind::Graph => {}
+        Some(a) if a.kind == AllocKind::Graph => {
+            return crate::api_exec::free_graph_live(&mut r, p);
+        }
+        Some(a) if a.kind != AllocKind::Global => {}
         _ => return Err(CUDA_ERROR_INVALID_VALUE),
     }
     free_alloc(&mut r, p, false)
@@ -308,7 +312,10 @@ unsafe fn free_async(p: u64, stream: CUstream) -> R {
     let mut r = reg();
     r.sid(stream)?;
     match r.allocs.get(&p) {
-        Some(a) if a.kind != AllocKind::Graph => {}
+        Some(a) if a.kind == AllocKind::Graph => {
+            return crate::api_exec::free_graph_live(&mut r, p);
+        }
+        Some(a) if a.kind != AllocKind::Global => {}
         _ => return Err(CUDA_ERROR_INVALID_VALUE),
     }
     free_alloc(&mut r, p, false)
@@ -378,7 +385,7 @@ fn unmap_range(r: &mut Reg, ptr: u64, size: u64) -> R {
         r.vas.get_mut(&base).unwrap().maps.remove(&m);
         if let Some(p) = r.phys.get_mut(&h) {
             p.maps -= 1;
-            if p.released && p.maps == 0 {
+            if p.refs == 0 && p.maps == 0 {
                 drop_phys(r, h);
             }
         }
@@ -388,33 +395,6 @@ fn unmap_range(r: &mut Reg, ptr: u64, size: u64) -> R {
 
 // ---- arrays --------------------------------------------------------------------------------
 
-fn element_size(format: CUarray_format) -> Result<u64, CUresult> {
-    Ok(match format {
-        CU_AD_FORMAT_UNSIGNED_INT8 | CU_AD_FORMAT_SIGNED_INT8 => 1,
-        CU_AD_FORMAT_UNSIGNED_INT16 | CU_AD_FORMAT_SIGNED_INT16 | CU_AD_FORMAT_HALF => 2,
-        CU_AD_FORMAT_UNSIGNED_INT32 | CU_AD_FORMAT_SIGNED_INT32 | CU_AD_FORMAT_FLOAT => 4,
-        _ => return Err(CUDA_ERROR_INVALID_VALUE),
-    })
-}
-
-/// Bytes of one array level: width x height x depth elements (a zero height or depth is one).
-fn array_bytes(
-    w: u64,
-    h: u64,
-    d: u64,
-    format: CUarray_format,
-    channels: u32,
-) -> Result<u64, CUresult> {
-    if w == 0 || !matches!(channels, 1 | 2 | 4) {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    let e = element_size(format)? * channels as u64;
-    w.checked_mul(h.max(1))
-        .and_then(|x| x.checked_mul(d.max(1)))
-        .and_then(|x| x.checked_mul(e))
-        .ok_or(CUDA_ERROR_INVALID_VALUE)
-}
-
 fn create_array(out_h: *mut *mut c_void, bytes: u64, mipmapped: bool) -> R {
     if out_h.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -423,7 +403,8 @@ fn create_array(out_h: *mut *mut c_void, bytes: u64, mipmapped: bool) -> R {
     let mut r = reg();
     let c = r.current()?;
     let dev = r.ctxs[&c].dev;
-    let charge = round_up(bytes, PAGE);
+    // Already whole allocation units (array::ARRAY_GRANULARITY).
+    let charge = bytes;
     if !s.try_alloc(dev, charge) {
         return Err(CUDA_ERROR_OUT_OF_MEMORY);
     }
@@ -451,28 +432,6 @@ fn destroy_array(h: usize, mipmapped: bool) -> R {
     let a = r.arrays.remove(&h).unwrap();
     s.free(a.dev, a.charge);
     Ok(())
-}
-
-fn array3d_bytes(d: &CUDA_ARRAY3D_DESCRIPTOR) -> Result<u64, CUresult> {
-    let mut depth = d.Depth as u64;
-    if d.Flags & CUDA_ARRAY3D_CUBEMAP != 0 {
-        let per = if d.Flags & CUDA_ARRAY3D_LAYERED != 0 {
-            depth
-        } else {
-            1
-        };
-        if d.Width != d.Height || (d.Flags & CUDA_ARRAY3D_LAYERED == 0 && depth != 6) {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        depth = per.max(6);
-    }
-    array_bytes(
-        d.Width as u64,
-        d.Height as u64,
-        depth,
-        d.Format,
-        d.NumChannels,
-    )
 }
 
 unsafe fn host_alloc(pp: *mut *mut c_void, size: u64) -> R {
@@ -752,20 +711,41 @@ fn cuMemCreate(handle: *mut CUmemGenericAllocationHandle, size: usize, prop: *co
     }
     let mut r = reg();
     let h = r.handle() as u64;
-    r.phys.insert(h, Phys { dev, size: size as u64, fd, released: false, maps: 0 });
+    r.phys.insert(h, Phys { dev, size: size as u64, fd, refs: 1, maps: 0 });
     out(handle, h)
 }
 
 fn cuMemRelease(handle: CUmemGenericAllocationHandle) {
     sim()?;
     let mut r = reg();
-    let p = r.phys.get_mut(&handle).filter(|p| !p.released).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let p = r.phys.get_mut(&handle).filter(|p| p.refs > 0).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     // Memory still mapped stays until its last mapping goes.
-    p.released = true;
-    if p.maps == 0 {
+    p.refs -= 1;
+    if p.refs == 0 && p.maps == 0 {
         drop_phys(&mut r, handle);
     }
     Ok(())
+}
+
+fn cuMemRetainAllocationHandle(handle: *mut CUmemGenericAllocationHandle, addr: *mut c_void) {
+    sim()?;
+    if handle.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let mut r = reg();
+    let a = addr as u64;
+    // The physical allocation mapped at `addr`, released or not: the handle comes back with one
+    // more reference to release.
+    let h = r
+        .vas
+        .range(..=a)
+        .next_back()
+        .and_then(|(_, va)| va.maps.range(..=a).next_back())
+        .filter(|&(&m, &(l, _))| a < m + l)
+        .map(|(_, &(_, h))| h)
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    r.phys.get_mut(&h).ok_or(CUDA_ERROR_INVALID_VALUE)?.refs += 1;
+    out(handle, h)
 }
 
 fn cuMemAddressReserve(ptr: *mut CUdeviceptr, size: usize, align: usize, addr: CUdeviceptr, flags: u64) {
@@ -823,7 +803,7 @@ fn cuMemMap(ptr: CUdeviceptr, size: usize, offset: usize, handle: CUmemGenericAl
     }
     let mut r = reg();
     let (fd, psize) = match r.phys.get(&handle) {
-        Some(p) if !p.released => (p.fd, p.size),
+        Some(p) if p.refs > 0 => (p.fd, p.size),
         _ => return Err(CUDA_ERROR_INVALID_HANDLE),
     };
     if offset + size > psize {
@@ -874,61 +854,32 @@ fn cuMemSetAccess(ptr: CUdeviceptr, size: usize, desc: *const CUmemAccessDesc, c
     Ok(())
 }
 
-// Arrays.
+// Arrays: sized by the rules the interposer charges by (gpuslice_cuda_abi::array).
 fn cuArrayCreate(h: *mut CUarray, d: *const CUDA_ARRAY_DESCRIPTOR_v1) {
-    if d.is_null() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    let d = &*d;
-    create_array(h.cast(), array_bytes(d.Width as u64, d.Height as u64, 1, d.Format, d.NumChannels)?, false)
+    let d = d.as_ref().ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    create_array(h.cast(), array::array_bytes(&array::from_2d_v1(d), 1)?, false)
 }
 
 fn cuArrayCreate_v2(h: *mut CUarray, d: *const CUDA_ARRAY_DESCRIPTOR) {
-    if d.is_null() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    let d = &*d;
-    create_array(h.cast(), array_bytes(d.Width as u64, d.Height as u64, 1, d.Format, d.NumChannels)?, false)
+    let d = d.as_ref().ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    create_array(h.cast(), array::array_bytes(&array::from_2d(d), 1)?, false)
 }
 
 fn cuArray3DCreate(h: *mut CUarray, d: *const CUDA_ARRAY3D_DESCRIPTOR_v1) {
-    if d.is_null() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    let d = &*d;
-    let wide = CUDA_ARRAY3D_DESCRIPTOR {
-        Width: d.Width as usize,
-        Height: d.Height as usize,
-        Depth: d.Depth as usize,
-        Format: d.Format,
-        NumChannels: d.NumChannels,
-        Flags: d.Flags,
-    };
-    create_array(h.cast(), array3d_bytes(&wide)?, false)
+    let d = d.as_ref().ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    create_array(h.cast(), array::array_bytes(&array::from_3d_v1(d), 1)?, false)
 }
 
 fn cuArray3DCreate_v2(h: *mut CUarray, d: *const CUDA_ARRAY3D_DESCRIPTOR) {
-    if d.is_null() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    create_array(h.cast(), array3d_bytes(&*d)?, false)
+    let d = d.as_ref().ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    create_array(h.cast(), array::array_bytes(d, 1)?, false)
 }
 
 fn cuArrayDestroy(h: CUarray) { destroy_array(h as usize, false) }
 
 fn cuMipmappedArrayCreate(h: *mut CUmipmappedArray, d: *const CUDA_ARRAY3D_DESCRIPTOR, levels: c_uint) {
-    if d.is_null() || levels == 0 {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    let d = *d;
-    let mut total = 0u64;
-    for l in 0..levels {
-        // Each level halves every extent that exists, down to 1.
-        let shrink = |x: usize| if x == 0 { 0 } else { (x >> l).max(1) };
-        let lv = CUDA_ARRAY3D_DESCRIPTOR { Width: shrink(d.Width), Height: shrink(d.Height), Depth: if d.Flags & (CUDA_ARRAY3D_LAYERED | CUDA_ARRAY3D_CUBEMAP) != 0 { d.Depth } else { shrink(d.Depth) }, ..d };
-        total = total.checked_add(array3d_bytes(&lv)?).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-    }
-    create_array(h.cast(), total, true)
+    let d = d.as_ref().ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    create_array(h.cast(), array::array_bytes(d, levels)?, true)
 }
 
 fn cuMipmappedArrayDestroy(h: CUmipmappedArray) { destroy_array(h as usize, true) }

@@ -201,6 +201,8 @@ pub(crate) enum AllocKind {
     Pool(usize),
     /// Address space of a graph allocation node; its device memory is charged per launch.
     Graph,
+    /// A module's `__device__` variables: freed only with their module (or its context).
+    Global,
 }
 
 pub(crate) struct Alloc {
@@ -227,7 +229,9 @@ pub(crate) struct Phys {
     pub dev: usize,
     pub size: u64,
     pub fd: i32,
-    pub released: bool,
+    /// Handle references: `cuMemCreate` and each `cuMemRetainAllocationHandle`, less each
+    /// `cuMemRelease`. The memory lives while a reference or a mapping remains.
+    pub refs: u32,
     pub maps: u32,
 }
 
@@ -266,8 +270,11 @@ pub(crate) struct Graph {
 
 pub(crate) struct Exec {
     pub nodes: Vec<NodeKind>,
-    /// Graph memory this exec needs while it runs, per device.
+    /// Graph memory this exec needs while it runs, per device: allocations it also frees.
     pub mem_need: Vec<(usize, u64)>,
+    /// Allocations it does not free: (device, bytes, address). They stay live after the launch
+    /// until the program frees them (`cuMemFree`, `cuMemFreeAsync`).
+    pub keeps: Vec<(usize, u64, u64)>,
     /// When its last launch completes.
     pub done: u64,
 }
@@ -295,12 +302,16 @@ pub(crate) struct Reg {
     pub vas: BTreeMap<u64, VaRange>,
     pub arrays: HashMap<usize, Array>,
     pub modules: HashMap<usize, usize>,
+    /// Module → the base of its variables' allocation and the variables in it.
+    pub module_globals: HashMap<usize, (u64, Vec<gpuslice_cuda_abi::image::Global>)>,
     pub libraries: HashMap<usize, ()>,
     pub functions: HashMap<usize, Function>,
     pub graphs: HashMap<usize, Graph>,
     pub nodes: HashMap<usize, usize>,
     pub execs: HashMap<usize, Exec>,
     pub graph_mem: HashMap<usize, GraphMem>,
+    /// Graph allocations live past their launch: address → (device, bytes).
+    pub graph_live: HashMap<u64, (usize, u64)>,
     pub host_allocs: HashMap<usize, usize>,
 }
 

@@ -146,8 +146,6 @@ pub static STUBBED: &[&str] = &[
     "cuGraphGetRootNodes",
     "cuGraphHostNodeGetParams",
     "cuGraphHostNodeSetParams",
-    "cuGraphInstantiateWithParams",
-    "cuGraphInstantiateWithParams_ptsz",
     "cuGraphKernelNodeCopyAttributes",
     "cuGraphKernelNodeGetAttribute",
     "cuGraphKernelNodeGetParams",
@@ -211,13 +209,9 @@ pub static STUBBED: &[&str] = &[
     "cuKernelGetParamInfo",
     "cuKernelSetAttribute",
     "cuKernelSetCacheConfig",
-    "cuLaunch",
-    "cuLaunchGrid",
-    "cuLaunchGridAsync",
     "cuLaunchHostFunc",
     "cuLaunchHostFunc_ptsz",
     "cuLibraryEnumerateKernels",
-    "cuLibraryGetGlobal",
     "cuLibraryGetKernelCount",
     "cuLibraryGetManaged",
     "cuLibraryGetModule",
@@ -263,7 +257,6 @@ pub static STUBBED: &[&str] = &[
     "cuMemPrefetchAsync_v2_ptsz",
     "cuMemRangeGetAttribute",
     "cuMemRangeGetAttributes",
-    "cuMemRetainAllocationHandle",
     "cuMemcpy2D",
     "cuMemcpy2DAsync",
     "cuMemcpy2DAsync_v2",
@@ -333,7 +326,6 @@ pub static STUBBED: &[&str] = &[
     "cuModuleEnumerateFunctions",
     "cuModuleGetFunctionCount",
     "cuModuleGetGlobal",
-    "cuModuleGetGlobal_v2",
     "cuModuleGetLoadingMode",
     "cuModuleGetSurfRef",
     "cuModuleGetTexRef",
@@ -1000,14 +992,6 @@ pub unsafe extern "C" fn cuGraphHostNodeSetParams() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphInstantiateWithParams() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphInstantiateWithParams_ptsz() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphKernelNodeCopyAttributes() -> c_int {
     NOT_SUPPORTED
 }
@@ -1260,18 +1244,6 @@ pub unsafe extern "C" fn cuKernelSetCacheConfig() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLaunch() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLaunchGrid() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLaunchGridAsync() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuLaunchHostFunc() -> c_int {
     NOT_SUPPORTED
 }
@@ -1281,10 +1253,6 @@ pub unsafe extern "C" fn cuLaunchHostFunc_ptsz() -> c_int {
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuLibraryEnumerateKernels() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLibraryGetGlobal() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -1465,10 +1433,6 @@ pub unsafe extern "C" fn cuMemRangeGetAttribute() -> c_int {
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemRangeGetAttributes() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemRetainAllocationHandle() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -1745,10 +1709,6 @@ pub unsafe extern "C" fn cuModuleGetFunctionCount() -> c_int {
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuModuleGetGlobal() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuModuleGetGlobal_v2() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]

@@ -1045,6 +1045,13 @@ fn graphs_run_their_kernels_and_own_their_memory() {
                 base - 64 * MIB,
                 "cached for graphs until trimmed"
             );
+            // The graph does not free its allocation: the program does, back into the
+            // graph reservation.
+            let mem_free: unsafe extern "C" fn(CUdeviceptr) -> c_int = cu.f("cuMemFree_v2");
+            assert_eq!(unsafe { trim(0) }, CUDA_SUCCESS);
+            assert_eq!(free_mem(&cu), base - 64 * MIB, "still live until freed");
+            assert_eq!(unsafe { mem_free(ap.dptr) }, CUDA_SUCCESS);
+            assert_eq!(free_mem(&cu), base - 64 * MIB, "freed into the reservation");
             assert_eq!(unsafe { trim(0) }, CUDA_SUCCESS);
             assert_eq!(free_mem(&cu), base);
             assert_eq!(unsafe { graph_destroy(g) }, CUDA_SUCCESS);

@@ -759,6 +759,68 @@ pub unsafe extern "C" fn nvmlDeviceGetGraphicsRunningProcesses_v3(
     graphics_processes(device, count, infos)
 }
 
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetRunningProcessDetailList(
+    device: nvmlDevice_t,
+    list: *mut nvmlProcessDetailList_v1_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        let l = out(list)?;
+        if l.version != nvmlProcessDetailList_v1 {
+            return Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+        }
+        let items: Vec<nvmlProcessDetail_v1_t> = match l.mode {
+            NVML_PROCESS_MODE_COMPUTE => sim
+                .processes(dev)
+                .iter()
+                .map(|p| {
+                    let i = info_v2(sim, dev, p.pid, p.used_bytes);
+                    nvmlProcessDetail_v1_t {
+                        pid: i.pid,
+                        usedGpuMemory: i.usedGpuMemory,
+                        gpuInstanceId: i.gpuInstanceId,
+                        computeInstanceId: i.computeInstanceId,
+                        usedGpuCcProtectedMemory: 0,
+                    }
+                })
+                .collect(),
+            // No graphics work and no MPS server on the simulated devices.
+            NVML_PROCESS_MODE_GRAPHICS | NVML_PROCESS_MODE_MPS => Vec::new(),
+            _ => return Err(NVML_ERROR_INVALID_ARGUMENT),
+        };
+        write_list(&mut l.numProcArrayEntries, l.procArray, &items)
+    })
+}
+
+/// The simulated devices run no MPS server, so no process is an MPS client.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMPSComputeRunningProcesses(
+    device: nvmlDevice_t,
+    count: *mut c_uint,
+    infos: *mut nvmlProcessInfo_v1_t,
+) -> nvmlReturn_t {
+    graphics_processes(device, count, infos)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMPSComputeRunningProcesses_v2(
+    device: nvmlDevice_t,
+    count: *mut c_uint,
+    infos: *mut nvmlProcessInfo_t,
+) -> nvmlReturn_t {
+    graphics_processes(device, count, infos)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMPSComputeRunningProcesses_v3(
+    device: nvmlDevice_t,
+    count: *mut c_uint,
+    infos: *mut nvmlProcessInfo_t,
+) -> nvmlReturn_t {
+    graphics_processes(device, count, infos)
+}
+
 // ---- Utilization and sensors ----
 
 /// Offset from the state's monotonic clock to the wall clock, fixed at first use so that a
@@ -795,6 +857,58 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
     })
 }
 
+/// Per-process SM utilization since `last_seen_time_stamp` (wall-clock µs, 0 for the last
+/// window): (pid, percent, timestamp), only samples newer than the caller's last one.
+fn process_samples(
+    sim: &Sim,
+    dev: usize,
+    last_seen_time_stamp: c_ulonglong,
+) -> Vec<(u32, u32, u64)> {
+    let now_ns = Sim::now_ns();
+    let to_wall = wall_minus_monotonic_ns();
+    let wall_us = |mono_ns: u64| ((i128::from(mono_ns) + to_wall).max(0) / 1000) as u64;
+    let since_ns = if last_seen_time_stamp == 0 {
+        now_ns.saturating_sub(UTIL_WINDOW_NS)
+    } else {
+        (i128::from(last_seen_time_stamp) * 1000 - to_wall).clamp(0, i128::from(now_ns)) as u64
+    };
+    let elapsed = now_ns.saturating_sub(since_ns).max(1);
+    sim.process_busy(dev, since_ns)
+        .into_iter()
+        .map(|(pid, busy, last_seen)| (pid, busy, wall_us(last_seen)))
+        .filter(|&(_, busy, ts)| busy > 0 && ts > last_seen_time_stamp)
+        .map(|(pid, busy, ts)| {
+            let pct = ((busy as f64 / elapsed as f64) * 100.0).round().min(100.0) as u32;
+            (pid, pct, ts)
+        })
+        .collect()
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetProcessesUtilizationInfo(
+    device: nvmlDevice_t,
+    info: *mut nvmlProcessesUtilizationInfo_v1_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        let i = out(info)?;
+        if i.version != nvmlProcessesUtilizationInfo_v1 {
+            return Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+        }
+        let samples: Vec<nvmlProcessUtilizationInfo_v1_t> =
+            process_samples(sim, dev, i.lastSeenTimeStamp)
+                .into_iter()
+                .map(|(pid, sm, ts)| nvmlProcessUtilizationInfo_v1_t {
+                    timeStamp: ts,
+                    pid,
+                    smUtil: sm,
+                    ..Default::default()
+                })
+                .collect();
+        write_list(&mut i.processSamplesCount, i.procUtilArray, &samples)
+    })
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
     device: nvmlDevice_t,
@@ -805,32 +919,18 @@ pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
     entry(|| {
         let (sim, dev) = device_of(device)?;
         let count = out(process_samples_count)?;
-        let now_ns = Sim::now_ns();
-        // NVML timestamps are wall-clock microseconds; the state's timeline is monotonic.
-        let to_wall = wall_minus_monotonic_ns();
-        let wall_us = |mono_ns: u64| ((i128::from(mono_ns) + to_wall).max(0) / 1000) as u64;
-        // 0 asks for whatever is recent, which here is one utilization window.
-        let since_ns = if last_seen_time_stamp == 0 {
-            now_ns.saturating_sub(UTIL_WINDOW_NS)
-        } else {
-            (i128::from(last_seen_time_stamp) * 1000 - to_wall).clamp(0, i128::from(now_ns)) as u64
-        };
-        let elapsed = now_ns.saturating_sub(since_ns).max(1);
-        let samples: Vec<nvmlProcessUtilizationSample_t> = sim
-            .process_busy(dev, since_ns)
-            .into_iter()
-            .map(|(pid, busy, last_seen)| (pid, busy, wall_us(last_seen)))
-            // Only samples newer than the caller's last one, as the real library filters.
-            .filter(|&(_, busy, ts)| busy > 0 && ts > last_seen_time_stamp)
-            .map(|(pid, busy, ts)| nvmlProcessUtilizationSample_t {
-                pid,
-                timeStamp: ts,
-                smUtil: ((busy as f64 / elapsed as f64) * 100.0).round().min(100.0) as u32,
-                memUtil: 0,
-                encUtil: 0,
-                decUtil: 0,
-            })
-            .collect();
+        let samples: Vec<nvmlProcessUtilizationSample_t> =
+            process_samples(sim, dev, last_seen_time_stamp)
+                .into_iter()
+                .map(|(pid, sm, ts)| nvmlProcessUtilizationSample_t {
+                    pid,
+                    timeStamp: ts,
+                    smUtil: sm,
+                    memUtil: 0,
+                    encUtil: 0,
+                    decUtil: 0,
+                })
+                .collect();
         if samples.is_empty() {
             *count = 0;
             return Err(NVML_ERROR_NOT_FOUND);

@@ -408,6 +408,11 @@ fn running_processes_with_the_size_protocol() {
                 n = 4;
                 assert_eq!(gfx(h, &mut n, buf.as_mut_ptr()), NVML_SUCCESS);
                 assert_eq!(n, 0);
+                let mps = lib
+                    .sym::<Procs<nvmlProcessInfo_t>>("nvmlDeviceGetMPSComputeRunningProcesses_v3");
+                n = 4;
+                assert_eq!(mps(h, &mut n, buf.as_mut_ptr()), NVML_SUCCESS);
+                assert_eq!(n, 0, "no MPS server on the simulated GPU");
             }
             drop(a);
             unsafe {
@@ -494,6 +499,31 @@ fn utilization_from_the_timeline() {
             );
             assert_eq!((n, s[0].pid), (1, b.pid));
             assert!(s[0].smUtil > 50, "b since a: {}", s[0].smUtil);
+
+            // The versioned form answers the same samples, with the same size protocol.
+            let info = lib.sym::<DevPtr<nvmlProcessesUtilizationInfo_v1_t>>(
+                "nvmlDeviceGetProcessesUtilizationInfo",
+            );
+            let mut arr = [nvmlProcessUtilizationInfo_v1_t::default(); 2];
+            let mut pi = nvmlProcessesUtilizationInfo_v1_t {
+                version: nvmlProcessesUtilizationInfo_v1,
+                processSamplesCount: 0,
+                lastSeenTimeStamp: 0,
+                procUtilArray: null_mut(),
+            };
+            assert_eq!(info(h, &mut pi), NVML_ERROR_INSUFFICIENT_SIZE);
+            assert_eq!(pi.processSamplesCount, 2);
+            pi.procUtilArray = arr.as_mut_ptr();
+            assert_eq!(info(h, &mut pi), NVML_SUCCESS);
+            let mut pids: Vec<u32> = arr.iter().map(|x| x.pid).collect();
+            pids.sort();
+            let mut want = vec![a.pid, b.pid];
+            want.sort();
+            assert_eq!(pids, want);
+            let ia = arr.iter().find(|x| x.pid == a.pid).unwrap();
+            assert!((28..=31).contains(&ia.smUtil), "a: {}", ia.smUtil);
+            pi.version = 1;
+            assert_eq!(info(h, &mut pi), NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
 
             let mut temp = 0;
             let t = lib

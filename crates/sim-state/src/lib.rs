@@ -410,17 +410,31 @@ impl Sim {
         gpuslice_shm::total(self.sh().slots.iter().map(|s| &s.mem[dev]))
     }
 
-    /// Live processes holding memory on `dev`, one entry per pid.
+    /// Live processes holding memory on `dev`, one entry per pid, with exactly what the
+    /// simulated driver charges each (allocations and contexts).
+    ///
+    /// Pids are in the caller's PID namespace, as the kernel reports the holder of each slot's
+    /// lock (a real driver reports host pids, which is the same for a caller in the host's
+    /// namespace). A holder the caller's namespace cannot see is left out; the pid word a process
+    /// writes into its slot is never trusted for this.
     pub fn processes(&self, dev: usize) -> Vec<ProcessUsage> {
         let _ = self.dev(dev);
         self.reclaim_dead();
+        let me = std::process::id();
         let mut out: Vec<ProcessUsage> = Vec::new();
-        for s in self.sh().slots.iter() {
+        for (i, s) in self.sh().slots.iter().enumerate() {
             let used = s.mem[dev].charged();
             if used == 0 {
                 continue;
             }
-            let pid = s.pid.load(Ordering::SeqCst) as u32;
+            let pid = match self.map.slot_holder(i) {
+                Ok(Some(0)) | Err(_) => continue,
+                Ok(Some(pid)) => pid,
+                // The kernel does not report our own locks (this copy's or another copy's of
+                // this library in this process); anything else unlocked is dead.
+                Ok(None) if s.pid.load(Ordering::SeqCst) == me as u64 => me,
+                Ok(None) => continue,
+            };
             match out.iter_mut().find(|p| p.pid == pid) {
                 Some(p) => p.used_bytes += used,
                 None => out.push(ProcessUsage {

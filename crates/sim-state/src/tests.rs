@@ -175,6 +175,71 @@ fn processes_share_the_device_and_a_killed_process_gives_memory_back() {
 }
 
 #[test]
+fn processes_are_reported_by_their_real_pid() {
+    let (s, _t) = sim("realpid", "memory=1GiB,context=0");
+    let (pid, _) = child_holding(|| {
+        assert!(s.try_alloc(0, 300 * MIB));
+        // A process rewriting its slot's pid word cannot pass for another process.
+        let slot = s.current_slot().unwrap();
+        s.sh().slots[slot].pid.store(1, Ordering::SeqCst);
+        0
+    });
+    assert_eq!(
+        s.processes(0),
+        vec![ProcessUsage {
+            pid: pid as u32,
+            used_bytes: 300 * MIB
+        }]
+    );
+    kill(pid);
+    assert!(s.processes(0).is_empty());
+}
+
+/// A process in a child PID namespace (as in a container) is reported by the pid the caller
+/// sees (the host's, here), not by the pid it has in its own namespace.
+#[test]
+fn processes_in_another_pid_namespace_are_reported_by_the_callers_pid() {
+    let (s, _t) = sim("pidns", "memory=1GiB,context=0");
+    let (child, grandchild) = child_holding(|| {
+        // SAFETY: plain syscalls in a freshly forked, single-threaded child.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID) != 0 {
+                return 0;
+            }
+            let mut fds = [0; 2];
+            libc::pipe(fds.as_mut_ptr());
+            let pid = libc::fork();
+            if pid == 0 {
+                assert_eq!(std::process::id(), 1, "init of its own namespace");
+                assert!(s.try_alloc(0, 200 * MIB));
+                libc::write(fds[1], b"x".as_ptr().cast(), 1);
+                loop {
+                    libc::pause();
+                }
+            }
+            let mut b = [0u8];
+            libc::read(fds[0], b.as_mut_ptr().cast(), 1);
+            pid as u64
+        }
+    });
+    if grandchild == 0 {
+        kill(child);
+        eprintln!("skipped: no unprivileged user and PID namespaces here");
+        return;
+    }
+    let got = s.processes(0);
+    unsafe { libc::kill(grandchild as i32, libc::SIGKILL) };
+    kill(child);
+    assert_eq!(
+        got,
+        vec![ProcessUsage {
+            pid: grandchild as u32,
+            used_bytes: 200 * MIB
+        }]
+    );
+}
+
+#[test]
 fn queries_reclaim_dead_processes() {
     let (s, _t) = sim("reclaim", "memory=1GiB,context=0");
     let (pid, _) = child_holding(|| s.try_alloc(0, 512 * MIB) as u64);

@@ -47,13 +47,33 @@ pub fn start(grant: Grant, tick: impl Fn() + Send + 'static) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     let limits = grant.limits.encode();
+    // Opened once: each process gets a duplicate, so a burst of starting processes costs no
+    // path lookups. Closing a duplicate would drop this process's record locks on the file,
+    // so `tick` (which takes and drops them to reclaim dead slots) runs on this same thread.
+    let ledger = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&grant.ledger)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("the tenant ledger {}: {e}", grant.ledger.display()),
+            )
+        })?;
     std::thread::Builder::new()
         .name("gpuslice-warden".into())
-        .spawn(move || serve(me, listener, grant, limits, tick))?;
+        .spawn(move || serve(me, listener, grant, ledger, limits, tick))?;
     Ok(())
 }
 
-fn serve(me: u32, listener: OwnedFd, grant: Grant, limits: Vec<u8>, tick: impl Fn()) {
+fn serve(
+    me: u32,
+    listener: OwnedFd,
+    grant: Grant,
+    ledger: std::fs::File,
+    limits: Vec<u8>,
+    tick: impl Fn(),
+) {
     // Each connection, and for a process outside our tree the refusal it gets at its first
     // request (answered then, not at accept: closing with its request unread would turn the
     // refusal into a bare reset).
@@ -87,7 +107,7 @@ fn serve(me: u32, listener: OwnedFd, grant: Grant, limits: Vec<u8>, tick: impl F
                 let (c, refusal) = &conns[i - 1];
                 let keep = re & libc::POLLIN != 0
                     && match refusal {
-                        None => answer(c, &grant, &limits),
+                        None => answer(c, &grant, &ledger, &limits),
                         Some(msg) => {
                             let _ = wire::recv(c.as_raw_fd());
                             let _ =
@@ -140,14 +160,17 @@ fn accept(listener: &OwnedFd, me: u32) -> Option<(OwnedFd, Option<String>)> {
 
 /// Answers one request; `false` when the connection is over (closed, or a malformed request,
 /// which ends only that process's connection).
-fn answer(c: &OwnedFd, grant: &Grant, limits: &[u8]) -> bool {
+fn answer(c: &OwnedFd, grant: &Grant, ledger: &std::fs::File, limits: &[u8]) -> bool {
     let fd = c.as_raw_fd();
     let Ok((req, _fds)) = wire::recv(fd) else {
         return false;
     };
     let reply = match req.as_slice() {
         [] => return false,
-        r if r == wire::REQ_LIMITS => open_ledger(&grant.ledger).map(|l| (limits.to_vec(), l)),
+        r if r == wire::REQ_LIMITS => ledger
+            .try_clone()
+            .map(|l| (limits.to_vec(), OwnedFd::from(l)))
+            .map_err(|e| format!("cannot share the tenant ledger: {e}")),
         r if r == wire::REQ_ARBITER => match &grant.arbiter {
             Some(f) => f()
                 .map(|ch| (Vec::new(), ch))
@@ -164,13 +187,4 @@ fn answer(c: &OwnedFd, grant: &Grant, limits: &[u8]) -> bool {
         Err(msg) => wire::send(fd, &[wire::REP_ERR, msg.as_bytes()], &[]),
     };
     sent.is_ok()
-}
-
-fn open_ledger(path: &std::path::Path) -> Result<OwnedFd, String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map(OwnedFd::from)
-        .map_err(|e| format!("cannot open the tenant ledger {}: {e}", path.display()))
 }
