@@ -349,6 +349,13 @@ impl Sched {
                 tenant: h.tenant,
                 since: now,
             });
+            // Still wanting the GPU, it now waits for its next turn: that is throttled time.
+            if let Some(t) = self.t(h.tenant)
+                && t.want
+                && t.wait_since.is_none()
+            {
+                t.wait_since = Some(now);
+            }
         }
     }
 
@@ -634,6 +641,16 @@ mod tests {
             let u = drive(&mut s, &[1, 2], drain, 60_000_000_000);
             let share = u[0] as f64 * 100.0 / (u[0] + u[1]) as f64;
             assert!((share - 30.0).abs() < 2.0, "drain {drain}: {share}");
+            // Both always want the GPU: each waits while the other holds it, the 30 % tenant
+            // about 70 % of the time.
+            let waited: Vec<f64> = [1, 2]
+                .iter()
+                .map(|&i| s.tenant(i).unwrap().throttled_ns as f64 / 60e9)
+                .collect();
+            assert!(
+                (0.6..0.8).contains(&waited[0]) && (0.2..0.4).contains(&waited[1]),
+                "drain {drain}: throttled {waited:?}"
+            );
         }
     }
 

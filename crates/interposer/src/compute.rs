@@ -63,6 +63,8 @@ pub struct Gate {
     contexts: Mutex<Vec<usize>>,
     fences: Mutex<HashMap<usize, Fences>>,
     reported: AtomicBool,
+    /// Set when reopening after the arbiter was lost has failed for good.
+    gave_up: AtomicBool,
 }
 
 #[derive(Default)]
@@ -114,8 +116,9 @@ fn global<T: Default>(p: &AtomicPtr<T>) -> &'static T {
     }
 }
 
-/// Opens this process's channel for GPU `uuid` and starts its gate thread.
-fn open_gate(uuid: [u8; 16]) -> Result<&'static Gate, c_int> {
+/// Opens this process's channel for GPU `uuid` and starts its gate thread. `quiet`: a failure
+/// is not reported (an attempt that will be repeated).
+fn open_gate(uuid: [u8; 16], quiet: bool) -> Result<&'static Gate, c_int> {
     let t = tenant()?;
     let who = t.compute.as_ref().map_or(String::new(), |c| {
         format!(
@@ -126,7 +129,9 @@ fn open_gate(uuid: [u8; 16]) -> Result<&'static Gate, c_int> {
         )
     });
     let fail = |e: String| {
-        eprintln!("gpuslice: {who}: {e}; refusing kernel launches");
+        if !quiet {
+            eprintln!("gpuslice: {who}: {e}; refusing kernel launches");
+        }
         CONFIG_ERROR
     };
     let chan = t.arbiter_channel().map_err(fail)?;
@@ -147,6 +152,7 @@ fn open_gate(uuid: [u8; 16]) -> Result<&'static Gate, c_int> {
         contexts: Mutex::new(Vec::new()),
         fences: Mutex::new(HashMap::new()),
         reported: AtomicBool::new(false),
+        gave_up: AtomicBool::new(false),
     }));
     let generation = GENERATION.load(SeqCst);
     std::thread::Builder::new()
@@ -173,7 +179,7 @@ fn make_gate(ctx: usize) -> Result<Option<&'static Gate>, c_int> {
         }
         let uuid = crate::tenant::device_uuid(ordinal)?;
         let mut devs = global(&DEVICES).lock().unwrap_or_else(|e| e.into_inner());
-        let g = *devs.entry(uuid).or_insert_with(|| open_gate(uuid));
+        let g = *devs.entry(uuid).or_insert_with(|| open_gate(uuid, false));
         let g = g?;
         g.contexts
             .lock()
@@ -293,19 +299,20 @@ impl Gate {
         CONFIG_ERROR
     }
 
-    /// The launch path when the fast one does not apply.
-    fn slow(
+    /// The launch path when the fast one does not apply. Hands `launch` back unlaunched if
+    /// the arbiter is gone.
+    fn slow<F: FnOnce() -> CUresult>(
         &self,
         ctx: usize,
         streams: &[CUstream],
-        launch: impl FnOnce() -> CUresult,
-    ) -> CUresult {
+        launch: F,
+    ) -> Result<CUresult, F> {
         let p = self.page.page();
         loop {
             let seq = p.seq.load(SeqCst);
             let w = p.word.load(SeqCst);
             if self.act.load(SeqCst) == ACT_DEAD {
-                return self.dead();
+                return Err(launch);
             }
             self.mark_busy();
             if page::state(w) == page::GRANTED && self.act.load(SeqCst) == ACT_WANTING {
@@ -343,7 +350,7 @@ impl Gate {
                         q.fence(s);
                     }
                 }
-                return r;
+                return Ok(r);
             }
             futex_wait(&p.seq, seq, RECHECK_NS);
         }
@@ -463,5 +470,82 @@ pub fn governed(streams: &[CUstream], launch: impl FnOnce() -> CUresult) -> CUre
             return launch();
         }
     }
-    g.slow(ctx, streams, launch)
+    let mut g = g;
+    let mut launch = launch;
+    loop {
+        if g.act.load(SeqCst) == ACT_DEAD {
+            match reopen(g, ctx) {
+                Some(n) => g = n,
+                None => return g.dead(),
+            }
+        }
+        match g.slow(ctx, streams, launch) {
+            Ok(r) => return r,
+            Err(l) => launch = l,
+        }
+    }
+}
+
+/// How long a launch waits for a lost arbiter to come back (the node agent restarting) before
+/// it is refused: the launch is held, never run ungoverned.
+const REOPEN_FOR_NS: u64 = 30_000_000_000;
+const REOPEN_EVERY_NS: u64 = 100_000_000;
+
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// The arbiter behind `old` is gone: opens a new channel for the same GPU (the arbiter may have
+/// restarted), re-pointing every context of `old` at it. Retries for [`REOPEN_FOR_NS`] once
+/// per gate; after that, and for a gate that already gave up, `None`.
+fn reopen(old: &'static Gate, ctx: usize) -> Option<&'static Gate> {
+    if old.gave_up.load(SeqCst) {
+        return None;
+    }
+    let deadline = monotonic_ns() + REOPEN_FOR_NS;
+    loop {
+        {
+            let mut gates = global(&GATES).lock().unwrap_or_else(|e| e.into_inner());
+            // Another thread may have reopened it already.
+            if let Some(Ok(Some(g))) = gates.get(&ctx)
+                && !std::ptr::eq(*g, old)
+                && g.act.load(SeqCst) != ACT_DEAD
+            {
+                return Some(*g);
+            }
+            let mut devs = global(&DEVICES).lock().unwrap_or_else(|e| e.into_inner());
+            let uuid = devs
+                .iter()
+                .find(|(_, g)| matches!(g, Ok(g) if std::ptr::eq(*g, old)))
+                .map(|(u, _)| *u);
+            if let Some(uuid) = uuid
+                && let Ok(new) = open_gate(uuid, true)
+            {
+                let ctxs = old
+                    .contexts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                for &c in &ctxs {
+                    gates.insert(c, Ok(Some(new)));
+                }
+                *new.contexts.lock().unwrap_or_else(|e| e.into_inner()) = ctxs;
+                devs.insert(uuid, Ok(new));
+                eprintln!("gpuslice: the compute arbiter came back; kernel launches continue");
+                CACHE.with(|c| c.set((GENERATION.load(SeqCst), ctx, new as *const Gate)));
+                return Some(new);
+            }
+        }
+        if monotonic_ns() >= deadline {
+            old.gave_up.store(true, SeqCst);
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_nanos(REOPEN_EVERY_NS));
+    }
 }

@@ -20,11 +20,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// How often the regions are read, and so the share's window and the most of one process's
+/// How often the arbiter's figures are read, and so the share's window and the most of one process's
 /// time that can be lost when it dies and its entry is taken before the next reading.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Shortest window a share is measured over: a little under the beat, so that every beat
-/// closes one even when a scrape read the regions just before.
+/// closes one even when a scrape read them just before.
 const WINDOW: Duration = Duration::from_millis(950);
 
 /// The arbiter's figures in `dir` read now: one reading per tenant and GPU, and the tenant
@@ -42,7 +42,10 @@ pub fn read(dir: &Path) -> (Vec<Reading>, BTreeMap<u64, String>) {
         names.entry(tenant).or_insert(r.name);
         out.push(Reading {
             gpu: gpuslice_ledger::format_uuid(&r.gpu),
-            entry: 0,
+            // One row per registration and GPU, its counters only growing while the arbiter
+            // lives: the arbiter's id names the row (a restarted arbiter's rows start again
+            // from zero, which reads as a restart).
+            entry: r.tenant_id as usize,
             pid: 0,
             tenant,
             used_ns: r.charged_ns,
@@ -59,7 +62,7 @@ struct Inner {
     keep: BTreeSet<u64>,
 }
 
-/// The regions' totals over time, sampled on a beat.
+/// The arbiter's totals over time, sampled on a beat.
 pub struct Sampler {
     dir: PathBuf,
     epoch: Instant,
@@ -116,7 +119,7 @@ pub struct ComputeMetrics {
 }
 
 impl ComputeMetrics {
-    /// Registers the two families and starts reading the regions in `dir` on a beat, until
+    /// Registers the two families and starts reading the arbiter's figures in `dir` on a beat, until
     /// this is dropped.
     pub fn register(r: &mut Registry, dir: PathBuf) -> ComputeMetrics {
         let share = Family::<Labels, Gauge<f64, AtomicU64>>::default();
@@ -141,7 +144,7 @@ impl ComputeMetrics {
         }
     }
 
-    /// Reads the regions now and sets both families: the tenants in `known` under their labels,
+    /// Reads the figures now and sets both families: the tenants in `known` under their labels,
     /// any other tenant found in a region under `<name>#<id>`.
     pub fn update(&self, known: &[Known]) {
         self.share.clear();
@@ -195,7 +198,7 @@ impl ComputeMetrics {
     }
 }
 
-/// Reads the regions every [`SAMPLE_EVERY`] while the sampler exists.
+/// Reads the figures every [`SAMPLE_EVERY`] while the sampler exists.
 fn spawn_beat(sampler: Weak<Sampler>) {
     let _ = std::thread::Builder::new()
         .name("gpuslice-usage".into())
@@ -208,4 +211,38 @@ fn spawn_beat(sampler: Weak<Sampler>) {
                 }
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpuslice_arbiter::status::{self, Row};
+
+    #[test]
+    fn two_tenants_on_one_gpu_are_counted_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let row = |tenant_id: u64, charged_ns: u64| Row {
+            gpu: [7; 16],
+            tenant_id,
+            ledger_id: 100 + tenant_id,
+            name: format!("t{tenant_id}"),
+            quota: 50,
+            mode: 0,
+            priority: 1,
+            charged_ns,
+            throttled_ns: 0,
+            holder: false,
+            processes: 1,
+        };
+        let mut u = Usage::new(1);
+        for (t, (a, b)) in [(1_000, 3_000), (2_000, 7_000), (4_000, 9_000)]
+            .into_iter()
+            .enumerate()
+        {
+            status::write(&dir.path().join(status::FILE), &[row(1, a), row(2, b)]).unwrap();
+            u.observe(t as u64 * 1_000, read(dir.path()).0);
+        }
+        let used: Vec<u64> = u.totals().values().map(|t| t.used_ns).collect();
+        assert_eq!(used, vec![4_000, 9_000], "{:?}", u.totals());
+    }
 }
