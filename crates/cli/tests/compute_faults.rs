@@ -134,6 +134,7 @@ fn two(m: &Machine, sh: &str, secs: &str) -> (Child, Child, BTreeMap<u32, &'stat
 /// and keeps it while the stopped one cannot use it.
 #[test]
 fn a_stopped_holder_or_waiter_stalls_nobody() {
+    let _one = serial();
     let m = Machine::new("faults-stop");
     let sh = shapes(&m);
     let (a, b, sups) = two(&m, &sh, "9");
@@ -161,6 +162,7 @@ fn a_stopped_holder_or_waiter_stalls_nobody() {
 
 #[test]
 fn a_killed_holder_frees_its_turn_at_once() {
+    let _one = serial();
     let m = Machine::new("faults-kill");
     let sh = shapes(&m);
     let (a, b, sups) = two(&m, &sh, "6");
@@ -183,6 +185,7 @@ fn a_killed_holder_frees_its_turn_at_once() {
 /// the whole GPU.
 #[test]
 fn many_idle_processes_of_one_tenant_do_not_crowd_out_another() {
+    let _one = serial();
     let m = Machine::new("faults-idle");
     let sh = shapes(&m);
     // Each process's context is charged to the tenant: room for all of them.
@@ -227,6 +230,7 @@ fn many_idle_processes_of_one_tenant_do_not_crowd_out_another() {
 /// of connections. None of it moves the split.
 #[test]
 fn a_hostile_tenant_gets_no_more_than_its_share() {
+    let _one = serial();
     // Statistical over a 2 s window on a loaded CI machine: a real regression fails twice.
     if std::panic::catch_unwind(hostile_run).is_err() {
         hostile_run();
