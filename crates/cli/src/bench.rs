@@ -134,14 +134,47 @@ fn run(a: BenchArgs) -> Result<(), String> {
         allowed: vec![],
     };
     let l = Ledger::create(&ledger, &spec).map_err(|e| e.to_string())?;
+    // A full share in best-effort mode: alone on the GPU, every launch takes the gate's fast
+    // path, which is what the interposer costs a tenant that is not waiting.
+    let compute = gpuslice_ledger::ComputeSpec {
+        quota: 100,
+        mode: gpuslice_compute::policy::MODE_BEST_EFFORT,
+        priority: gpuslice_compute::policy::PRIO_NORMAL,
+    };
+    l.set_compute(compute).map_err(|e| e.to_string())?;
+    let limits = l.limits().map_err(|e| e.to_string())?;
+    // The benchmark's own arbiter, so that no other tenant of the machine shares its GPU.
+    let arbiter = gpuslice_arbiter::server::Handle::spawn(
+        None,
+        gpuslice_arbiter::server::Options {
+            status: None,
+            linger: None,
+        },
+    )
+    .map_err(|e| format!("cannot start the compute arbiter: {e}"))?;
+    let socket = dir.join("arbiter.sock");
+    arbiter
+        .add_tenant(
+            &socket,
+            gpuslice_arbiter::Spec {
+                name: "bench".into(),
+                quota: compute.quota,
+                mode: compute.mode,
+                priority: compute.priority,
+                ledger_id: limits.tenant_id,
+            },
+        )
+        .map_err(|e| format!("cannot register with the compute arbiter: {e}"))?;
     // The benchmark's processes are its children: it serves their limits as `gpuslice run`
     // would, so the measured start-up includes finding them.
     let reaper = Ledger::open(&ledger).map_err(|e| e.to_string())?;
     gpuslice_warden::server::start(
         gpuslice_warden::server::Grant {
-            limits: l.limits().map_err(|e| e.to_string())?,
+            limits,
             ledger: ledger.clone(),
-            arbiter: None,
+            arbiter: Some(Box::new(move || {
+                gpuslice_compute::wire::connect_path(&socket)
+            })),
         },
         move || {
             reaper.reclaim_dead(None);
@@ -154,6 +187,7 @@ fn run(a: BenchArgs) -> Result<(), String> {
         simlib,
     };
     let result = report(&b, &a, &l);
+    drop(arbiter);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -87,8 +87,8 @@ pub fn state_dir() -> PathBuf {
     PathBuf::from(format!("/tmp/gpuslice-{}", unsafe { libc::getuid() }))
 }
 
-/// Where the per-GPU compute regions live. Every tenant sharing a GPU must use the same one, so
-/// the default is machine-wide (not per user): `GPUSLICE_COMPUTE_DIR`, else the state dir's when
+/// Where the machine's compute arbiter listens and publishes its figures. Every tenant sharing a
+/// GPU must reach the same arbiter, so the default is machine-wide (not per user): `GPUSLICE_COMPUTE_DIR`, else the state dir's when
 /// `GPUSLICE_STATE_DIR` is set (a private setup), else `/run/gpuslice/compute` (the node agent's,
 /// mounted into containers there) where it exists or can be made, else `/dev/shm/gpuslice-compute`.
 pub fn compute_dir() -> PathBuf {

@@ -1,6 +1,7 @@
 //! `gpuslice`: the one user-facing binary. Thin: argument parsing and wiring; the logic lives in
 //! the core, ledger and edge modules.
 
+mod arbiter;
 mod bench;
 mod bench_isolation;
 mod demo;
@@ -44,6 +45,9 @@ enum Cmd {
     Scheduler(scheduler::Args),
     /// Replay a pod trace through the scheduling policies, offline.
     Simulate(simulate::Args),
+    /// The compute arbiter for `gpuslice run` tenants (started on demand).
+    #[command(hide = true)]
+    Arbiter(arbiter::Args),
 }
 
 /// Logs of the long-running services go to stderr; `GPUSLICE_LOG` filters them (default info).
@@ -67,6 +71,7 @@ fn main() {
         Cmd::Node(a) => node::main(a),
         Cmd::Scheduler(a) => scheduler::main(a),
         Cmd::Simulate(a) => simulate::main(a),
+        Cmd::Arbiter(a) => arbiter::main(a),
     };
     std::process::exit(code);
 }

@@ -107,6 +107,7 @@ pub fn main(a: Args) -> i32 {
             interposer: install.interposer(),
             // Plain `gpuslice run` tenants of this host show up in the metrics too.
             extra_tenant_dirs: vec![state_dir().join("tenants")],
+            compute_dir: crate::install::compute_dir(),
             health_quiet: launch::HEALTH_QUIET,
             reload_every: std::time::Duration::from_secs(2),
             pod_resources_socket: a.pod_resources_socket,

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use crate::install::{Install, compute_dir, prepend, state_dir};
+use crate::install::{Install, prepend, state_dir};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -87,30 +87,6 @@ pub fn compute_spec(c: &ComputeLimits) -> ComputeSpec {
     }
 }
 
-/// Refuses at start a share mode other than the one live tenants already use on this node's
-/// GPUs (the interposer checks again, per GPU, when the first kernel is launched).
-fn check_mode(dir: &std::path::Path, mode: u8) -> Result<(), String> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    for e in rd.flatten() {
-        let Ok(r) = gpuslice_compute::Region::open(&e.path()) else {
-            continue;
-        };
-        if let Some(m) = r.mode()
-            && m != mode
-            && !r.entries().is_empty()
-        {
-            return Err(format!(
-                "a GPU on this node is shared in {} mode by its running tenants; --share-mode {} is refused (one mode per GPU)",
-                gpuslice_compute::policy::mode_name(m),
-                gpuslice_compute::policy::mode_name(mode)
-            ));
-        }
-    }
-    Ok(())
-}
-
 fn parse_devices(s: &str) -> Result<DeviceList, String> {
     s.parse::<DeviceList>().map_err(|e| e.to_string())
 }
@@ -162,8 +138,6 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
         eprintln!("gpuslice run: {e}");
         std::process::exit(2);
     }
-    let compute_dir = compute_dir();
-    check_mode(&compute_dir, compute_spec(&compute).mode)?;
     let name = args.name.clone().unwrap_or_else(|| "run".to_string());
     if name.is_empty()
         || !name
@@ -199,6 +173,9 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
         .limits()
         .map_err(|e| format!("cannot read back the tenant's limits: {e}"))?;
 
+    // The compute arbiter gives each tenant process its own channel (a refused mode exits 1).
+    // Before we become a subreaper: an arbiter started here must not stay in our tree.
+    let arbiter = crate::arbiter::channels(&name, granted.tenant_id, &compute_spec(&compute))?;
     // Orphaned processes of the tenant (double forks, daemons) stay in our tree, so that the
     // warden still answers them and nobody outside the tree can pose as one of them.
     // SAFETY: prctl with these arguments only sets a flag of this process.
@@ -210,7 +187,7 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
         gpuslice_warden::server::Grant {
             limits: granted,
             ledger: ledger_path.clone(),
-            arbiter: None,
+            arbiter: Some(arbiter),
         },
         move || {
             ledger.reclaim_dead(None);
@@ -221,8 +198,7 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..])
         .env("LD_PRELOAD", prepend("LD_PRELOAD", &install.interposer()))
-        .env("GPUSLICE_TENANT", &name)
-        .env("GPUSLICE_COMPUTE_DIR", &compute_dir);
+        .env("GPUSLICE_TENANT", &name);
     if args.sim {
         let lib = dir.0.join("lib");
         install.link_simulator(&lib)?;

@@ -1,10 +1,10 @@
 //! `gpuslice top`: per GPU and per tenant, the compute quota, the share achieved over the last
 //! interval, priority, memory used against the cap, and time held back by the compute gate.
-//! Reads the per-GPU compute regions and the tenants' ledgers; changes nothing. Shares and
+//! Reads the compute arbiter's status file and the tenants' ledgers; changes nothing. Shares and
 //! throttled time are measured as the node agent's metrics measure them
 //! (`gpuslice_node::usage::read`, `gpuslice_core::usage`).
 
-use gpuslice_compute::{Region, policy};
+use gpuslice_compute::policy;
 use gpuslice_core::usage::Usage;
 use gpuslice_ledger::{Ledger, format_uuid};
 use std::collections::BTreeMap;
@@ -35,10 +35,9 @@ fn parse_interval(s: &str) -> Result<f64, String> {
 #[derive(Default, Clone)]
 struct TenantRow {
     name: String,
-    pids: Vec<u32>,
+    processes: u32,
     quota: u8,
     priority: u8,
-    waiting: bool,
     holder: bool,
 }
 
@@ -46,28 +45,21 @@ type Sample = BTreeMap<String, (Option<u8>, BTreeMap<u64, TenantRow>)>;
 
 fn sample(dir: &Path) -> Sample {
     let mut out = Sample::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(hex) = name.strip_prefix("gpu-") else {
-            continue;
+    for r in gpuslice_arbiter::status::read(&dir.join(gpuslice_arbiter::status::FILE)) {
+        let hex: String = r.gpu.iter().map(|b| format!("{b:02x}")).collect();
+        let e = out.entry(hex).or_insert((None, BTreeMap::new()));
+        e.0 = Some(r.mode);
+        let id = if r.ledger_id != 0 {
+            r.ledger_id
+        } else {
+            r.tenant_id
         };
-        let Ok(r) = Region::open(&e.path()) else {
-            continue;
-        };
-        let mut tenants: BTreeMap<u64, TenantRow> = BTreeMap::new();
-        for v in r.entries() {
-            let t = tenants.entry(v.tenant_id).or_default();
-            t.name = v.name.clone();
-            t.pids.push(v.pid);
-            t.quota = v.quota;
-            t.priority = v.priority;
-            t.waiting |= v.waiting;
-            t.holder |= v.holder;
-        }
-        out.insert(hex.to_string(), (r.mode(), tenants));
+        let t = e.1.entry(id).or_default();
+        t.name = r.name.clone();
+        t.processes = r.processes;
+        t.quota = r.quota;
+        t.priority = r.priority;
+        t.holder = r.holder;
     }
     out
 }
@@ -112,7 +104,7 @@ fn frame(state: &Path, usage: &Usage, after: &Sample) -> String {
         ));
         s.push_str(&format!(
             "  {:<20} {:>8} {:>7} {:>6} {:>7} {:>17} {:>10}  {}\n",
-            "TENANT", "PIDS", "PRIO", "QUOTA", "SHARE", "MEM USED/CAP GiB", "THROTTLED", "STATE"
+            "TENANT", "PROCS", "PRIO", "QUOTA", "SHARE", "MEM USED/CAP GiB", "THROTTLED", "STATE"
         ));
         for (id, t) in tenants {
             let key = (*id, uuid.clone());
@@ -128,19 +120,13 @@ fn frame(state: &Path, usage: &Usage, after: &Sample) -> String {
             s.push_str(&format!(
                 "  {:<20} {:>8} {:>7} {:>6} {:>6.1}% {:>17} {:>9.2}s  {}\n",
                 t.name,
-                t.pids.len(),
+                t.processes,
                 policy::priority_name(t.priority),
                 quota,
                 window.share(&key) * 100.0,
                 format!("{}/{}", gib(mu), gib(mc)),
                 thr as f64 / 1e9,
-                if t.holder {
-                    "running"
-                } else if t.waiting {
-                    "waiting"
-                } else {
-                    "idle"
-                }
+                if t.holder { "running" } else { "-" }
             ));
         }
     }

@@ -16,10 +16,6 @@
 mod common;
 use common::*;
 use std::process::Command;
-use std::sync::Mutex;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
 /// Runs one row of the quick matrix and returns its JSON verdict.
 fn run_row(id: &str) -> serde_json::Value {
     let tmp = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("matrix");
@@ -50,7 +46,7 @@ fn run_row(id: &str) -> serde_json::Value {
 const ATTEMPTS: usize = 3;
 
 fn holds(id: &str) {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = serial();
     let mut misses = Vec::new();
     for _ in 0..ATTEMPTS {
         let v = run_row(id);
@@ -79,7 +75,7 @@ fn unknown_row_is_refused_naming_the_rows() {
 
 #[test]
 fn gate_cost_is_measured_side_by_side() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = serial();
     let v = run_row("overhead");
     for k in ["direct_ns", "memory_only_ns", "gate_ns"] {
         let ns = v[k].as_f64().unwrap_or(-1.0);

@@ -66,13 +66,13 @@ fn value(body: &str, metric: &str, prefix: &str) -> f64 {
     v[0]
 }
 
-/// Live processes attached to the GPU's compute region.
-fn attached(compute: &Path) -> Vec<u32> {
-    gpuslice_compute::regions(compute)
+/// Processes of the tenant named `prefix`* with a channel to the arbiter, by its figures.
+fn processes(compute: &Path, prefix: &str) -> u32 {
+    gpuslice_arbiter::status::read(&compute.join(gpuslice_arbiter::status::FILE))
         .iter()
-        .flat_map(|(_, r)| r.entries())
-        .map(|e| e.pid)
-        .collect()
+        .filter(|r| r.name.starts_with(prefix))
+        .map(|r| r.processes)
+        .sum()
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -134,7 +134,8 @@ fn kill(c: &mut Child) {
 fn compute_share_and_throttled_time_per_tenant_in_metrics() {
     let m = Machine::new("node-metrics");
     let compute = m.dir.join("compute");
-    // The agent and every tenant use this test's regions, never the machine-wide directory.
+    // The agent's arbiter serves this test's directory, never the machine-wide one, and the
+    // host tenant registers there.
     // The only test in this binary, so nothing else reads the environment meanwhile.
     unsafe { std::env::set_var("GPUSLICE_COMPUTE_DIR", &compute) };
     let specs = gpuslice_sim_state::parse_devices("").unwrap();
@@ -175,6 +176,7 @@ fn compute_share_and_throttled_time_per_tenant_in_metrics() {
         reload_every: Duration::from_secs(60),
         pod_resources_socket: sockets.join("no-pod-resources.sock"),
         reconcile_every: Duration::from_secs(3600),
+        compute_dir: compute.clone(),
     };
     let gpu = Gpu {
         index: 0,
@@ -204,7 +206,7 @@ fn compute_share_and_throttled_time_per_tenant_in_metrics() {
     // 70 %, both saturating the GPU.
     let mut c30 = container_process(&m, &resp, &["saturate", "60"]);
     wait_for("the container's first launch", || {
-        attached(&compute).contains(&c30.id())
+        processes(&compute, "team.c30.main") == 1
     });
     let mut host = Command::new(gpuslice());
     host.args([
@@ -225,7 +227,7 @@ fn compute_share_and_throttled_time_per_tenant_in_metrics() {
     m.env(&mut host);
     let mut host = host.stdout(Stdio::null()).spawn().unwrap();
     wait_for("the host tenant's first launch", || {
-        attached(&compute).len() == 2
+        processes(&compute, "host70") == 1
     });
     std::thread::sleep(Duration::from_millis(2500));
 
@@ -266,19 +268,20 @@ fn compute_share_and_throttled_time_per_tenant_in_metrics() {
         t3 >= t2,
         "throttled time went back from {t2} to {t3} when the process died"
     );
-    // A new process of the container takes the freed entry with counters from zero; the
-    // tenant's total still only grows.
+    // A new process of the container: the tenant's total still only grows.
+    wait_for("the dead process's channel closed", || {
+        processes(&compute, "team.c30.main") == 0
+    });
     let mut again = container_process(&m, &resp, &["saturate", "60"]);
-    let pid = again.id();
     wait_for("the new process's first launch", || {
-        attached(&compute).contains(&pid)
+        processes(&compute, "team.c30.main") == 1
     });
     std::thread::sleep(Duration::from_millis(1500));
     let fourth = scrape(addr);
     let t4 = value(&fourth, throttled, "team.c30.main");
     assert!(
         t4 >= t3,
-        "throttled time went back from {t3} to {t4} after the entry was reused"
+        "throttled time went back from {t3} to {t4} after a new process started"
     );
     assert!(
         value(&fourth, share, "team.c30.main") > 0.05,

@@ -1,89 +1,94 @@
-//! The compute gate: every launch path passes through [`governed`], which admits the launch
-//! only while this process holds its GPU's turn (see `gpuslice_compute`), with a bounded amount
-//! of its work in flight. GPU time is measured through the driver: an event recorded after each
-//! launch tells when the work completed, and the time between its start (its submission, or the
-//! end of the work ahead of it) and its completion is charged.
+//! The compute gate: every launch path passes through [`governed`], which submits work only
+//! while this process's tenant holds the GPU's turn. The turn is decided by the compute
+//! arbiter (see `gpuslice_arbiter`), which this process reaches through a private channel per
+//! GPU and which publishes the grant in a page only it can write. The process never decides
+//! who runs, and what it sends can only affect its own tenant's turn.
+//!
+//! Fast path (the tenant holds the GPU, nobody else wants it): a thread-local cache lookup,
+//! one load of the grant word, one load of the process's activity word. No clock, no event, no
+//! system call. Otherwise launches are fenced by events so that at most the page's bound of
+//! them is in flight, and a process that is not granted sleeps on the page's futex.
+//!
+//! One *gate thread* per process and GPU tells the arbiter when the process's work has drained
+//! (`IDLE`, after a short grace without launches) or, after a revoke, that it has (`RELEASE`).
+//! It waits for the work with `cuCtxSynchronize` in each context the process launched in, so a
+//! process blocked in `cuStreamSynchronize` on its own kernels counts as busy, not idle.
 
-use gpuslice_compute::policy::{self, Credit};
-use gpuslice_compute::{Region, holder_entry, now_ns};
+use gpuslice_compute::page::{self, PageReader, futex_wait, futex_wake};
+use gpuslice_compute::wire::{self, Msg};
 use gpuslice_cuda_abi::driver::*;
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
-use std::ffi::{c_float, c_int, c_uint};
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering::*};
-use std::sync::{Mutex, OnceLock};
+use std::ffi::{c_int, c_uint};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
 
 use crate::real::call_real;
 use crate::tenant::{CONFIG_ERROR, tenant};
 
-/// A turn on the device lasts this long when others are waiting.
-const SLICE_NS: u64 = 20_000_000;
-/// A holder that has left the gate for this long with no launch is idle; others may take over.
-const IDLE_GRACE_NS: u64 = 1_000_000;
-/// A holder that overstays its slice by this much (stuck off-CPU) loses its turn.
-const STUCK_NS: u64 = 2 * SLICE_NS;
-/// Fixed mode: credit a tenant may bank while idle.
-const FIXED_BURST_NS: i64 = 4_000_000;
-/// Launches in flight per process; 1 while a higher-priority process uses the device, so that
-/// it waits for at most one of ours.
-const INFLIGHT: usize = 3;
-const REBASE_NS: u64 = 1_000_000_000;
-/// Uncontended, launches in quick succession share one completion event: at most this many,
-/// spanning at most `BATCH_NS`. Anyone waiting for the GPU (or a higher priority present, or
-/// fixed mode) makes every launch fenced.
-const BATCH: u32 = 8;
-const BATCH_NS: u64 = 20_000;
-/// Uncontended, completed work is charged at least this often.
-const REAP_NS: u64 = 1_000_000;
+/// A holder whose work has drained and that launched nothing for this long is idle.
+const GRACE_NS: u64 = 200_000;
+/// Uncontended, one launch in this many (per thread) is fenced, and at most
+/// `UNCONTENDED_FENCES` fences are outstanding per context: a tenant alone cannot queue so much
+/// that a newcomer waits long for it to drain.
+const UNCONTENDED_EVERY: u32 = 8;
+const UNCONTENDED_FENCES: usize = 2;
+/// How long a waiter sleeps before checking that the arbiter is still there.
+const RECHECK_NS: u64 = 50_000_000;
 
-struct Device {
-    region: Region,
-    entry: usize,
-    tenant_id: u64,
-    quota: u8,
-    mode: u8,
-    priority: u8,
+/// `Gate::act`: what the arbiter has been told about this process's work.
+/// Idle: told `IDLE` (or nothing yet); the next launch must send `WANT` first.
+const ACT_IDLE: u32 = 0;
+/// Told `WANT`; no launch since the gate thread last looked.
+const ACT_CLEAN: u32 = 1;
+/// Told `WANT`; launched since the gate thread last looked.
+const ACT_TOUCHED: u32 = 2;
+/// The arbiter is gone or refused us: launches are refused.
+const ACT_DEAD: u32 = 3;
+/// Told `WANT` after `IDLE`: launches wait for a grant newer than the one we went idle in, so
+/// nothing is submitted on a turn the arbiter may already have handed on.
+const ACT_WANTING: u32 = 4;
+
+/// One process's gate on one GPU.
+pub struct Gate {
+    chan: OwnedFd,
+    page: PageReader,
+    act: AtomicU32,
+    /// The grant epoch in which this process last told the arbiter it was idle.
+    stale: AtomicU32,
+    /// Serialises WANT/IDLE with the transitions of `act` they stand for.
+    msg: Mutex<()>,
+    /// Contexts (as addresses) the process launched in on this GPU.
+    contexts: Mutex<Vec<usize>>,
+    fences: Mutex<HashMap<usize, Fences>>,
+    reported: AtomicBool,
+    /// Set when reopening after the arbiter was lost has failed for good.
+    gave_up: AtomicBool,
 }
 
-struct Local {
-    inflight: VecDeque<(CUevent, u64)>,
+#[derive(Default)]
+struct Fences {
+    inflight: VecDeque<CUevent>,
     pool: Vec<CUevent>,
-    ref_ev: CUevent,
-    ref_host: u64,
-    ref_stream: CUstream,
-    last_end: u64,
-    credit: Credit,
-    k: usize,
-    weight: u64,
-    waiting_since: u64,
-    /// Launches submitted since the last event, on `pending_stream`, the first at `pending_submit`.
-    pending: u32,
-    pending_stream: CUstream,
-    pending_submit: u64,
-    last_fence: u64,
-    last_reap: u64,
-    launches: u64,
 }
 
-/// The gate of one context.
-pub struct CtxGate {
-    dev: &'static Device,
-    local: Mutex<Local>,
-}
+// SAFETY: events are driver handles usable from any thread; all state is behind mutexes or atomics.
+unsafe impl Send for Fences {}
 
-unsafe impl Send for CtxGate {}
-unsafe impl Sync for CtxGate {}
-unsafe impl Send for Local {}
-
-type Gates = Mutex<HashMap<usize, Result<&'static CtxGate, c_int>>>;
-/// Per context; reset in a forked child, which owns no entry of its own.
+type Gates = Mutex<HashMap<usize, Result<Option<&'static Gate>, c_int>>>;
+/// Per context; reset in a forked child, which must make its own channels.
 static GATES: AtomicPtr<Gates> = AtomicPtr::new(std::ptr::null_mut());
-static DEVICES: AtomicPtr<Mutex<HashMap<[u8; 16], &'static Device>>> =
-    AtomicPtr::new(std::ptr::null_mut());
+type Devices = Mutex<HashMap<[u8; 16], Result<&'static Gate, c_int>>>;
+/// Per GPU: this process's gate (one channel and gate thread per GPU).
+static DEVICES: AtomicPtr<Devices> = AtomicPtr::new(std::ptr::null_mut());
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
-    static CACHE: Cell<(u64, usize, *const CtxGate)> = const { Cell::new((0, 0, std::ptr::null())) };
+    /// (generation, context, gate) of this thread's last launch.
+    static CACHE: Cell<(u64, usize, *const Gate)> = const { Cell::new((0, 0, std::ptr::null())) };
+    /// Uncontended launches of this thread since its last fenced one.
+    static UNFENCED: Cell<u32> = const { Cell::new(0) };
 }
 
 pub fn after_fork() {
@@ -95,83 +100,76 @@ pub fn after_fork() {
 fn global<T: Default>(p: &AtomicPtr<T>) -> &'static T {
     let cur = p.load(Acquire);
     if !cur.is_null() {
+        // SAFETY: published once by the compare-exchange below and never freed.
         return unsafe { &*cur };
     }
     let fresh = Box::into_raw(Box::default());
     match p.compare_exchange(std::ptr::null_mut(), fresh, AcqRel, Acquire) {
+        // SAFETY: we just published it; never freed.
         Ok(_) => unsafe { &*fresh },
         Err(other) => {
+            // SAFETY: `fresh` was never shared.
             drop(unsafe { Box::from_raw(fresh) });
+            // SAFETY: published by the winner; never freed.
             unsafe { &*other }
         }
     }
 }
 
-/// quota, mode, priority, tenant id, tenant name
-type Config = (u8, u8, u8, u64, String);
-
-fn config() -> &'static Result<Option<Config>, String> {
-    static CFG: OnceLock<Result<Option<Config>, String>> = OnceLock::new();
-    CFG.get_or_init(|| {
-        let t = tenant().map_err(|_| String::new())?;
-        Ok(t.compute.as_ref().map(|c| {
-            (
-                c.spec.quota,
-                c.spec.mode,
-                c.spec.priority,
-                c.tenant_id,
-                c.name.clone(),
-            )
-        }))
-    })
-}
-
-fn device(uuid: [u8; 16], cfg: &Config) -> Result<&'static Device, c_int> {
-    let mut m = global(&DEVICES).lock().unwrap();
-    if let Some(d) = m.get(&uuid) {
-        return Ok(d);
-    }
-    let path = gpuslice_compute::region_path(&gpuslice_compute::configured_dir(), &uuid);
-    let region = Region::open_or_create(&path).map_err(|e| {
-        eprintln!(
-            "gpuslice: cannot use the compute region {}: {e}; refusing kernel launches",
-            path.display()
-        );
-        CONFIG_ERROR
-    })?;
-    let (quota, mode, priority, tenant_id, name) = cfg;
-    let entry = region
-        .attach(*tenant_id, name, *quota, *mode, *priority)
-        .map_err(|e| {
-            eprintln!("gpuslice: {e}; refusing kernel launches");
-            CONFIG_ERROR
-        })?;
-    let d: &'static Device = Box::leak(Box::new(Device {
-        region,
-        entry,
-        tenant_id: *tenant_id,
-        quota: *quota,
-        mode: *mode,
-        priority: *priority,
-    }));
-    m.insert(uuid, d);
-    Ok(d)
-}
-
-fn make_gate(ctx: usize) -> Result<Option<&'static CtxGate>, c_int> {
-    let cfg = match config() {
-        Ok(None) => return Ok(None),
-        Ok(Some(c)) => c,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("gpuslice: {e}; refusing kernel launches");
-            }
-            return Err(CONFIG_ERROR);
+/// Opens this process's channel for GPU `uuid` and starts its gate thread. `quiet`: a failure
+/// is not reported (an attempt that will be repeated).
+fn open_gate(uuid: [u8; 16], quiet: bool) -> Result<&'static Gate, c_int> {
+    let t = tenant()?;
+    let who = t.compute.as_ref().map_or(String::new(), |c| {
+        format!(
+            "tenant {} ({}, id {})",
+            c.name,
+            gpuslice_compute::policy::mode_name(c.spec.mode),
+            c.tenant_id
+        )
+    });
+    let fail = |e: String| {
+        if !quiet {
+            eprintln!("gpuslice: {who}: {e}; refusing kernel launches");
         }
+        CONFIG_ERROR
     };
-    let mut gates = global(&GATES).lock().unwrap();
+    let chan = t.arbiter_channel().map_err(fail)?;
+    let (m, fds) = wire::call(chan.as_raw_fd(), &Msg::Open { uuid })
+        .map_err(|e| fail(format!("the compute arbiter did not answer: {e}")))?;
+    let page = match (m, fds.first()) {
+        (Msg::Opened, Some(fd)) => PageReader::map(fd)
+            .map_err(|e| fail(format!("the compute arbiter's grant page: {e}")))?,
+        (Msg::Refused { text, .. }, _) => return Err(fail(text)),
+        (other, _) => return Err(fail(format!("unexpected arbiter reply {other:?}"))),
+    };
+    let g: &'static Gate = Box::leak(Box::new(Gate {
+        chan,
+        page,
+        act: AtomicU32::new(ACT_IDLE),
+        stale: AtomicU32::new(0),
+        msg: Mutex::new(()),
+        contexts: Mutex::new(Vec::new()),
+        fences: Mutex::new(HashMap::new()),
+        reported: AtomicBool::new(false),
+        gave_up: AtomicBool::new(false),
+    }));
+    let generation = GENERATION.load(SeqCst);
+    std::thread::Builder::new()
+        .name("gpuslice-gate".into())
+        .spawn(move || g.gate_thread(generation))
+        .map_err(|e| fail(format!("cannot start the gate thread: {e}")))?;
+    Ok(g)
+}
+
+fn make_gate(ctx: usize) -> Result<Option<&'static Gate>, c_int> {
+    let t = tenant()?;
+    if t.compute.is_none() {
+        return Ok(None);
+    }
+    let mut gates = global(&GATES).lock().unwrap_or_else(|e| e.into_inner());
     if let Some(g) = gates.get(&ctx) {
-        return g.map(Some);
+        return *g;
     }
     let made = (|| {
         let mut ordinal: CUdevice = 0;
@@ -180,352 +178,374 @@ fn make_gate(ctx: usize) -> Result<Option<&'static CtxGate>, c_int> {
             return Err(r);
         }
         let uuid = crate::tenant::device_uuid(ordinal)?;
-        let dev = device(uuid, cfg)?;
-        let mut ref_stream: CUstream = std::ptr::null_mut();
-        let r = call_real!(CUDA, cuStreamCreate: unsafe extern "C" fn(*mut CUstream, c_uint) -> CUresult, &mut ref_stream, CU_STREAM_NON_BLOCKING);
-        if r != CUDA_SUCCESS {
-            return Err(r);
-        }
-        let ref_ev = new_event()?;
-        let now = now_ns();
-        let mut l = Local {
-            inflight: VecDeque::new(),
-            pool: Vec::new(),
-            ref_ev,
-            ref_host: 0,
-            ref_stream,
-            last_end: 0,
-            credit: Credit { credit: 0, at: now },
-            k: INFLIGHT,
-            weight: policy::weight(dev.mode, dev.quota, 1),
-            waiting_since: 0,
-            pending: 0,
-            pending_stream: std::ptr::null_mut(),
-            pending_submit: 0,
-            last_fence: 0,
-            last_reap: 0,
-            launches: 0,
-        };
-        rebase(&mut l);
-        Ok(&*Box::leak(Box::new(CtxGate {
-            dev,
-            local: Mutex::new(l),
-        })))
+        let mut devs = global(&DEVICES).lock().unwrap_or_else(|e| e.into_inner());
+        let g = *devs.entry(uuid).or_insert_with(|| open_gate(uuid, false));
+        let g = g?;
+        g.contexts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ctx);
+        Ok(Some(g))
     })();
     gates.insert(ctx, made);
-    made.map(Some)
+    made
 }
 
-fn new_event() -> Result<CUevent, c_int> {
-    let mut ev: CUevent = std::ptr::null_mut();
-    let r = call_real!(CUDA, cuEventCreate: unsafe extern "C" fn(*mut CUevent, c_uint) -> CUresult, &mut ev, CU_EVENT_DEFAULT);
-    if r != CUDA_SUCCESS { Err(r) } else { Ok(ev) }
-}
-
-/// A reference event on an idle private stream completes when recorded, tying the GPU's event
-/// clock to the host's; redone every second because elapsed times are single-precision.
-fn rebase(l: &mut Local) {
-    let before = now_ns();
-    let r = call_real!(CUDA, cuEventRecord: unsafe extern "C" fn(CUevent, CUstream) -> CUresult, l.ref_ev, l.ref_stream);
-    if r == CUDA_SUCCESS {
-        call_real!(CUDA, cuEventSynchronize: unsafe extern "C" fn(CUevent) -> CUresult, l.ref_ev);
-        l.ref_host = before;
-    }
-}
-
-fn event_time(l: &Local, ev: CUevent) -> Option<u64> {
-    let mut ms: c_float = 0.0;
-    let r = call_real!(CUDA, cuEventElapsedTime: unsafe extern "C" fn(*mut c_float, CUevent, CUevent) -> CUresult, &mut ms, l.ref_ev, ev);
-    (r == CUDA_SUCCESS).then(|| (l.ref_host as i128 + (ms as f64 * 1e6) as i128).max(0) as u64)
-}
-
-/// The gate of the current context; `Ok(None)` when the tenant has no compute limits.
+/// The gate of the current context (and the context); `Ok(None)` without compute limits.
 #[inline]
-fn current_gate() -> Result<Option<&'static CtxGate>, c_int> {
+fn current_gate() -> Result<Option<(&'static Gate, usize)>, c_int> {
     let mut ctx: CUcontext = std::ptr::null_mut();
     let r = call_real!(CUDA, cuCtxGetCurrent: unsafe extern "C" fn(*mut CUcontext) -> CUresult, &mut ctx);
     if r != CUDA_SUCCESS || ctx.is_null() {
         // The driver itself will refuse the launch.
         return Ok(None);
     }
+    let ctx = ctx as usize;
     let generation = GENERATION.load(Relaxed);
     let (cg, cc, cp) = CACHE.with(|c| c.get());
-    if cg == generation && cc == ctx as usize && !cp.is_null() {
-        return Ok(Some(unsafe { &*cp }));
+    if cg == generation && cc == ctx && !cp.is_null() {
+        // SAFETY: gates are leaked, never freed.
+        return Ok(Some((unsafe { &*cp }, ctx)));
     }
-    let g = make_gate(ctx as usize)?;
+    let g = make_gate(ctx)?;
     if let Some(g) = g {
-        CACHE.with(|c| c.set((generation, ctx as usize, g as *const CtxGate)));
+        CACHE.with(|c| c.set((generation, ctx, g as *const Gate)));
     }
-    Ok(g)
+    Ok(g.map(|g| (g, ctx)))
 }
 
-impl CtxGate {
-    fn me(&self) -> &gpuslice_compute::Entry {
-        self.dev.region.entry(self.dev.entry)
-    }
+fn new_event() -> Option<CUevent> {
+    let mut ev: CUevent = std::ptr::null_mut();
+    let r = call_real!(CUDA, cuEventCreate: unsafe extern "C" fn(*mut CUevent, c_uint) -> CUresult, &mut ev, CU_EVENT_DISABLE_TIMING);
+    (r == CUDA_SUCCESS).then_some(ev)
+}
 
-    /// Charges every launch of ours that has completed, oldest first.
-    fn reap(&self, l: &mut Local) {
-        let d = self.dev;
-        l.last_reap = now_ns();
-        self.me().launches.store(l.launches, Relaxed);
-        while let Some(&(ev, submit)) = l.inflight.front() {
+impl Fences {
+    fn reap(&mut self) {
+        while let Some(&ev) = self.inflight.front() {
             let r = call_real!(CUDA, cuEventQuery: unsafe extern "C" fn(CUevent) -> CUresult, ev);
             if r == CUDA_ERROR_NOT_READY {
                 break;
             }
-            l.inflight.pop_front();
-            l.pool.push(ev);
-            if r != CUDA_SUCCESS {
-                continue;
-            }
-            let end = event_time(l, ev).unwrap_or_else(now_ns);
-            // The work started once it was submitted and whatever ran ahead of it had finished.
-            let start = submit
-                .max(l.last_end)
-                .max(d.region.others_last_end_before(d.entry, end));
-            let charge = end.saturating_sub(start);
-            l.last_end = l.last_end.max(end);
-            let e = self.me();
-            e.last_end.store(l.last_end, SeqCst);
-            e.used_ns.fetch_add(charge, SeqCst);
-            e.vt.fetch_add(policy::vt_cost(charge, l.weight), SeqCst);
-            l.credit.charge(charge);
+            self.inflight.pop_front();
+            self.pool.push(ev);
         }
     }
 
-    fn sync_oldest(&self, l: &mut Local) {
-        if let Some(&(ev, _)) = l.inflight.front() {
+    fn wait_oldest(&mut self) {
+        if let Some(ev) = self.inflight.pop_front() {
             call_real!(CUDA, cuEventSynchronize: unsafe extern "C" fn(CUevent) -> CUresult, ev);
-        }
-        self.reap(l);
-    }
-
-    fn drain(&self, l: &mut Local) {
-        self.fence_pending(l);
-        while !l.inflight.is_empty() {
-            let before = l.inflight.len();
-            self.sync_oldest(l);
-            if l.inflight.len() == before {
-                // An event that never completes must not wedge the gate.
-                break;
-            }
+            self.pool.push(ev);
         }
     }
 
-    /// Refreshes what changes slowly: weight (processes of the tenant), in-flight bound,
-    /// fixed-mode credit and eligibility.
-    fn refresh(&self, l: &mut Local, now: u64) {
-        let d = self.dev;
-        l.weight = policy::weight(d.mode, d.quota, d.region.processes_of(d.tenant_id));
-        l.k = if d.region.higher_priority_present(d.entry, d.priority) {
-            1
-        } else {
-            INFLIGHT
-        };
-        if d.mode == policy::MODE_FIXED {
-            l.credit.refill(now, d.quota, FIXED_BURST_NS);
-            self.me().credit.store(l.credit.credit, SeqCst);
-            self.me()
-                .eligible_at
-                .store(l.credit.eligible_at(d.quota), SeqCst);
-        }
-        if now.saturating_sub(l.ref_host) > REBASE_NS && l.inflight.is_empty() {
-            rebase(l);
-        }
-    }
-
-    fn slice_len(&self, l: &Local) -> u64 {
-        if self.dev.mode == policy::MODE_FIXED {
-            (l.credit.credit.max(0) as u64).clamp(200_000, SLICE_NS)
-        } else {
-            SLICE_NS
-        }
-    }
-
-    /// Whether a waiter may take the device from the holder word `h`.
-    fn may_take(&self, h: u64, now: u64) -> bool {
-        let r = &self.dev.region;
-        let Some(x) = holder_entry(h) else {
-            return true;
-        };
-        if x == self.dev.entry || !r.is_live(x) {
-            return true;
-        }
-        let e = r.entry(x);
-        let (_, _, prio) = gpuslice_compute::unpack_cfg(e.cfg.load(SeqCst));
-        if prio > self.dev.priority {
-            return true;
-        }
-        let idle = e.in_gate.load(SeqCst) == 0
-            && now.saturating_sub(e.last_exit.load(SeqCst)) > IDLE_GRACE_NS;
-        idle || now > r.slice_end() + STUCK_NS
-    }
-
-    /// Blocks until this process may submit one more launch.
-    fn admit(&self, l: &mut Local) {
-        let d = self.dev;
-        let r = &d.region;
-        let me = d.entry;
-        self.me().in_gate.store(1, SeqCst);
-        self.reap(l);
-        let mut waited_from = 0u64;
-        loop {
-            let turn = r.turn();
-            let h = r.holder_word();
-            let now = now_ns();
-            if holder_entry(h) == Some(me) {
-                if now < r.slice_end() {
-                    if l.inflight.len() + usize::from(l.pending > 0) < l.k {
-                        break;
-                    }
-                    self.fence_pending(l);
-                    self.sync_oldest(l);
-                    continue;
-                }
-                // The slice is over: keep the device if we are still the one to have it.
-                self.reap(l);
-                self.refresh(l, now);
-                let next = policy::choose(&r.candidates(me, true), now);
-                if next == Some(me) {
-                    r.extend(now + self.slice_len(l));
-                    continue;
-                }
-                // Hand over only once our work is done, so the next holder's time is its own.
-                self.drain(l);
-                self.refresh(l, now_ns());
-                let now = now_ns();
-                let next = policy::choose(&r.candidates(me, true), now);
-                r.hand_over(h, next, now + SLICE_NS);
-                continue;
-            }
-            if waited_from == 0 {
-                waited_from = now;
-                if l.waiting_since == 0 {
-                    // Coming back from idle: no banked time.
-                    let vt = policy::catch_up(self.me().vt.load(SeqCst), r.min_active_vt(Some(me)));
-                    self.me().vt.store(vt, SeqCst);
-                }
-                l.waiting_since = now;
-                r.set_waiting(me, true);
-            }
-            self.refresh(l, now);
-            if self.may_take(h, now) {
-                let next = policy::choose(&r.candidates(me, true), now);
-                if next.is_some() || holder_entry(h).is_some_and(|x| !r.is_live(x)) {
-                    let len = if next == Some(me) {
-                        self.slice_len(l)
-                    } else {
-                        SLICE_NS
-                    };
-                    if r.hand_over(h, next, now + len) && next == Some(me) {
-                        continue;
-                    }
-                }
-            }
-            let mut timeout = 1_000_000;
-            let elig = self.me().eligible_at.load(SeqCst);
-            if elig > now {
-                timeout = (elig - now).min(timeout);
-            }
-            r.wait_turn(turn, timeout.max(50_000));
-        }
-        if waited_from != 0 {
-            r.set_waiting(me, false);
-            self.me()
-                .throttled_ns
-                .fetch_add(now_ns() - waited_from, SeqCst);
-        }
-        l.waiting_since = 0;
-    }
-
-    fn leave(&self) {
-        let e = self.me();
-        e.last_exit.store(now_ns(), SeqCst);
-        e.in_gate.store(0, SeqCst);
-    }
-
-    /// Records an event after the launches not yet covered by one.
-    fn fence_pending(&self, l: &mut Local) {
-        if l.pending == 0 {
+    fn fence(&mut self, stream: CUstream) {
+        let Some(ev) = self.pool.pop().or_else(new_event) else {
             return;
-        }
-        l.pending = 0;
-        let ev = match l.pool.pop() {
-            Some(ev) => ev,
-            None => match new_event() {
-                Ok(ev) => ev,
-                Err(_) => return,
-            },
         };
-        let r = call_real!(CUDA, cuEventRecord: unsafe extern "C" fn(CUevent, CUstream) -> CUresult, ev, l.pending_stream);
+        let r = call_real!(CUDA, cuEventRecord: unsafe extern "C" fn(CUevent, CUstream) -> CUresult, ev, stream);
         if r == CUDA_SUCCESS {
-            l.inflight.push_back((ev, l.pending_submit));
-            l.last_fence = l.pending_submit;
+            self.inflight.push_back(ev);
         } else {
             // A capturing stream: the launch became a graph node and runs nothing now.
-            l.pool.push(ev);
+            self.pool.push(ev);
         }
-    }
-
-    /// Notes a launch on `stream`; it is fenced now, or later together with the next ones.
-    fn submitted(&self, l: &mut Local, stream: CUstream, submit: u64, batch: bool) {
-        if l.pending > 0 && l.pending_stream != stream {
-            self.fence_pending(l);
-        }
-        if l.pending == 0 {
-            l.pending_stream = stream;
-            l.pending_submit = submit;
-        }
-        l.pending += 1;
-        l.launches += 1;
-        if !batch || l.pending >= BATCH || submit.saturating_sub(l.pending_submit) >= BATCH_NS {
-            self.fence_pending(l);
-        }
-    }
-
-    /// Whether this launch may go without the slow path: we hold the GPU inside our slice, room
-    /// in flight, nobody waiting.
-    #[inline]
-    fn fast(&self, l: &Local, now: u64) -> bool {
-        let r = &self.dev.region;
-        holder_entry(r.holder_word()) == Some(self.dev.entry)
-            && now < r.slice_end()
-            && l.inflight.len() < l.k
-            && r.waiting_mask() == 0
-            && now.saturating_sub(l.last_reap) < REAP_NS
     }
 }
 
-/// Runs `launch` once this process may submit work to its current GPU, and fences what it
-/// submitted on `streams` so its GPU time can be measured.
+impl Gate {
+    fn send(&self, m: &Msg) {
+        if wire::send_msg(self.chan.as_raw_fd(), m, &[]).is_err() {
+            self.act.store(ACT_DEAD, SeqCst);
+        }
+    }
+
+    /// Makes sure the arbiter counts this process as having work. Cheap unless it had told
+    /// the arbiter it was idle.
+    fn mark_busy(&self) {
+        loop {
+            match self.act.load(SeqCst) {
+                ACT_TOUCHED | ACT_DEAD | ACT_WANTING => return,
+                ACT_CLEAN => {
+                    // Losing this race to the gate thread means it just declared us idle:
+                    // look again, and tell the arbiter we want the GPU back.
+                    if self
+                        .act
+                        .compare_exchange(ACT_CLEAN, ACT_TOUCHED, SeqCst, SeqCst)
+                        .is_ok()
+                    {
+                        return;
+                    }
+                }
+                _ => {
+                    let _m = self.msg.lock().unwrap_or_else(|e| e.into_inner());
+                    if self.act.load(SeqCst) == ACT_IDLE {
+                        self.act.store(ACT_WANTING, SeqCst);
+                        self.send(&Msg::Want);
+                        futex_wake(&self.act);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn dead(&self) -> c_int {
+        if !self.reported.swap(true, SeqCst) {
+            eprintln!(
+                "gpuslice: the compute arbiter is gone; refusing kernel launches rather than running ungoverned"
+            );
+        }
+        CONFIG_ERROR
+    }
+
+    /// The launch path when the fast one does not apply. Hands `launch` back unlaunched if
+    /// the arbiter is gone.
+    fn slow<F: FnOnce() -> CUresult>(
+        &self,
+        ctx: usize,
+        streams: &[CUstream],
+        launch: F,
+    ) -> Result<CUresult, F> {
+        let p = self.page.page();
+        loop {
+            let seq = p.seq.load(SeqCst);
+            let w = p.word.load(SeqCst);
+            if self.act.load(SeqCst) == ACT_DEAD {
+                return Err(launch);
+            }
+            self.mark_busy();
+            if page::state(w) == page::GRANTED && self.act.load(SeqCst) == ACT_WANTING {
+                if page::epoch(w) == self.stale.load(SeqCst) {
+                    // The grant we went idle in: the arbiter has not answered our WANT yet.
+                    futex_wait(&p.seq, seq, RECHECK_NS);
+                    continue;
+                }
+                let _ = self
+                    .act
+                    .compare_exchange(ACT_WANTING, ACT_TOUCHED, SeqCst, SeqCst);
+            }
+            if page::state(w) == page::GRANTED {
+                let bound = match page::bound(w) {
+                    0 => UNCONTENDED_FENCES,
+                    b => b as usize,
+                };
+                let mut f = self.fences.lock().unwrap_or_else(|e| e.into_inner());
+                if p.word.load(SeqCst) != w
+                    || !matches!(self.act.load(SeqCst), ACT_TOUCHED | ACT_CLEAN)
+                {
+                    // The grant moved, or we were declared idle, while we queued for the lock.
+                    continue;
+                }
+                let q = f.entry(ctx).or_default();
+                q.reap();
+                if q.inflight.len() >= bound {
+                    // Wait for our oldest work, then look at the grant again: it may have moved.
+                    q.wait_oldest();
+                    continue;
+                }
+                let r = launch();
+                if r == CUDA_SUCCESS {
+                    for &s in streams {
+                        q.fence(s);
+                    }
+                }
+                return Ok(r);
+            }
+            futex_wait(&p.seq, seq, RECHECK_NS);
+        }
+    }
+
+    /// Waits until every context's work submitted so far has completed.
+    fn sync_all(&self) {
+        let ctxs = self
+            .contexts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for c in ctxs {
+            let ctx = c as CUcontext;
+            let r = call_real!(CUDA, cuCtxPushCurrent_v2: unsafe extern "C" fn(CUcontext) -> CUresult, ctx);
+            if r != CUDA_SUCCESS {
+                continue;
+            }
+            call_real!(CUDA, cuCtxSynchronize: unsafe extern "C" fn() -> CUresult);
+            let mut out: CUcontext = std::ptr::null_mut();
+            call_real!(CUDA, cuCtxPopCurrent_v2: unsafe extern "C" fn(*mut CUcontext) -> CUresult, &mut out);
+        }
+    }
+
+    fn arbiter_gone(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.chan.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; zero timeout.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLIN) != 0
+    }
+
+    /// Tells the arbiter when this process's work has drained; see the module comment.
+    fn gate_thread(&'static self, generation: u64) {
+        let p = self.page.page();
+        let mut released_epoch = 0u32;
+        while GENERATION.load(SeqCst) == generation {
+            if self.arbiter_gone() {
+                self.act.store(ACT_DEAD, SeqCst);
+            }
+            let a = self.act.load(SeqCst);
+            if a == ACT_DEAD {
+                return;
+            }
+            if a == ACT_IDLE {
+                futex_wait(&self.act, ACT_IDLE, RECHECK_NS);
+                continue;
+            }
+            let seq = p.seq.load(SeqCst);
+            let w = p.word.load(SeqCst);
+            match page::state(w) {
+                page::REVOKED => {
+                    if released_epoch != page::epoch(w) {
+                        self.sync_all();
+                        released_epoch = page::epoch(w);
+                        self.send(&Msg::Release {
+                            epoch: released_epoch,
+                        });
+                    } else {
+                        futex_wait(&p.seq, seq, RECHECK_NS);
+                    }
+                }
+                page::GRANTED if a == ACT_WANTING => {
+                    // A launcher takes the new grant (or waits for it); nothing to drain yet.
+                    futex_wait(&p.seq, seq, 1_000_000);
+                }
+                page::GRANTED => {
+                    let _ = self
+                        .act
+                        .compare_exchange(ACT_TOUCHED, ACT_CLEAN, SeqCst, SeqCst);
+                    self.sync_all();
+                    if self.act.load(SeqCst) != ACT_CLEAN || p.seq.load(SeqCst) != seq {
+                        continue;
+                    }
+                    // Drained: idle if nothing is launched for a grace period (a revoke ends
+                    // the wait early).
+                    futex_wait(&p.seq, seq, GRACE_NS);
+                    if p.seq.load(SeqCst) != seq {
+                        continue;
+                    }
+                    let _m = self.msg.lock().unwrap_or_else(|e| e.into_inner());
+                    if self
+                        .act
+                        .compare_exchange(ACT_CLEAN, ACT_IDLE, SeqCst, SeqCst)
+                        .is_ok()
+                    {
+                        self.stale.store(page::epoch(w), SeqCst);
+                        self.send(&Msg::Idle);
+                    }
+                }
+                _ => futex_wait(&p.seq, seq, RECHECK_NS),
+            }
+        }
+    }
+}
+
+/// Runs `launch` once this process may submit work to its current GPU.
+#[inline]
 pub fn governed(streams: &[CUstream], launch: impl FnOnce() -> CUresult) -> CUresult {
-    let g = match current_gate() {
+    let (g, ctx) = match current_gate() {
         Ok(None) => return launch(),
         Ok(Some(g)) => g,
         Err(e) => return e,
     };
-    let mut l = g.local.lock().unwrap_or_else(|e| e.into_inner());
-    let mut now = now_ns();
-    // Batching is for the uncontended case only; fixed mode and lower priorities account
-    // every launch.
-    let batch = streams.len() == 1 && g.dev.mode != policy::MODE_FIXED && l.k > 1;
-    let slow = !(batch && g.fast(&l, now));
-    if slow {
-        g.admit(&mut l);
-        now = now_ns();
-    }
-    let r = launch();
-    if r == CUDA_SUCCESS {
-        for &s in streams {
-            g.submitted(&mut l, s, now, batch && !slow);
+    let w = g.page.page().word.load(Acquire);
+    if w & 0xffff == page::GRANTED && g.act.load(Relaxed) == ACT_TOUCHED {
+        // Granted, unbounded (nobody else wants the GPU), and the arbiter knows we are busy.
+        let n = UNFENCED.with(|c| {
+            let n = c.get() + 1;
+            c.set(if n >= UNCONTENDED_EVERY { 0 } else { n });
+            n
+        });
+        if n < UNCONTENDED_EVERY {
+            return launch();
         }
     }
-    if slow {
-        g.leave();
-    } else {
-        g.me().last_exit.store(now, Relaxed);
+    let mut g = g;
+    let mut launch = launch;
+    loop {
+        if g.act.load(SeqCst) == ACT_DEAD {
+            match reopen(g, ctx) {
+                Some(n) => g = n,
+                None => return g.dead(),
+            }
+        }
+        match g.slow(ctx, streams, launch) {
+            Ok(r) => return r,
+            Err(l) => launch = l,
+        }
     }
-    r
+}
+
+/// How long a launch waits for a lost arbiter to come back (the node agent restarting) before
+/// it is refused: the launch is held, never run ungoverned.
+const REOPEN_FOR_NS: u64 = 30_000_000_000;
+const REOPEN_EVERY_NS: u64 = 100_000_000;
+
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// The arbiter behind `old` is gone: opens a new channel for the same GPU (the arbiter may have
+/// restarted), re-pointing every context of `old` at it. Retries for [`REOPEN_FOR_NS`] once
+/// per gate; after that, and for a gate that already gave up, `None`.
+fn reopen(old: &'static Gate, ctx: usize) -> Option<&'static Gate> {
+    if old.gave_up.load(SeqCst) {
+        return None;
+    }
+    let deadline = monotonic_ns() + REOPEN_FOR_NS;
+    loop {
+        {
+            let mut gates = global(&GATES).lock().unwrap_or_else(|e| e.into_inner());
+            // Another thread may have reopened it already.
+            if let Some(Ok(Some(g))) = gates.get(&ctx)
+                && !std::ptr::eq(*g, old)
+                && g.act.load(SeqCst) != ACT_DEAD
+            {
+                return Some(*g);
+            }
+            let mut devs = global(&DEVICES).lock().unwrap_or_else(|e| e.into_inner());
+            let uuid = devs
+                .iter()
+                .find(|(_, g)| matches!(g, Ok(g) if std::ptr::eq(*g, old)))
+                .map(|(u, _)| *u);
+            if let Some(uuid) = uuid
+                && let Ok(new) = open_gate(uuid, true)
+            {
+                let ctxs = old
+                    .contexts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                for &c in &ctxs {
+                    gates.insert(c, Ok(Some(new)));
+                }
+                *new.contexts.lock().unwrap_or_else(|e| e.into_inner()) = ctxs;
+                devs.insert(uuid, Ok(new));
+                eprintln!("gpuslice: the compute arbiter came back; kernel launches continue");
+                CACHE.with(|c| c.set((GENERATION.load(SeqCst), ctx, new as *const Gate)));
+                return Some(new);
+            }
+        }
+        if monotonic_ns() >= deadline {
+            old.gave_up.store(true, SeqCst);
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_nanos(REOPEN_EVERY_NS));
+    }
 }

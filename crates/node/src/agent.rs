@@ -34,6 +34,9 @@ pub struct Options {
     /// Kubelet's pod resources socket, for reconciling allocations with running containers.
     pub pod_resources_socket: PathBuf,
     pub reconcile_every: Duration,
+    /// Where the machine's compute arbiter listens for `gpuslice run` supervisors and publishes
+    /// its figures (the `gpuslice run` compute directory).
+    pub compute_dir: PathBuf,
 }
 
 pub struct Shared {
@@ -220,7 +223,12 @@ pub fn start(
     source: Source,
 ) -> Result<Arc<Shared>, String> {
     let gpus = gpu_source.gpus()?;
-    let paths = Paths::prepare(&opts.state_dir, &opts.cdi_dir, &opts.interposer)?;
+    let paths = Paths::prepare(
+        &opts.state_dir,
+        &opts.cdi_dir,
+        &opts.interposer,
+        &opts.compute_dir,
+    )?;
     let mut store = Store::open(&opts.state_dir)?;
     for a in store.state.allocations.clone() {
         let g = allocate::Grant { alloc: a.clone() };
@@ -244,7 +252,7 @@ pub fn start(
         store: Mutex::new(store),
         paths,
         source,
-        metrics: Metrics::new(),
+        metrics: Metrics::new(&opts.compute_dir),
         tenant_dirs,
         held_elsewhere: RwLock::default(),
         state_dir: opts.state_dir.clone(),

@@ -39,18 +39,19 @@ pub struct Paths {
     pub interposer: PathBuf,
     /// A file holding `CONTAINER_LIB`, mounted at `/etc/ld.so.preload`.
     pub preload: PathBuf,
-    /// The per-GPU compute regions every tenant on this machine shares, containers and plain
-    /// `gpuslice run` tenants alike; mounted into each container at `CONTAINER_COMPUTE_DIR`.
-    pub compute: PathBuf,
+    /// The machine's compute arbiter; each tenant gets a socket of its own in its directory.
+    pub arbiter: std::sync::Arc<crate::arbiter::Arbiter>,
 }
 
-/// Where the interposer looks for the compute regions when `GPUSLICE_COMPUTE_DIR` is unset (as in
-/// programs that clear their environment), so the mount goes there.
-pub const CONTAINER_COMPUTE_DIR: &str = gpuslice_compute::DEFAULT_DIR;
-
 impl Paths {
-    /// Lays out `<state>/lib` with the interposer and the preload file.
-    pub fn prepare(state: &Path, cdi: &Path, interposer_src: &Path) -> Result<Paths, String> {
+    /// Lays out `<state>/lib` with the interposer and the preload file, and starts the compute
+    /// arbiter serving `compute` (the machine-wide socket directory).
+    pub fn prepare(
+        state: &Path,
+        cdi: &Path,
+        interposer_src: &Path,
+        compute: &Path,
+    ) -> Result<Paths, String> {
         let lib = state.join("lib");
         std::fs::create_dir_all(&lib).map_err(|e| format!("{}: {e}", lib.display()))?;
         let interposer = lib.join("libgpuslice.so");
@@ -61,15 +62,13 @@ impl Paths {
         crate::state::write_atomic(&preload, format!("{CONTAINER_LIB}\n").as_bytes())?;
         let tenants = state.join("tenants");
         std::fs::create_dir_all(&tenants).map_err(|e| format!("{}: {e}", tenants.display()))?;
-        let compute = gpuslice_compute::configured_dir();
-        gpuslice_compute::prepare_dir(&compute)
-            .map_err(|e| format!("{}: {e}", compute.display()))?;
+        let arbiter = std::sync::Arc::new(crate::arbiter::Arbiter::start(compute)?);
         Ok(Paths {
             tenants,
             cdi: cdi.to_path_buf(),
             interposer,
             preload,
-            compute,
+            arbiter,
         })
     }
 
@@ -432,14 +431,30 @@ pub fn apply(
     crate::state::write_atomic(&limits_path, &limits.encode())
         .map_err(|e| format!("{who}: {e}"))?;
     set_mode(&limits_path, 0o444);
-    // The compute regions are mounted inside the (read-only) tenant directory: their mount
-    // point must already exist there.
-    let point = paths.tenants.join(&a.tenant).join(
-        Path::new(CONTAINER_COMPUTE_DIR)
-            .strip_prefix("/run/gpuslice")
-            .unwrap_or(Path::new("compute")),
-    );
-    std::fs::create_dir_all(&point).map_err(|e| format!("{who}: {}: {e}", point.display()))?;
+    // Every connection to this socket is a channel of this tenant; the container sees it at
+    // `/var/run/gpuslice/arbiter.sock` inside its read-only tenant directory (a socket on a
+    // read-only mount still accepts connections).
+    match limits.compute {
+        Some(c) => paths.arbiter.ensure(
+            &a.tenant,
+            &paths
+                .tenants
+                .join(&a.tenant)
+                .join(gpuslice_warden::ARBITER_SOCKET),
+            gpuslice_arbiter::Spec {
+                name: a
+                    .tenant
+                    .chars()
+                    .take(gpuslice_compute::wire::NAME_LEN)
+                    .collect(),
+                quota: c.quota,
+                mode: c.mode,
+                priority: c.priority,
+                ledger_id: limits.tenant_id,
+            },
+        )?,
+        None => paths.arbiter.remove(&a.tenant),
+    }
     // The ledger is shared with the tenant's processes, which may run as any user in the
     // container; the directory is mounted read-only, so nothing else in it can be replaced.
     set_mode(&paths.tenants.join(&a.tenant), 0o755);
@@ -450,7 +465,6 @@ pub fn apply(
         ("CUDA_VISIBLE_DEVICES".into(), visible.clone()),
         ("NVIDIA_VISIBLE_DEVICES".into(), visible),
         ("GPUSLICE_TENANT".into(), a.tenant.clone()),
-        ("GPUSLICE_COMPUTE_DIR".into(), CONTAINER_COMPUTE_DIR.into()),
         ("LD_PRELOAD".into(), CONTAINER_LIB.into()),
     ];
     env.sort();
@@ -463,12 +477,6 @@ pub fn apply(
         (ledger_path.clone(), CONTAINER_LEDGER.to_string(), false),
         (paths.interposer.clone(), CONTAINER_LIB.to_string(), true),
         (paths.preload.clone(), PRELOAD_FILE.to_string(), true),
-        // Without the regions the interposer refuses every kernel launch of a tenant with a quota.
-        (
-            paths.compute.clone(),
-            CONTAINER_COMPUTE_DIR.to_string(),
-            false,
-        ),
     ];
     let mut nodes: Vec<String> = Vec::new();
     for u in &a.gpus {
@@ -619,6 +627,7 @@ pub fn release(paths: &Paths, store: &mut Store, tenant: &str) -> bool {
     if has_live_processes(&paths.ledger(tenant)) {
         return false;
     }
+    paths.arbiter.remove(tenant);
     let _ = std::fs::remove_dir_all(paths.tenants.join(tenant));
     cdi::remove(&paths.cdi, tenant);
     let _ = store.remove(tenant);

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod allocate;
+pub mod arbiter;
 pub mod assign;
 pub mod cdi;
 pub mod config;

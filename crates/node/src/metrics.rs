@@ -33,7 +33,7 @@ pub struct Metrics {
     pub allocate_refusals: Counter,
     /// Reconciliation with kubelet's pod resources API.
     pub podres: crate::podres::PodresMetrics,
-    /// Compute share and throttled time, from the per-GPU compute regions.
+    /// Compute share and throttled time, from the compute arbiter's figures.
     compute: crate::usage::ComputeMetrics,
     /// Device faults and health transitions.
     pub health: HealthMetrics,
@@ -48,14 +48,9 @@ fn gauge(r: &mut Registry, name: &str, help: &str) -> G {
     f
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// `compute_dir`: where the compute arbiter publishes its figures.
+    pub fn new(compute_dir: &std::path::Path) -> Metrics {
         let mut r = Registry::default();
         let gpu_total = gauge(
             &mut r,
@@ -125,9 +120,7 @@ impl Metrics {
         );
         config_ok.set(1);
         let podres = crate::podres::PodresMetrics::register(&mut r);
-        // The regions' directory is decided where the tenants decide it.
-        let compute =
-            crate::usage::ComputeMetrics::register(&mut r, gpuslice_compute::configured_dir());
+        let compute = crate::usage::ComputeMetrics::register(&mut r, compute_dir.to_path_buf());
         let health = HealthMetrics::register(&mut r);
         let watchdog_actions = C::default();
         r.register(

@@ -1,12 +1,12 @@
-//! The tenants' compute share and throttled time: every GPU's compute region is read once a
-//! second (and at each scrape), and `gpuslice_core::usage` turns the per-process counters into
-//! per-tenant totals that never go backwards. The same reading feeds `gpuslice top`.
+//! The tenants' compute share and throttled time: the compute arbiter's status file (in the
+//! compute directory, written only by the arbiter) is read once a second (and at each scrape),
+//! and `gpuslice_core::usage` turns its per-tenant counters into totals that never go
+//! backwards. The same reading feeds `gpuslice top`.
 //!
-//! A region entry names its tenant by the id the tenant's ledger holds, so an entry is matched
-//! to the ledger (and through it to the pod) by that id, not by its name, which is truncated in
-//! the region and need not be unique. Entries of tenants whose ledger the agent cannot see
-//! (`gpuslice run` under another user's state directory) are still reported, as
-//! `<name>#<id>`.
+//! A row names its tenant by the id the tenant's ledger holds, so it is matched to the ledger
+//! (and through it to the pod) by that id, not by its name. Rows of tenants whose ledger the
+//! agent cannot see (`gpuslice run` under another user's state directory) are still reported,
+//! as `<name>#<id>`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -20,30 +20,37 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// How often the regions are read, and so the share's window and the most of one process's
+/// How often the arbiter's figures are read, and so the share's window and the most of one process's
 /// time that can be lost when it dies and its entry is taken before the next reading.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Shortest window a share is measured over: a little under the beat, so that every beat
-/// closes one even when a scrape read the regions just before.
+/// closes one even when a scrape read them just before.
 const WINDOW: Duration = Duration::from_millis(950);
 
-/// Every region in `dir` read now: the entries, and the tenant names they carry.
+/// The arbiter's figures in `dir` read now: one reading per tenant and GPU, and the tenant
+/// names they carry. A tenant is keyed by its ledger's id (the arbiter's own id when the
+/// tenant gave none).
 pub fn read(dir: &Path) -> (Vec<Reading>, BTreeMap<u64, String>) {
     let mut out = Vec::new();
     let mut names = BTreeMap::new();
-    for (uuid, region) in gpuslice_compute::regions(dir) {
-        let gpu = gpuslice_ledger::format_uuid(&uuid);
-        for r in region.readings() {
-            names.entry(r.tenant_id).or_insert(r.name);
-            out.push(Reading {
-                gpu: gpu.clone(),
-                entry: r.entry,
-                pid: r.pid,
-                tenant: r.tenant_id,
-                used_ns: r.used_ns,
-                throttled_ns: r.throttled_ns,
-            });
-        }
+    for r in gpuslice_arbiter::status::read(&dir.join(gpuslice_arbiter::status::FILE)) {
+        let tenant = if r.ledger_id != 0 {
+            r.ledger_id
+        } else {
+            r.tenant_id
+        };
+        names.entry(tenant).or_insert(r.name);
+        out.push(Reading {
+            gpu: gpuslice_ledger::format_uuid(&r.gpu),
+            // One row per registration and GPU, its counters only growing while the arbiter
+            // lives: the arbiter's id names the row (a restarted arbiter's rows start again
+            // from zero, which reads as a restart).
+            entry: r.tenant_id as usize,
+            pid: 0,
+            tenant,
+            used_ns: r.charged_ns,
+            throttled_ns: r.throttled_ns,
+        });
     }
     (out, names)
 }
@@ -55,7 +62,7 @@ struct Inner {
     keep: BTreeSet<u64>,
 }
 
-/// The regions' totals over time, sampled on a beat.
+/// The arbiter's totals over time, sampled on a beat.
 pub struct Sampler {
     dir: PathBuf,
     epoch: Instant,
@@ -112,7 +119,7 @@ pub struct ComputeMetrics {
 }
 
 impl ComputeMetrics {
-    /// Registers the two families and starts reading the regions in `dir` on a beat, until
+    /// Registers the two families and starts reading the arbiter's figures in `dir` on a beat, until
     /// this is dropped.
     pub fn register(r: &mut Registry, dir: PathBuf) -> ComputeMetrics {
         let share = Family::<Labels, Gauge<f64, AtomicU64>>::default();
@@ -137,7 +144,7 @@ impl ComputeMetrics {
         }
     }
 
-    /// Reads the regions now and sets both families: the tenants in `known` under their labels,
+    /// Reads the figures now and sets both families: the tenants in `known` under their labels,
     /// any other tenant found in a region under `<name>#<id>`.
     pub fn update(&self, known: &[Known]) {
         self.share.clear();
@@ -191,7 +198,7 @@ impl ComputeMetrics {
     }
 }
 
-/// Reads the regions every [`SAMPLE_EVERY`] while the sampler exists.
+/// Reads the figures every [`SAMPLE_EVERY`] while the sampler exists.
 fn spawn_beat(sampler: Weak<Sampler>) {
     let _ = std::thread::Builder::new()
         .name("gpuslice-usage".into())
@@ -204,4 +211,38 @@ fn spawn_beat(sampler: Weak<Sampler>) {
                 }
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpuslice_arbiter::status::{self, Row};
+
+    #[test]
+    fn two_tenants_on_one_gpu_are_counted_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let row = |tenant_id: u64, charged_ns: u64| Row {
+            gpu: [7; 16],
+            tenant_id,
+            ledger_id: 100 + tenant_id,
+            name: format!("t{tenant_id}"),
+            quota: 50,
+            mode: 0,
+            priority: 1,
+            charged_ns,
+            throttled_ns: 0,
+            holder: false,
+            processes: 1,
+        };
+        let mut u = Usage::new(1);
+        for (t, (a, b)) in [(1_000, 3_000), (2_000, 7_000), (4_000, 9_000)]
+            .into_iter()
+            .enumerate()
+        {
+            status::write(&dir.path().join(status::FILE), &[row(1, a), row(2, b)]).unwrap();
+            u.observe(t as u64 * 1_000, read(dir.path()).0);
+        }
+        let used: Vec<u64> = u.totals().values().map(|t| t.used_ns).collect();
+        assert_eq!(used, vec![4_000, 9_000], "{:?}", u.totals());
+    }
 }

@@ -171,6 +171,7 @@ async fn nvml_faults_mark_devices_unhealthy_until_quiet_and_answering() {
         reload_every: Duration::from_millis(100),
         pod_resources_socket: tmp.path().join("no-pod-resources.sock"),
         reconcile_every: Duration::from_secs(30),
+        compute_dir: tmp.path().join("compute"),
     };
     let cfg =
         NodeConfig::parse("version: v1\nslices: 2\nhealth: {recoverAfterSeconds: 1}\n").unwrap();

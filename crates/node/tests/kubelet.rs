@@ -87,6 +87,7 @@ fn options(d: &Dirs, metrics: Option<std::net::SocketAddr>) -> Options {
         // No kubelet pod resources API here: the agent reconciles with its store alone.
         pod_resources_socket: d.sockets.join("no-pod-resources.sock"),
         reconcile_every: Duration::from_secs(30),
+        compute_dir: d.state.join("compute"),
     }
 }
 
@@ -295,15 +296,30 @@ async fn registration_devices_allocate_health_and_kubelet_restart() {
         "/usr/local/gpuslice/lib/libgpuslice.so"
     );
     assert!(mount("/usr/local/gpuslice/lib/libgpuslice.so").read_only);
-    // The compute regions are shared, writable, and where the interposer looks by default.
-    let compute = mount("/run/gpuslice/compute");
-    assert!(!compute.read_only);
-    assert!(PathBuf::from(&compute.host_path).is_dir());
-    assert_eq!(resp.envs["GPUSLICE_COMPUTE_DIR"], "/run/gpuslice/compute");
+    // Nothing of the machine's compute scheduling is mounted or named: the container reaches
+    // the arbiter only through its own socket in its tenant directory.
+    assert!(
+        resp.mounts.iter().all(|m| !m.host_path.contains("compute")),
+        "{:?}",
+        resp.mounts
+    );
+    assert!(!resp.envs.contains_key("GPUSLICE_COMPUTE_DIR"));
     // The tenant's directory (its limits) is read-only; only the ledger is writable.
     assert!(mount("/var/run/gpuslice").read_only);
     assert!(!mount("/var/run/gpuslice/ledger").read_only);
     let tenant_dir = PathBuf::from(&mount("/var/run/gpuslice").host_path);
+    // Every connection to the tenant's socket is a channel of this tenant, at its quota.
+    let chan = gpuslice_compute::wire::connect_path(&tenant_dir.join("arbiter.sock")).unwrap();
+    let (reply, page) = gpuslice_compute::wire::call(
+        std::os::fd::AsRawFd::as_raw_fd(&chan),
+        &gpuslice_compute::wire::Msg::Open {
+            uuid: gpuslice_ledger::parse_uuid(GPU0).unwrap(),
+        },
+    )
+    .unwrap();
+    assert_eq!(reply, gpuslice_compute::wire::Msg::Opened);
+    assert_eq!(page.len(), 1, "a grant page");
+    drop(chan);
     let limits =
         gpuslice_ledger::Limits::decode(&std::fs::read(tenant_dir.join("limits")).unwrap())
             .unwrap();

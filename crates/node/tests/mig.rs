@@ -89,6 +89,7 @@ async fn mig_devices_applied_out_of_band_are_advertised_and_allocated() {
         reload_every: Duration::from_millis(100),
         pod_resources_socket: tmp.path().join("no-pod-resources.sock"),
         reconcile_every: Duration::from_secs(30),
+        compute_dir: tmp.path().join("compute"),
     };
     let shared = agent::start(
         &opts,

@@ -197,6 +197,7 @@ fn options(d: &Dirs) -> Options {
         reload_every: Duration::from_secs(3600),
         pod_resources_socket: d.podres.clone(),
         reconcile_every: Duration::from_millis(100),
+        compute_dir: d.state.join("compute"),
     }
 }
 

@@ -165,3 +165,11 @@ pub fn compile_c(name: &str, out_name: &str, flags: &[&str]) -> PathBuf {
     assert!(st.success(), "compiling {}", src.display());
     out
 }
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Held by tests that time a shared GPU on a shared CPU, so that two of them in one test binary
+/// never run at once (the harness runs a binary's tests in parallel).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
