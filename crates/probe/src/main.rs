@@ -22,6 +22,7 @@
 #![allow(non_snake_case)]
 
 mod exact;
+mod shared;
 
 use gpuslice_cuda_abi::driver::*;
 use std::ffi::{CString, c_char, c_int, c_uint, c_void};
@@ -507,6 +508,9 @@ fn main() {
     };
     if arg(0) == "exact" {
         return exact::main(&args[1..]);
+    }
+    if arg(0) == "share-agent" {
+        return shared::main(&args[1..]);
     }
     let mut probe = Probe::start(via);
     match arg(0).as_str() {
