@@ -43,7 +43,13 @@ impl Agent {
             let st = std::fs::read_to_string(format!("/proc/{}/stat", self.pid));
             match st {
                 Err(_) => return,
-                Ok(s) if s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z') => {
+                Ok(s)
+                    if s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z') =>
+                {
                     return;
                 }
                 _ => {}
@@ -73,7 +79,9 @@ impl Drop for Tenant {
 /// A tenant capped at `cap` whose command runs `n` agents.
 fn tenant(m: &Machine, name: &str, cap: &str, n: usize) -> Tenant {
     let p = probe();
-    let socks: Vec<PathBuf> = (0..n).map(|i| m.dir.join(format!("{name}-{i}.sock"))).collect();
+    let socks: Vec<PathBuf> = (0..n)
+        .map(|i| m.dir.join(format!("{name}-{i}.sock")))
+        .collect();
     let script: String = socks
         .iter()
         .map(|s| format!("'{p}' share-agent '{}' & ", s.display()))
@@ -85,7 +93,11 @@ fn tenant(m: &Machine, name: &str, cap: &str, n: usize) -> Tenant {
         .into_iter()
         .map(|sock| {
             while !sock.exists() {
-                assert!(Instant::now() < deadline, "{} never listened", sock.display());
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never listened",
+                    sock.display()
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
             let mut a = Agent { sock, pid: 0 };
@@ -124,8 +136,16 @@ fn charge(m: &Machine, s: &gpuslice_sim_state::Sim, t: &Tenant) -> (u64, u64) {
 /// The ledger equals the device and stays within `cap`; returns the charge.
 fn exact(m: &Machine, s: &gpuslice_sim_state::Sim, t: &Tenant, cap: u64, at: &str) -> u64 {
     let (l, d) = charge(m, s, t);
-    assert_eq!(l, d, "{}: the ledger disagrees with the device at {at}", t.name);
-    assert!(d <= cap, "{}: the device passed the cap at {at}: {d}", t.name);
+    assert_eq!(
+        l, d,
+        "{}: the ledger disagrees with the device at {at}",
+        t.name
+    );
+    assert!(
+        d <= cap,
+        "{}: the device passed the cap at {at}: {d}",
+        t.name
+    );
     l
 }
 
@@ -143,7 +163,11 @@ fn ipc_memory_is_charged_once_within_a_tenant_and_released_with_its_last_holder(
     assert_eq!(u(&got, "r"), 0, "{got}");
     let h = got["handle"].as_str().unwrap().to_string();
     assert_eq!(exact(&m, &s, &t, GIB, "export"), base + 512 * MIB);
-    assert_eq!(a.r(&format!("ipc-open {h}")), 201, "own handle: invalid context");
+    assert_eq!(
+        a.r(&format!("ipc-open {h}")),
+        201,
+        "own handle: invalid context"
+    );
     let opened = b.cmd(&format!("ipc-open {h}"));
     assert_eq!(u(&opened, "r"), 0, "{opened}");
     let q = u(&opened, "ptr");
@@ -154,7 +178,11 @@ fn ipc_memory_is_charged_once_within_a_tenant_and_released_with_its_last_holder(
     );
     let again = b.cmd(&format!("ipc-open {h}"));
     assert_eq!((u(&again, "r"), u(&again, "ptr")), (0, q), "{again}");
-    assert_eq!(a.r(&format!("alloc {}", 512 * MIB)), 2, "the shared memory fills the cap");
+    assert_eq!(
+        a.r(&format!("alloc {}", 512 * MIB)),
+        2,
+        "the shared memory fills the cap"
+    );
     assert_eq!(a.r(&format!("free {p}")), 0);
     assert_eq!(
         exact(&m, &s, &t, GIB, "exporter freed"),
@@ -166,7 +194,11 @@ fn ipc_memory_is_charged_once_within_a_tenant_and_released_with_its_last_holder(
     assert_eq!(exact(&m, &s, &t, GIB, "first close"), base + 512 * MIB);
     assert_eq!(b.r(&format!("ipc-close {q}")), 0);
     assert_eq!(exact(&m, &s, &t, GIB, "last close"), base);
-    assert_eq!(b.r(&format!("ipc-close {q}")), 1, "closing twice is an error");
+    assert_eq!(
+        b.r(&format!("ipc-close {q}")),
+        1,
+        "closing twice is an error"
+    );
     assert_eq!(b.r(&format!("ipc-open {h}")), 1, "the memory is gone");
     assert_eq!(exact(&m, &s, &t, GIB, "end"), base);
 }
@@ -202,24 +234,43 @@ fn a_killed_exporter_cannot_hand_its_memory_back_to_the_tenant() {
             "the dead exporter's memory stays charged while the holder keeps it"
         );
     }
-    assert!(s.memory_used(0) <= cap, "the device never holds more than the cap");
+    assert!(
+        s.memory_used(0) <= cap,
+        "the device never holds more than the cap"
+    );
     assert_eq!(holder.r(&format!("ipc-close {}", held[0])), 0);
-    assert_eq!(exact(&m, &s, &t, cap, "holder closed"), 2 * CTX);
+    assert_eq!(exact(&m, &s, &t, cap, "holder closed"), 3 * CTX);
 }
 
 #[test]
-fn a_killed_importer_lets_go_and_the_exporter_keeps_paying() {
+fn a_killed_importer_lets_go_whoever_allocated_the_memory() {
     let m = Machine::new("shared-killed-importer");
     let s = sim(&m);
-    let t = tenant(&m, "imp", "1GiB", 2);
-    let (a, b) = (&t.agents[0], &t.agents[1]);
+    let t = tenant(&m, "imp", "1GiB", 3);
+    let (a, b, c) = (&t.agents[0], &t.agents[1], &t.agents[2]);
+    let base = exact(&m, &s, &t, GIB, "start");
+    // Killed while the exporter still holds it: the exporter keeps paying.
     let p = u(&a.cmd(&format!("alloc {}", 256 * MIB)), "ptr");
-    let h = a.cmd(&format!("ipc-get {p}"))["handle"].as_str().unwrap().to_string();
+    let h = a.cmd(&format!("ipc-get {p}"))["handle"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(b.r(&format!("ipc-open {h}")), 0);
     b.kill();
-    assert_eq!(exact(&m, &s, &t, GIB, "importer killed"), CTX + 256 * MIB);
+    assert_eq!(
+        exact(&m, &s, &t, GIB, "importer killed"),
+        base - CTX + 256 * MIB
+    );
+    // Killed after the exporter let go: the memory leaves the device and the ledger with it.
+    assert_eq!(c.r(&format!("ipc-open {h}")), 0);
     assert_eq!(a.r(&format!("free {p}")), 0);
-    assert_eq!(exact(&m, &s, &t, GIB, "exporter freed"), CTX);
+    assert_eq!(
+        exact(&m, &s, &t, GIB, "exporter freed"),
+        base - CTX + 256 * MIB,
+        "the importer holds it"
+    );
+    c.kill();
+    assert_eq!(exact(&m, &s, &t, GIB, "last holder killed"), CTX);
 }
 
 #[test]
@@ -230,7 +281,10 @@ fn another_tenants_import_is_charged_to_the_importer_and_refused_over_its_cap() 
     let tb = tenant(&m, "taker", "1GiB", 1);
     let (a, b) = (&ta.agents[0], &tb.agents[0]);
     let big = u(&a.cmd(&format!("alloc {GIB}")), "ptr");
-    let hbig = a.cmd(&format!("ipc-get {big}"))["handle"].as_str().unwrap().to_string();
+    let hbig = a.cmd(&format!("ipc-get {big}"))["handle"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(
         b.r(&format!("ipc-open {hbig}")),
         2,
@@ -238,13 +292,20 @@ fn another_tenants_import_is_charged_to_the_importer_and_refused_over_its_cap() 
     );
     assert_eq!(exact(&m, &s, &tb, GIB, "refused"), CTX, "nothing leaks");
     let small = u(&a.cmd(&format!("alloc {}", 512 * MIB)), "ptr");
-    let hsmall = a.cmd(&format!("ipc-get {small}"))["handle"].as_str().unwrap().to_string();
+    let hsmall = a.cmd(&format!("ipc-get {small}"))["handle"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let opened = b.cmd(&format!("ipc-open {hsmall}"));
     assert_eq!(u(&opened, "r"), 0, "{opened}");
     // Fail closed: while the owner holds it too, both tenants pay (the device shows it under
     // the allocating process).
     let (lb, db) = charge(&m, &s, &tb);
-    assert_eq!((lb, db), (CTX + 512 * MIB, CTX), "the importer pays in full");
+    assert_eq!(
+        (lb, db),
+        (CTX + 512 * MIB, CTX),
+        "the importer pays in full"
+    );
     assert_eq!(exact(&m, &s, &ta, 2 * GIB, "owner"), CTX + GIB + 512 * MIB);
     // The owner's tenant ends: the memory stays on the device, held by the other tenant.
     a.kill();
@@ -253,7 +314,11 @@ fn another_tenants_import_is_charged_to_the_importer_and_refused_over_its_cap() 
         CTX + 512 * MIB,
         "the memory is the importer's now, on the device and in its ledger"
     );
-    assert_eq!(s.memory_used(0), CTX + 512 * MIB, "only the importer's is left");
+    assert_eq!(
+        s.memory_used(0),
+        CTX + 512 * MIB,
+        "only the importer's is left"
+    );
     assert_eq!(b.r(&format!("ipc-close {}", u(&opened, "ptr"))), 0);
     assert_eq!(exact(&m, &s, &tb, GIB, "closed"), CTX);
     assert_eq!(s.memory_used(0), CTX);
@@ -272,7 +337,11 @@ fn vmm_shareable_handles_are_charged_once_until_the_last_holder_lets_go() {
     let imported = b.cmd(&format!("vmm-import {}", a.sock.display()));
     assert_eq!(u(&imported, "r"), 0, "{imported}");
     let hb = u(&imported, "handle");
-    assert_eq!(exact(&m, &s, &t, GIB, "import"), 2 * CTX + size, "charged once");
+    assert_eq!(
+        exact(&m, &s, &t, GIB, "import"),
+        2 * CTX + size,
+        "charged once"
+    );
     let mapped = b.cmd(&format!("vmm-map {hb} {size}"));
     assert_eq!(u(&mapped, "r"), 0, "{mapped}");
     assert_eq!(a.r(&format!("vmm-release {h}")), 0);
@@ -282,7 +351,11 @@ fn vmm_shareable_handles_are_charged_once_until_the_last_holder_lets_go() {
         2 * CTX + size,
         "a mapping keeps the memory"
     );
-    assert_eq!(a.r(&format!("alloc {}", 512 * MIB)), 2, "the cap is still held");
+    assert_eq!(
+        a.r(&format!("alloc {}", 512 * MIB)),
+        2,
+        "the cap is still held"
+    );
     b.kill();
     assert_eq!(exact(&m, &s, &t, GIB, "mapper killed"), CTX);
     assert_eq!(a.r(&format!("alloc {}", 512 * MIB)), 0);
@@ -302,5 +375,9 @@ fn a_vmm_import_over_the_cap_is_refused_and_leaks_nothing() {
     assert_eq!(exact(&m, &s, &tb, GIB, "refused"), CTX);
     assert_eq!(exact(&m, &s, &ta, 2 * GIB, "owner"), CTX + GIB);
     assert_eq!(a.r(&format!("vmm-release {h}")), 0);
-    assert_eq!(s.memory_used(0), 2 * CTX, "the refused import holds nothing on the device");
+    assert_eq!(
+        s.memory_used(0),
+        2 * CTX,
+        "the refused import holds nothing on the device"
+    );
 }

@@ -288,9 +288,11 @@ pub unsafe extern "C" fn cuIpcOpenMemHandle_v2(
     flags: c_uint,
 ) -> CUresult {
     guard(|| {
-        ipc_open(pdptr, h, || {
-            call_real!(CUDA, cuIpcOpenMemHandle_v2: IpcOpenFn, pdptr, h, flags)
-        })
+        ipc_open(
+            pdptr,
+            h,
+            || call_real!(CUDA, cuIpcOpenMemHandle_v2: IpcOpenFn, pdptr, h, flags),
+        )
     })
 }
 
@@ -301,9 +303,11 @@ pub unsafe extern "C" fn cuIpcOpenMemHandle(
     flags: c_uint,
 ) -> CUresult {
     guard(|| {
-        ipc_open(pdptr, h, || {
-            call_real!(CUDA, cuIpcOpenMemHandle: IpcOpenFn, pdptr, h, flags)
-        })
+        ipc_open(
+            pdptr,
+            h,
+            || call_real!(CUDA, cuIpcOpenMemHandle: IpcOpenFn, pdptr, h, flags),
+        )
     })
 }
 
@@ -315,7 +319,8 @@ pub unsafe extern "C" fn cuIpcCloseMemHandle(p: CUdeviceptr) -> CUresult {
         };
         let k = Key::Ptr(p);
         let mut recs = t.book.recs.lock().unwrap();
-        let r = call_real!(CUDA, cuIpcCloseMemHandle: unsafe extern "C" fn(CUdeviceptr) -> CUresult, p);
+        let r =
+            call_real!(CUDA, cuIpcCloseMemHandle: unsafe extern "C" fn(CUdeviceptr) -> CUresult, p);
         if r != CUDA_SUCCESS {
             return r;
         }

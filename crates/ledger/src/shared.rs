@@ -181,7 +181,10 @@ impl Ledger {
             x.mem.held.store(bytes, SeqCst);
             self.set_hold(s.0, e, true);
             let live = pack(next, s.0, LIVE);
-            if x.state.compare_exchange(claim, live, SeqCst, SeqCst).is_err() {
+            if x.state
+                .compare_exchange(claim, live, SeqCst, SeqCst)
+                .is_err()
+            {
                 self.set_hold(s.0, e, false);
                 return None;
             }
@@ -252,7 +255,10 @@ impl Ledger {
         };
         // Another process may have created an entry for the same memory at the same moment:
         // the one with the lower index is kept, so both end up on it.
-        if let Some(other) = self.find(key, Some(mine.index)).filter(|o| o.index < mine.index) {
+        if let Some(other) = self
+            .find(key, Some(mine.index))
+            .filter(|o| o.index < mine.index)
+        {
             if let Some((o, _, _)) = self.join_entry(s, other) {
                 self.share_drop(s, mine);
                 return Ok(Some(o));

@@ -388,7 +388,10 @@ pub fn main(args: &[String]) {
                 run.step("launch_big", (cu.graph_launch)(e, std::ptr::null_mut()));
                 run.step("sync", (cu.sync)());
                 run.step("update_small", (cu.exec_update)(e, g1, &mut info));
-                run.step("launch_small_again", (cu.graph_launch)(e, std::ptr::null_mut()));
+                run.step(
+                    "launch_small_again",
+                    (cu.graph_launch)(e, std::ptr::null_mut()),
+                );
                 run.step("sync", (cu.sync)());
                 run.step("exec_destroy", (cu.exec_destroy)(e));
                 run.step("graph_destroy", (cu.graph_destroy)(g2));

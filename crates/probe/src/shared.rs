@@ -139,7 +139,9 @@ fn unhex(s: &str) -> Option<CUipcMemHandle> {
 }
 
 pub fn main(args: &[String]) {
-    let path = args.first().unwrap_or_else(|| super::die("share-agent SOCKET".into()));
+    let path = args
+        .first()
+        .unwrap_or_else(|| super::die("share-agent SOCKET".into()));
     let lib = unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW) };
     if lib.is_null() {
         super::die("cannot dlopen libcuda.so.1".into());

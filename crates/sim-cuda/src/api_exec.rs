@@ -537,9 +537,19 @@ fn exec_update(e: CUgraphExec, g: CUgraph) -> (R, c_int, CUgraphNode) {
     }
     let mut r = reg();
     let (Some(graph), Some(ex)) = (r.graphs.get(&(g as usize)), r.execs.get(&(e as usize))) else {
-        return (Err(CUDA_ERROR_INVALID_VALUE), CU_GRAPH_EXEC_UPDATE_ERROR, std::ptr::null_mut());
+        return (
+            Err(CUDA_ERROR_INVALID_VALUE),
+            CU_GRAPH_EXEC_UPDATE_ERROR,
+            std::ptr::null_mut(),
+        );
     };
-    let fail = |code, node: usize| (Err(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE), code, node as CUgraphNode);
+    let fail = |code, node: usize| {
+        (
+            Err(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE),
+            code,
+            node as CUgraphNode,
+        )
+    };
     if graph.nodes.len() != ex.nodes.len() {
         return fail(CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED, 0);
     }
@@ -549,7 +559,11 @@ fn exec_update(e: CUgraphExec, g: CUgraph) -> (R, c_int, CUgraphNode) {
         }
     }
     // An allocation the last launch left live must be freed first, as before a relaunch.
-    if ex.keeps.iter().any(|(_, _, p)| r.graph_live.contains_key(p)) {
+    if ex
+        .keeps
+        .iter()
+        .any(|(_, _, p)| r.graph_live.contains_key(p))
+    {
         return fail(CU_GRAPH_EXEC_UPDATE_ERROR, 0);
     }
     let nodes: Vec<NodeKind> = graph.nodes.iter().map(|(_, k)| k.clone()).collect();
@@ -566,7 +580,12 @@ fn exec_update(e: CUgraphExec, g: CUgraph) -> (R, c_int, CUgraphNode) {
     (Ok(()), CU_GRAPH_EXEC_UPDATE_SUCCESS, std::ptr::null_mut())
 }
 
-unsafe fn exec_update_v1(e: CUgraphExec, g: CUgraph, err: *mut CUgraphNode, result: *mut c_int) -> R {
+unsafe fn exec_update_v1(
+    e: CUgraphExec,
+    g: CUgraph,
+    err: *mut CUgraphNode,
+    result: *mut c_int,
+) -> R {
     let (r, code, node) = exec_update(e, g);
     if !result.is_null() {
         unsafe { *result = code };

@@ -193,7 +193,11 @@ unsafe fn export_shareable(out_h: *mut c_void, handle: u64, ty: c_int, flags: u6
     Ok(())
 }
 
-unsafe fn import_shareable(out_h: *mut CUmemGenericAllocationHandle, os: *mut c_void, ty: c_int) -> R {
+unsafe fn import_shareable(
+    out_h: *mut CUmemGenericAllocationHandle,
+    os: *mut c_void,
+    ty: c_int,
+) -> R {
     let s = sim()?;
     if out_h.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);

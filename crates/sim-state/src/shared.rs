@@ -42,7 +42,9 @@ fn generation(s: u64) -> u64 {
     s >> GEN_SHIFT
 }
 fn creator(s: u64) -> Option<usize> {
-    ((s >> SLOT_SHIFT) & SLOT_MASK).checked_sub(1).map(|x| x as usize)
+    ((s >> SLOT_SHIFT) & SLOT_MASK)
+        .checked_sub(1)
+        .map(|x| x as usize)
 }
 
 #[repr(C)]
@@ -162,12 +164,9 @@ impl Sim {
         for o in self.sh().shared.iter() {
             let s = o.state.load(SeqCst);
             if s & PHASE == CLAIMING && creator(s) == Some(i) {
-                let _ = o.state.compare_exchange(
-                    s,
-                    pack(generation(s), i, FREE),
-                    SeqCst,
-                    SeqCst,
-                );
+                let _ = o
+                    .state
+                    .compare_exchange(s, pack(generation(s), i, FREE), SeqCst, SeqCst);
             }
         }
     }
@@ -175,7 +174,12 @@ impl Sim {
     /// Makes `bytes` on `dev`, already charged to this process, a shared object this process
     /// holds: from now on the charge lives in the object, not in the process. `ino` names the
     /// file behind a shareable handle (0 for none).
-    pub fn share_export(&self, dev: usize, bytes: u64, ino: u64) -> Result<SharedHandle, ShareError> {
+    pub fn share_export(
+        &self,
+        dev: usize,
+        bytes: u64,
+        ino: u64,
+    ) -> Result<SharedHandle, ShareError> {
         let _ = self.dev(dev);
         let me = self.my_slot();
         let held = self.held_mask();
@@ -183,8 +187,7 @@ impl Sim {
             let s = o.state.load(SeqCst);
             let phase = s & PHASE;
             // A live entry nobody holds any more is memory already gone: reusable.
-            let reusable =
-                phase == FREE || (phase == LIVE && held[i / 64] & 1 << (i % 64) == 0);
+            let reusable = phase == FREE || (phase == LIVE && held[i / 64] & 1 << (i % 64) == 0);
             if !reusable {
                 continue;
             }
@@ -207,7 +210,10 @@ impl Sim {
             o.mem.held.store(bytes, SeqCst);
             self.set_hold(me, i, true);
             let live = pack(next, me, LIVE);
-            if o.state.compare_exchange(claim, live, SeqCst, SeqCst).is_err() {
+            if o.state
+                .compare_exchange(claim, live, SeqCst, SeqCst)
+                .is_err()
+            {
                 // Only a reclaimer of our own slot frees our claim, and we are alive.
                 self.set_hold(me, i, false);
                 return Err(ShareError::Full);

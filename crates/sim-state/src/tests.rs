@@ -540,7 +540,11 @@ fn shared_memory_stays_until_every_holder_lets_go_and_counts_once() {
     assert!(s.share_open(h).is_ok(), "still live: it can be joined");
     s.share_release(h.index);
     kill(pid);
-    assert_eq!(s.memory_used(0), 0, "the last holder died: the memory is gone");
+    assert_eq!(
+        s.memory_used(0),
+        0,
+        "the last holder died: the memory is gone"
+    );
     assert_eq!(s.share_open(h), Err(ShareError::Invalid));
     assert_eq!(s.share_lookup(h), Err(ShareError::Invalid));
 }
