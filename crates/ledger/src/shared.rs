@@ -255,14 +255,13 @@ impl Ledger {
         };
         // Another process may have created an entry for the same memory at the same moment:
         // the one with the lower index is kept, so both end up on it.
-        if let Some(other) = self
+        let other = self
             .find(key, Some(mine.index))
             .filter(|o| o.index < mine.index)
-        {
-            if let Some((o, _, _)) = self.join_entry(s, other) {
-                self.share_drop(s, mine);
-                return Ok(Some(o));
-            }
+            .and_then(|o| self.join_entry(s, o));
+        if let Some((o, _, _)) = other {
+            self.share_drop(s, mine);
+            return Ok(Some(o));
         }
         Ok(Some(mine))
     }

@@ -482,7 +482,9 @@ unsafe fn add_deps(g: CUgraph, from: *const CUgraphNode, to: *const CUgraphNode,
 
 /// What an executable made of `nodes` allocates: memory it frees itself (needed while it
 /// runs), per device, and allocations it leaves live.
-fn exec_memory(nodes: &[NodeKind]) -> (Vec<(usize, u64)>, Vec<(usize, u64, u64)>) {
+type ExecMemory = (Vec<(usize, u64)>, Vec<(usize, u64, u64)>);
+
+fn exec_memory(nodes: &[NodeKind]) -> ExecMemory {
     let mut mem_need: Vec<(usize, u64)> = Vec::new();
     let mut keeps = Vec::new();
     for k in nodes {
