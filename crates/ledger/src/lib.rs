@@ -921,6 +921,62 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_charge_stays_while_any_process_holds_it_and_counts_once() {
+        let p = tmp("shared");
+        let l = Ledger::create(&p, &spec(1000)).unwrap();
+        let d = l.device_for(&GPU0).unwrap();
+        let key = [7, 9];
+        let mut fds = [0; 2];
+        unsafe { libc::pipe(fds.as_mut_ptr()) };
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // The exporter: charges 600, shares it, then waits to be killed.
+            let l = Ledger::open(&p).unwrap();
+            let s = l.attach_process().unwrap();
+            l.reserve(s, d, 600).unwrap();
+            l.share_export(s, d, key, 600).unwrap();
+            unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) };
+            loop {
+                unsafe { libc::pause() };
+            }
+        }
+        let mut b = [0u8];
+        unsafe { libc::read(fds[0], b.as_mut_ptr().cast(), 1) };
+        let me = l.attach_process().unwrap();
+        assert_eq!(l.used(d), 600, "moved into the entry, counted once");
+        let (sh, jd, n) = l.share_join(me, key).unwrap();
+        assert_eq!((jd, n, l.used(d)), (d, 600, 600), "joining adds nothing");
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0)
+        };
+        assert_eq!(
+            l.reclaim_dead(Some(me)),
+            0,
+            "still held: nothing comes back"
+        );
+        assert_eq!(l.used(d), 600, "the dead exporter's memory stays charged");
+        assert!(l.reserve(me, d, 401).is_err());
+        l.share_drop(me, sh);
+        assert_eq!(l.used(d), 0, "gone with its last holder");
+        assert!(
+            l.share_join(me, key).is_none(),
+            "and cannot be joined again"
+        );
+        assert!(
+            l.share_import(me, d, key, 1001).is_err(),
+            "an import is capped"
+        );
+        assert_eq!(l.used(d), 0, "a refused import leaves nothing");
+        let sh = l.share_import(me, d, key, 1000).unwrap().unwrap();
+        assert_eq!(l.used(d), 1000);
+        l.detach_process(me);
+        assert_eq!(l.used(d), 0, "a detached process lets go");
+        let _ = sh;
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
     fn uuid_text_round_trips() {
         let u = [0x5e, 0x1f, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13];
         let s = format_uuid(&u);
