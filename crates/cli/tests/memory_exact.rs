@@ -139,6 +139,27 @@ fn graph_memory_is_charged_while_the_device_keeps_it() {
 }
 
 #[test]
+fn an_updated_graph_is_charged_what_it_now_allocates() {
+    let m = Machine::new("exact-graph-update");
+    let steps = scenario(&m, "graph-update", &["graph-update", "256MiB", "900MiB"]);
+    for s in &steps {
+        assert!(u(s, "device") <= GIB, "the device passed the cap at {s}");
+        assert_eq!(u(s, "ledger"), u(s, "device"), "at {s}");
+    }
+    let r = |name: &str| u(find(&steps, name)[0], "r");
+    assert_eq!(r("launch_small"), 0, "{steps:?}");
+    assert_eq!((r("update_big"), r("update_result")), (0, 0), "{steps:?}");
+    assert_eq!(
+        r("launch_big"),
+        2,
+        "900 MiB of graph memory does not fit beside the context: {steps:?}"
+    );
+    assert_eq!(r("update_small"), 0, "{steps:?}");
+    assert_eq!(r("launch_small_again"), 0, "{steps:?}");
+    assert_eq!(u(steps.last().unwrap(), "ledger"), CTX);
+}
+
+#[test]
 fn legacy_launches_reach_the_gate() {
     let m = Machine::new("exact-legacy");
     let trace = m.dir.join("lookups");

@@ -378,6 +378,30 @@ pub struct CUDA_MEMSET_NODE_PARAMS {
     pub height: usize,
 }
 
+/// An IPC memory handle: opaque bytes, passed by value.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CUipcMemHandle {
+    pub reserved: [u8; 64],
+}
+
+pub const CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS: c_uint = 0x1;
+
+/// `cuGraphExecUpdate`'s result codes (`CUgraphExecUpdateResult`).
+pub const CU_GRAPH_EXEC_UPDATE_SUCCESS: c_int = 0;
+pub const CU_GRAPH_EXEC_UPDATE_ERROR: c_int = 1;
+pub const CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED: c_int = 2;
+pub const CU_GRAPH_EXEC_UPDATE_ERROR_NODE_TYPE_CHANGED: c_int = 3;
+
+/// `cuGraphExecUpdate_v2`'s report.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CUgraphExecUpdateResultInfo {
+    pub result: c_int,
+    pub errorNode: CUgraphNode,
+    pub errorFromNode: CUgraphNode,
+}
+
 /// `CUDA_ARRAY3D_DESCRIPTOR` flags that change an array's footprint.
 pub const CUDA_ARRAY3D_LAYERED: c_uint = 0x01;
 pub const CUDA_ARRAY3D_CUBEMAP: c_uint = 0x04;

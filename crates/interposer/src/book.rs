@@ -50,6 +50,8 @@ pub struct Vmm {
     pub phys: HashMap<u64, Phys>,
     /// Mapped address → (length, physical handle).
     pub maps: BTreeMap<u64, (u64, u64)>,
+    /// Physical allocations other processes may hold too: their charge is the hold's.
+    pub shares: HashMap<u64, crate::shared::Hold>,
 }
 
 /// What the device keeps reserved for graph memory, as this process last measured and charged it.
@@ -72,6 +74,9 @@ pub struct Book {
     pub graph: Mutex<HashMap<usize, GraphCharge>>,
     /// Executable graphs with memory-allocation nodes → (ordinal, device, bytes they allocate).
     pub execs: Mutex<HashMap<usize, GraphNeed>>,
+    /// Records whose memory other processes may hold too (`shared.rs`): their charge is the
+    /// hold's, not the record's. Locked after `recs`.
+    pub shares: Mutex<HashMap<Key, crate::shared::Shared>>,
 }
 
 /// The calling thread's current context (0 when none).
@@ -89,6 +94,7 @@ impl Book {
         if let Some(o) = old {
             // The driver reused the key: the object we recorded is gone.
             t.release(o.dev, o.bytes);
+            self.unshare(t, key);
         }
     }
 
@@ -100,9 +106,18 @@ impl Book {
         if r == CUDA_SUCCESS {
             if let Some(o) = recs.remove(&key) {
                 t.release(o.dev, o.bytes);
+                self.unshare(t, key);
             }
         }
         r
+    }
+
+    /// Lets go of what other processes may share of `key`'s memory.
+    pub fn unshare(&self, t: &Tenant, key: Key) {
+        let gone = self.shares.lock().unwrap().remove(&key);
+        if let Some(s) = gone {
+            s.hold.release(t);
+        }
     }
 
     /// Runs a driver call that may end a context with the book locked. The call returns its
@@ -116,9 +131,10 @@ impl Book {
         let mut recs = self.recs.lock().unwrap();
         let (r, ended) = call();
         if r == CUDA_SUCCESS && ended != 0 {
-            recs.retain(|_, o| {
+            recs.retain(|&k, o| {
                 if o.ctx == ended {
                     t.release(o.dev, o.bytes);
+                    self.unshare(t, k);
                     false
                 } else {
                     true
@@ -148,6 +164,9 @@ impl Vmm {
             if p.refs == 0 && p.maps == 0 {
                 t.release(p.dev, p.bytes);
                 self.phys.remove(&h);
+                if let Some(hold) = self.shares.remove(&h) {
+                    hold.release(t);
+                }
             }
         }
     }
@@ -165,6 +184,9 @@ impl Vmm {
         if let Some(o) = old {
             // The driver reused the handle: what we recorded under it is gone.
             t.release(o.dev, o.bytes);
+            if let Some(hold) = self.shares.remove(&h) {
+                hold.release(t);
+            }
         }
     }
 

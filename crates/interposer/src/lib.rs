@@ -16,6 +16,7 @@ mod memory;
 mod modules;
 mod nvml;
 mod real;
+mod shared;
 mod tenant;
 
 /// Exported `dlsym`. `RTLD_NEXT` means "after the caller", and glibc finds the caller from the

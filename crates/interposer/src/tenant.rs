@@ -223,6 +223,22 @@ impl Tenant {
         }
     }
 
+    /// This tenant's ledger and every enclosing one, each with this process's slot; with a
+    /// device, each ledger's entry for it (for `shared.rs`).
+    pub(crate) fn ledgers(&self) -> Vec<(&Ledger, SlotId)> {
+        let outer = self.outer.iter().map(|o| (&o.ledger, o.slot));
+        std::iter::once((&self.ledger, self.slot))
+            .chain(outer)
+            .collect()
+    }
+    pub(crate) fn chain(&self, dev: Dev) -> Vec<(&Ledger, SlotId, Dev)> {
+        let outer = self.outer_of(dev).into_iter();
+        let outer = outer.map(|(o, d)| (&o.ledger, o.slot, d));
+        std::iter::once((&self.ledger, self.slot, dev))
+            .chain(outer)
+            .collect()
+    }
+
     /// The smallest cap on `dev` among this tenant and the ones enclosing it.
     pub fn cap(&self, dev: Dev) -> u64 {
         self.outer_of(dev)

@@ -22,6 +22,8 @@
 
 pub mod limits;
 pub use limits::Limits;
+mod shared;
+pub use shared::{SHARED, Share};
 
 use gpuslice_shm::{Counter, MappedFile, Reservation};
 use std::io;
@@ -29,7 +31,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"GPUSLDG1");
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Device entries per tenant: more GPUs than any node has.
 pub const DEVICES: usize = 16;
 /// Process slots per tenant: concurrent processes of one tenant.
@@ -73,7 +75,9 @@ struct Slot {
     active: AtomicU32,
     refusals: AtomicU64,
     mem: [Counter; DEVICES],
-    _reserved: [AtomicU64; 6],
+    /// Shared entries this process holds, one bit each (`shared.rs`).
+    holds: [AtomicU64; shared::HOLD_WORDS],
+    _reserved: [AtomicU64; 2],
 }
 
 const fn align64(x: usize) -> usize {
@@ -82,7 +86,8 @@ const fn align64(x: usize) -> usize {
 const DEV_OFF: usize = align64(size_of::<Header>());
 const SLOT_OFF: usize = align64(DEV_OFF + DEVICES * size_of::<DeviceEntry>());
 const SLOT_SIZE: usize = align64(size_of::<Slot>());
-pub const FILE_LEN: usize = SLOT_OFF + SLOTS * SLOT_SIZE;
+const SHARED_OFF: usize = SLOT_OFF + SLOTS * SLOT_SIZE;
+pub const FILE_LEN: usize = SHARED_OFF + shared::TABLE_LEN;
 
 /// What a tenant is given, as the ledger stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -520,8 +525,11 @@ impl Ledger {
         (self.header().slots_high_water.load(SeqCst) as usize).min(SLOTS)
     }
 
+    /// Every charge on `d`: each process's own and each shared entry some process holds.
     fn counters(&self, d: Dev) -> impl Iterator<Item = &Counter> {
-        (0..self.high_water()).map(move |i| &self.slot(i).mem[d.0])
+        (0..self.high_water())
+            .map(move |i| &self.slot(i).mem[d.0])
+            .chain(self.shared_counters(d))
     }
 
     /// Bytes the tenant holds on a device, over all its processes.
@@ -539,6 +547,9 @@ impl Ledger {
             // Only slots we can lock are candidates; a live owner's lock makes this fail.
             if self.file.claim_slot(i)? {
                 let s = self.slot(i);
+                // What a dead predecessor held (a live process's hold on the same entry
+                // keeps its charge).
+                let _ = self.drop_holds(i);
                 for c in &s.mem {
                     c.reset();
                 }
@@ -558,6 +569,7 @@ impl Ledger {
 
     /// Gives the slot back at a clean exit; its charges must already be released.
     pub fn detach_process(&self, s: SlotId) {
+        let _ = self.drop_holds(s.0);
         let slot = self.slot(s.0);
         slot.active.store(0, SeqCst);
         slot.pid.store(0, SeqCst);
@@ -613,11 +625,16 @@ impl Ledger {
             }
             let s = self.slot(i);
             let charged: u64 = s.mem.iter().map(|c| c.charged()).sum();
-            if charged == 0 && s.active.load(SeqCst) == 0 {
+            let holds = s.holds.iter().any(|w| w.load(SeqCst) != 0);
+            if charged == 0 && !holds && s.active.load(SeqCst) == 0 {
                 continue;
             }
             // Taking the slot's lock succeeds only if its owner is gone.
             if let Ok(true) = self.file.claim_slot(i) {
+                // Shared entries first: a reclaimer killed here leaves the counters, so the
+                // next one still finds the slot worth reclaiming. An entry another live
+                // process holds keeps its charge.
+                freed += self.drop_holds(i);
                 for c in &s.mem {
                     freed += c.reset();
                 }
@@ -900,6 +917,62 @@ mod tests {
         assert_eq!(o.compute().unwrap(), Some(c));
         assert_ne!(o.tenant_id(), 0);
         assert!(l.set_compute(ComputeSpec { quota: 101, ..c }).is_err());
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn a_shared_charge_stays_while_any_process_holds_it_and_counts_once() {
+        let p = tmp("shared");
+        let l = Ledger::create(&p, &spec(1000)).unwrap();
+        let d = l.device_for(&GPU0).unwrap();
+        let key = [7, 9];
+        let mut fds = [0; 2];
+        unsafe { libc::pipe(fds.as_mut_ptr()) };
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // The exporter: charges 600, shares it, then waits to be killed.
+            let l = Ledger::open(&p).unwrap();
+            let s = l.attach_process().unwrap();
+            l.reserve(s, d, 600).unwrap();
+            l.share_export(s, d, key, 600).unwrap();
+            unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) };
+            loop {
+                unsafe { libc::pause() };
+            }
+        }
+        let mut b = [0u8];
+        unsafe { libc::read(fds[0], b.as_mut_ptr().cast(), 1) };
+        let me = l.attach_process().unwrap();
+        assert_eq!(l.used(d), 600, "moved into the entry, counted once");
+        let (sh, jd, n) = l.share_join(me, key).unwrap();
+        assert_eq!((jd, n, l.used(d)), (d, 600, 600), "joining adds nothing");
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0)
+        };
+        assert_eq!(
+            l.reclaim_dead(Some(me)),
+            0,
+            "still held: nothing comes back"
+        );
+        assert_eq!(l.used(d), 600, "the dead exporter's memory stays charged");
+        assert!(l.reserve(me, d, 401).is_err());
+        l.share_drop(me, sh);
+        assert_eq!(l.used(d), 0, "gone with its last holder");
+        assert!(
+            l.share_join(me, key).is_none(),
+            "and cannot be joined again"
+        );
+        assert!(
+            l.share_import(me, d, key, 1001).is_err(),
+            "an import is capped"
+        );
+        assert_eq!(l.used(d), 0, "a refused import leaves nothing");
+        let sh = l.share_import(me, d, key, 1000).unwrap().unwrap();
+        assert_eq!(l.used(d), 1000);
+        l.detach_process(me);
+        assert_eq!(l.used(d), 0, "a detached process lets go");
+        let _ = sh;
         std::fs::remove_file(&p).unwrap();
     }
 

@@ -13,6 +13,10 @@
 //!                       reset and a last release
 //!   graph SIZE          a graph that allocates and frees SIZE, launched and destroyed; then
 //!                       cuMemAlloc of SIZE, cuDeviceGraphMemTrim, cuMemAlloc again
+//!   graph-update SMALL BIG
+//!                       a graph that allocates and frees SMALL, instantiated and launched; then
+//!                       updated (cuGraphExecUpdate_v2) from a graph of the same shape that
+//!                       allocates BIG, launched, updated back to SMALL, launched, trimmed
 //!   legacy N            N launches through cuLaunch, cuLaunchGrid and cuLaunchGridAsync
 //!   globals SIZE        modules whose images declare two `__device__` variables of SIZE/2
 //!                       each, loaded until refused (a malformed image first); the first one's
@@ -103,6 +107,7 @@ driver! {
     graph_launch: "cuGraphLaunch" => fn(CUgraphExec, CUstream);
     exec_destroy: "cuGraphExecDestroy" => fn(CUgraphExec);
     graph_trim: "cuDeviceGraphMemTrim" => fn(CUdevice);
+    exec_update: "cuGraphExecUpdate_v2" => fn(CUgraphExec, CUgraph, *mut CUgraphExecUpdateResultInfo);
     module_load: "cuModuleLoadData" => fn(*mut CUmodule, *const c_void);
     module_function: "cuModuleGetFunction" => fn(*mut CUfunction, CUmodule, *const i8);
     module_load_ex: "cuModuleLoadDataEx" => fn(*mut CUmodule, *const c_void, c_uint, *mut c_int, *mut *mut c_void);
@@ -359,6 +364,51 @@ pub fn main(args: &[String]) {
                 run.step("exec_destroy", (cu.exec_destroy)(e2));
                 run.step("graph_destroy", (cu.graph_destroy)(g2));
                 run.step("graph_destroy", (cu.graph_destroy)(g));
+                run.step("trim", (cu.graph_trim)(run.dev));
+            }
+            "graph-update" => {
+                let make = |run: &mut Run, size: usize| {
+                    let mut g = std::ptr::null_mut();
+                    run.step("graph_create", (cu.graph_create)(&mut g, 0));
+                    let mut params: CUDA_MEM_ALLOC_NODE_PARAMS = std::mem::zeroed();
+                    params.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+                    params.poolProps.location = CUmemLocation {
+                        type_: CU_MEM_LOCATION_TYPE_DEVICE,
+                        id: run.dev,
+                    };
+                    params.bytesize = size;
+                    let (mut an, mut fnode) = (std::ptr::null_mut(), std::ptr::null_mut());
+                    run.step(
+                        "add_alloc",
+                        (cu.add_alloc)(&mut an, g, std::ptr::null(), 0, &mut params),
+                    );
+                    run.step(
+                        "add_free",
+                        (cu.add_free)(&mut fnode, g, &an, 1, params.dptr),
+                    );
+                    g
+                };
+                let (small, big) = (bytes(1), bytes(2));
+                let g1 = make(&mut run, small);
+                let mut e = std::ptr::null_mut();
+                run.step("instantiate", (cu.instantiate)(&mut e, g1, 0));
+                run.step("launch_small", (cu.graph_launch)(e, std::ptr::null_mut()));
+                run.step("sync", (cu.sync)());
+                let g2 = make(&mut run, big);
+                let mut info: CUgraphExecUpdateResultInfo = std::mem::zeroed();
+                run.step("update_big", (cu.exec_update)(e, g2, &mut info));
+                run.step("update_result", info.result);
+                run.step("launch_big", (cu.graph_launch)(e, std::ptr::null_mut()));
+                run.step("sync", (cu.sync)());
+                run.step("update_small", (cu.exec_update)(e, g1, &mut info));
+                run.step(
+                    "launch_small_again",
+                    (cu.graph_launch)(e, std::ptr::null_mut()),
+                );
+                run.step("sync", (cu.sync)());
+                run.step("exec_destroy", (cu.exec_destroy)(e));
+                run.step("graph_destroy", (cu.graph_destroy)(g2));
+                run.step("graph_destroy", (cu.graph_destroy)(g1));
                 run.step("trim", (cu.graph_trim)(run.dev));
             }
             "legacy" => {

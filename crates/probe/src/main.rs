@@ -23,6 +23,7 @@
 
 mod exact;
 mod images;
+mod shared;
 
 use gpuslice_cuda_abi::driver::*;
 use std::ffi::{CString, c_char, c_int, c_uint, c_void};
@@ -512,6 +513,9 @@ fn main() {
     };
     if arg(0) == "exact" {
         return exact::main(&args[1..]);
+    }
+    if arg(0) == "share-agent" {
+        return shared::main(&args[1..]);
     }
     let mut probe = Probe::start(via);
     match arg(0).as_str() {

@@ -499,20 +499,14 @@ unsafe fn add_deps(g: CUgraph, from: *const CUgraphNode, to: *const CUgraphNode,
     Ok(())
 }
 
-unsafe fn instantiate(exec: *mut CUgraphExec, g: CUgraph) -> R {
-    sim()?;
-    if exec.is_null() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    let mut r = reg();
-    let graph = r
-        .graphs
-        .get(&(g as usize))
-        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
-    let nodes: Vec<NodeKind> = graph.nodes.iter().map(|(_, k)| k.clone()).collect();
+/// What an executable made of `nodes` allocates: memory it frees itself (needed while it
+/// runs), per device, and allocations it leaves live.
+type ExecMemory = (Vec<(usize, u64)>, Vec<(usize, u64, u64)>);
+
+fn exec_memory(nodes: &[NodeKind]) -> ExecMemory {
     let mut mem_need: Vec<(usize, u64)> = Vec::new();
     let mut keeps = Vec::new();
-    for k in &nodes {
+    for k in nodes {
         if let NodeKind::MemAlloc { dev, size, dptr } = k {
             let freed = nodes
                 .iter()
@@ -527,6 +521,21 @@ unsafe fn instantiate(exec: *mut CUgraphExec, g: CUgraph) -> R {
             }
         }
     }
+    (mem_need, keeps)
+}
+
+unsafe fn instantiate(exec: *mut CUgraphExec, g: CUgraph) -> R {
+    sim()?;
+    if exec.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let mut r = reg();
+    let graph = r
+        .graphs
+        .get(&(g as usize))
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let nodes: Vec<NodeKind> = graph.nodes.iter().map(|(_, k)| k.clone()).collect();
+    let (mem_need, keeps) = exec_memory(&nodes);
     let h = r.handle();
     r.execs.insert(
         h,
@@ -538,6 +547,89 @@ unsafe fn instantiate(exec: *mut CUgraphExec, g: CUgraph) -> R {
         },
     );
     unsafe { out(exec, h as CUgraphExec) }
+}
+
+/// Takes the node parameters of a topologically identical graph (same nodes in the same order,
+/// of the same types). An allocation node may change its size; what the executable allocates
+/// follows, from its next launch. Answers the update result code and, on failure, the node.
+fn exec_update(e: CUgraphExec, g: CUgraph) -> (R, c_int, CUgraphNode) {
+    if let Err(x) = sim() {
+        return (Err(x), CU_GRAPH_EXEC_UPDATE_ERROR, std::ptr::null_mut());
+    }
+    let mut r = reg();
+    let (Some(graph), Some(ex)) = (r.graphs.get(&(g as usize)), r.execs.get(&(e as usize))) else {
+        return (
+            Err(CUDA_ERROR_INVALID_VALUE),
+            CU_GRAPH_EXEC_UPDATE_ERROR,
+            std::ptr::null_mut(),
+        );
+    };
+    let fail = |code, node: usize| {
+        (
+            Err(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE),
+            code,
+            node as CUgraphNode,
+        )
+    };
+    if graph.nodes.len() != ex.nodes.len() {
+        return fail(CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED, 0);
+    }
+    for ((h, new), old) in graph.nodes.iter().zip(&ex.nodes) {
+        if std::mem::discriminant(new) != std::mem::discriminant(old) {
+            return fail(CU_GRAPH_EXEC_UPDATE_ERROR_NODE_TYPE_CHANGED, *h);
+        }
+    }
+    // An allocation the last launch left live must be freed first, as before a relaunch.
+    if ex
+        .keeps
+        .iter()
+        .any(|(_, _, p)| r.graph_live.contains_key(p))
+    {
+        return fail(CU_GRAPH_EXEC_UPDATE_ERROR, 0);
+    }
+    let nodes: Vec<NodeKind> = graph.nodes.iter().map(|(_, k)| k.clone()).collect();
+    let (mem_need, keeps) = exec_memory(&nodes);
+    let ex = r.execs.get_mut(&(e as usize)).unwrap();
+    let old = std::mem::replace(&mut ex.nodes, nodes);
+    ex.mem_need = mem_need;
+    ex.keeps = keeps;
+    for k in old {
+        if let NodeKind::MemAlloc { dptr, .. } = k {
+            release_graph_va(&mut r, dptr);
+        }
+    }
+    (Ok(()), CU_GRAPH_EXEC_UPDATE_SUCCESS, std::ptr::null_mut())
+}
+
+unsafe fn exec_update_v1(
+    e: CUgraphExec,
+    g: CUgraph,
+    err: *mut CUgraphNode,
+    result: *mut c_int,
+) -> R {
+    let (r, code, node) = exec_update(e, g);
+    if !result.is_null() {
+        unsafe { *result = code };
+    }
+    if !err.is_null() {
+        unsafe { *err = node };
+    }
+    r
+}
+
+unsafe fn exec_update_v2(e: CUgraphExec, g: CUgraph, info: *mut CUgraphExecUpdateResultInfo) -> R {
+    if info.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let (r, code, node) = exec_update(e, g);
+    unsafe {
+        *info = CUgraphExecUpdateResultInfo {
+            result: code,
+            errorNode: node,
+            errorFromNode: std::ptr::null_mut(),
+        }
+    };
+    r
 }
 
 /// Graph memory in use on `dev`: by execs other than `except` that are still running, and by
@@ -1123,6 +1215,9 @@ fn cuGraphInstantiateWithParams_ptsz(e: *mut CUgraphExec, g: CUgraph, params: *m
 fn cuLaunch(f: CUfunction) { launch(f, [1, 1, 1], [1, 1, 1], std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut()) }
 fn cuLaunchGrid(f: CUfunction, w: c_int, h: c_int) { legacy_grid(f, w, h, std::ptr::null_mut()) }
 fn cuLaunchGridAsync(f: CUfunction, w: c_int, h: c_int, s: CUstream) { legacy_grid(f, w, h, s) }
+
+fn cuGraphExecUpdate(e: CUgraphExec, g: CUgraph, err: *mut CUgraphNode, result: *mut c_int) { exec_update_v1(e, g, err, result) }
+fn cuGraphExecUpdate_v2(e: CUgraphExec, g: CUgraph, info: *mut CUgraphExecUpdateResultInfo) { exec_update_v2(e, g, info) }
 
 fn cuGraphLaunch(e: CUgraphExec, s: CUstream) { graph_launch(e, s) }
 fn cuGraphLaunch_ptsz(e: CUgraphExec, s: CUstream) { graph_launch(e, s) }

@@ -48,7 +48,16 @@ pub(crate) fn free_alloc(r: &mut Reg, base: u64, _ctx_teardown: bool) -> R {
     let s = sim()?;
     let a = r.allocs.remove(&base).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     match a.kind {
-        AllocKind::Linear | AllocKind::Managed | AllocKind::Global => s.free(a.dev, a.charge),
+        AllocKind::Linear => match r.exported.remove(&base) {
+            // Exported: the charge is the shared object's, which others may still hold.
+            Some(h) => crate::api_share::unhold(r, h.index),
+            None => s.free(a.dev, a.charge),
+        },
+        AllocKind::Ipc(index) => {
+            crate::api_share::ipc_unmapped(r, base);
+            crate::api_share::unhold(r, index);
+        }
+        AllocKind::Managed | AllocKind::Global => s.free(a.dev, a.charge),
         // Pool memory stays reserved by the pool until it is trimmed.
         AllocKind::Pool(p) => {
             if let Some(pool) = r.pools.get_mut(&p) {
@@ -91,7 +100,7 @@ unsafe fn mem_free(p: u64) -> R {
         Some(a) if a.kind == AllocKind::Graph => {
             return crate::api_exec::free_graph_live(&mut r, p);
         }
-        Some(a) if a.kind != AllocKind::Global => {}
+        Some(a) if a.kind != AllocKind::Global && !matches!(a.kind, AllocKind::Ipc(_)) => {}
         _ => return Err(CUDA_ERROR_INVALID_VALUE),
     }
     free_alloc(&mut r, p, false)
@@ -315,7 +324,7 @@ unsafe fn free_async(p: u64, stream: CUstream) -> R {
         Some(a) if a.kind == AllocKind::Graph => {
             return crate::api_exec::free_graph_live(&mut r, p);
         }
-        Some(a) if a.kind != AllocKind::Global => {}
+        Some(a) if a.kind != AllocKind::Global && !matches!(a.kind, AllocKind::Ipc(_)) => {}
         _ => return Err(CUDA_ERROR_INVALID_VALUE),
     }
     free_alloc(&mut r, p, false)
@@ -335,8 +344,13 @@ fn pool_handle(r: &Reg, pool: CUmemoryPool) -> Result<usize, CUresult> {
 fn drop_phys(r: &mut Reg, h: u64) {
     if let Some(p) = r.phys.remove(&h) {
         unsafe { libc::close(p.fd) };
-        if let Ok(s) = sim() {
-            s.free(p.dev, p.size);
+        match p.shared {
+            Some(index) => crate::api_share::unhold(r, index),
+            None => {
+                if let Ok(s) = sim() {
+                    s.free(p.dev, p.size);
+                }
+            }
         }
     }
 }
@@ -711,7 +725,8 @@ fn cuMemCreate(handle: *mut CUmemGenericAllocationHandle, size: usize, prop: *co
     }
     let mut r = reg();
     let h = r.handle() as u64;
-    r.phys.insert(h, Phys { dev, size: size as u64, fd, refs: 1, maps: 0 });
+    let handle_types = (*prop).requestedHandleTypes;
+    r.phys.insert(h, Phys { dev, size: size as u64, fd, refs: 1, maps: 0, handle_types, shared: None });
     out(handle, h)
 }
 

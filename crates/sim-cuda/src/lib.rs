@@ -27,6 +27,7 @@ use gpuslice_sim_state::Sim;
 mod api_device;
 mod api_exec;
 mod api_mem;
+mod api_share;
 mod procaddr;
 mod stubs;
 
@@ -203,6 +204,8 @@ pub(crate) enum AllocKind {
     Graph,
     /// A module's `__device__` variables: freed only with their module (or its context).
     Global,
+    /// Another process's memory opened through an IPC handle (shared object index).
+    Ipc(u32),
 }
 
 pub(crate) struct Alloc {
@@ -233,6 +236,11 @@ pub(crate) struct Phys {
     /// `cuMemRelease`. The memory lives while a reference or a mapping remains.
     pub refs: u32,
     pub maps: u32,
+    /// Handle types requested at creation (`CUmemAllocationProp::requestedHandleTypes`).
+    pub handle_types: std::ffi::c_int,
+    /// The shared object this memory became when exported, or was imported from: its charge
+    /// is the object's, and the device keeps it until every process lets go.
+    pub shared: Option<u32>,
 }
 
 pub(crate) struct VaRange {
@@ -316,6 +324,12 @@ pub(crate) struct Reg {
     /// Graph allocations live past their launch: address → (device, bytes).
     pub graph_live: HashMap<u64, (usize, u64)>,
     pub host_allocs: HashMap<usize, usize>,
+    /// Linear allocations exported through IPC handles: base → shared object.
+    pub exported: HashMap<u64, gpuslice_sim_state::SharedHandle>,
+    /// IPC handles opened here: (object, state) → (mapping, opens not yet closed).
+    pub ipc_opens: HashMap<(u32, u64), (u64, u32)>,
+    /// Shared objects this process holds, and through how many of its objects.
+    pub holds: HashMap<u32, u32>,
 }
 
 static REG: Mutex<Option<Reg>> = Mutex::new(None);

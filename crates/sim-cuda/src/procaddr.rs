@@ -47,7 +47,8 @@ pub(crate) fn export_address(sym: &str) -> Option<*mut c_void> {
         "cuGetProcAddress_v2" => Some(cuGetProcAddress_v2 as *const () as *mut c_void),
         _ => crate::api_device::exports_device(sym)
             .or_else(|| crate::api_mem::exports_mem(sym))
-            .or_else(|| crate::api_exec::exports_exec(sym)),
+            .or_else(|| crate::api_exec::exports_exec(sym))
+            .or_else(|| crate::api_share::exports_share(sym)),
     }
 }
 

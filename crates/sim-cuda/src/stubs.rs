@@ -135,8 +135,6 @@ pub static STUBBED: &[&str] = &[
     "cuGraphExecMemcpyNodeSetParams",
     "cuGraphExecMemsetNodeSetParams",
     "cuGraphExecNodeSetParams",
-    "cuGraphExecUpdate",
-    "cuGraphExecUpdate_v2",
     "cuGraphExternalSemaphoresSignalNodeGetParams",
     "cuGraphExternalSemaphoresSignalNodeSetParams",
     "cuGraphExternalSemaphoresWaitNodeGetParams",
@@ -197,12 +195,8 @@ pub static STUBBED: &[&str] = &[
     "cuGreenCtxWaitEvent",
     "cuImportExternalMemory",
     "cuImportExternalSemaphore",
-    "cuIpcCloseMemHandle",
     "cuIpcGetEventHandle",
-    "cuIpcGetMemHandle",
     "cuIpcOpenEventHandle",
-    "cuIpcOpenMemHandle",
-    "cuIpcOpenMemHandle_v2",
     "cuKernelGetAttribute",
     "cuKernelGetLibrary",
     "cuKernelGetName",
@@ -233,16 +227,13 @@ pub static STUBBED: &[&str] = &[
     "cuMemAdvise_v2",
     "cuMemBatchDecompressAsync",
     "cuMemBatchDecompressAsync_ptsz",
-    "cuMemExportToShareableHandle",
     "cuMemGetAccess",
-    "cuMemGetAllocationPropertiesFromHandle",
     "cuMemGetHandleForAddressRange",
     "cuMemHostGetDevicePointer",
     "cuMemHostGetFlags",
     "cuMemHostRegister",
     "cuMemHostRegister_v2",
     "cuMemHostUnregister",
-    "cuMemImportFromShareableHandle",
     "cuMemMapArrayAsync",
     "cuMemMapArrayAsync_ptsz",
     "cuMemPoolExportPointer",
@@ -948,14 +939,6 @@ pub unsafe extern "C" fn cuGraphExecNodeSetParams() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphExecUpdate() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphExecUpdate_v2() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphExternalSemaphoresSignalNodeGetParams() -> c_int {
     NOT_SUPPORTED
 }
@@ -1196,27 +1179,11 @@ pub unsafe extern "C" fn cuImportExternalSemaphore() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuIpcCloseMemHandle() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuIpcGetEventHandle() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuIpcGetMemHandle() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuIpcOpenEventHandle() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuIpcOpenMemHandle() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuIpcOpenMemHandle_v2() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -1340,15 +1307,7 @@ pub unsafe extern "C" fn cuMemBatchDecompressAsync_ptsz() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemExportToShareableHandle() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemGetAccess() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemGetAllocationPropertiesFromHandle() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]
@@ -1373,10 +1332,6 @@ pub unsafe extern "C" fn cuMemHostRegister_v2() -> c_int {
 }
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemHostUnregister() -> c_int {
-    NOT_SUPPORTED
-}
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemImportFromShareableHandle() -> c_int {
     NOT_SUPPORTED
 }
 #[unsafe(no_mangle)]

@@ -13,12 +13,15 @@ use std::sync::{Mutex, OnceLock};
 
 use gpuslice_shm::{Counter, MappedFile, Reservation, try_reserve};
 
+mod shared;
+pub use shared::{MAX_SHARED, ShareError, SharedHandle, SharedInfo};
+
 pub const MAX_DEVICES: usize = 16;
 pub const MAX_SLOTS: usize = 1024;
 /// Busy intervals remembered per device; enough for a second of 1 ms kernels several times over.
 pub const RING_LEN: usize = 8192;
 
-const MAGIC: u64 = 0x6770_7573_696d_0003; // "gpusim" + layout version
+const MAGIC: u64 = 0x6770_7573_696d_0004; // "gpusim" + layout version
 const NAME_LEN: usize = 96;
 const UUID_LEN: usize = 48;
 const BUS_LEN: usize = 32;
@@ -258,6 +261,9 @@ struct Slot {
     /// Busy time queued by the owner per device (ns), and when its last queued work ends.
     busy_ns: [AtomicU64; MAX_DEVICES],
     last_end: [AtomicU64; MAX_DEVICES],
+    /// Shared memory objects this process holds, one bit per entry of the shared table
+    /// (`shared.rs`). Written only by the owner, or by a reclaimer once the owner is dead.
+    holds: [AtomicU64; shared::HOLD_WORDS],
 }
 
 #[repr(C)]
@@ -267,6 +273,7 @@ struct Shared {
     slots: [Slot; MAX_SLOTS],
     mig: [MigRegion; MAX_DEVICES],
     events: EventRegion,
+    shared: [shared::SharedObj; shared::MAX_SHARED],
 }
 
 /// Process-wide handle on the mapped state.
@@ -407,7 +414,7 @@ impl Sim {
     pub fn memory_used(&self, dev: usize) -> u64 {
         let _ = self.dev(dev);
         self.reclaim_dead();
-        gpuslice_shm::total(self.sh().slots.iter().map(|s| &s.mem[dev]))
+        gpuslice_shm::total(self.all_counters(dev))
     }
 
     /// Live processes holding memory on `dev`, one entry per pid, with exactly what the
@@ -422,8 +429,14 @@ impl Sim {
         self.reclaim_dead();
         let me = std::process::id();
         let mut out: Vec<ProcessUsage> = Vec::new();
+        let shared = self.shared_attribution(dev);
         for (i, s) in self.sh().slots.iter().enumerate() {
-            let used = s.mem[dev].charged();
+            let extra: u64 = shared
+                .iter()
+                .filter(|(slot, _)| *slot == i)
+                .map(|(_, b)| b)
+                .sum();
+            let used = s.mem[dev].charged().saturating_add(extra);
             if used == 0 {
                 continue;
             }
@@ -477,6 +490,7 @@ impl Sim {
                     s.busy_ns[d].store(0, Ordering::SeqCst);
                     s.last_end[d].store(0, Ordering::SeqCst);
                 }
+                self.drop_holds(i);
                 *mine = Some((pid, i));
                 return i;
             }
@@ -490,8 +504,14 @@ impl Sim {
         m.filter(|(p, _)| *p == std::process::id()).map(|(_, i)| i)
     }
 
+    /// Every charge on `dev`: each process's own, and each shared object some process holds
+    /// (counted once, however many hold it).
     fn all_counters(&self, dev: usize) -> impl Iterator<Item = &Counter> {
-        self.sh().slots.iter().map(move |s| &s.mem[dev])
+        self.sh()
+            .slots
+            .iter()
+            .map(move |s| &s.mem[dev])
+            .chain(self.shared_counters(dev))
     }
 
     /// Charges `bytes` on `dev` to this process; `false` (and nothing charged) if the device
@@ -537,13 +557,17 @@ impl Sim {
             if Some(i) == mine || s.pid.load(Ordering::SeqCst) == me {
                 continue;
             }
-            let charged = (0..self.devices).any(|d| s.mem[d].charged() > 0);
+            let charged = (0..self.devices).any(|d| s.mem[d].charged() > 0)
+                || s.holds.iter().any(|w| w.load(Ordering::SeqCst) != 0);
             if !charged || self.map.slot_is_live(i).unwrap_or(true) {
                 continue;
             }
             // Taking the lock makes us the only one touching it; a process that just claimed
             // it (and reset it itself) makes this fail, which is fine.
             if self.map.claim_slot(i).unwrap_or(false) {
+                // Its shared objects first: a reclaimer killed here leaves the counters, so
+                // the next one still finds the slot worth reclaiming.
+                self.drop_holds(i);
                 for d in 0..MAX_DEVICES {
                     s.mem[d].reset();
                 }

@@ -500,3 +500,79 @@ fn events_reach_readers_in_other_processes_and_wake_waiters() {
     s.set_lost(1, true);
     assert!(s.is_lost(1) && !s.is_lost(0));
 }
+
+#[test]
+fn shared_memory_stays_until_every_holder_lets_go_and_counts_once() {
+    let (s, tmp) = sim("shared", "memory=4GiB");
+    assert!(s.try_alloc(0, GIB));
+    let h = s.share_export(0, GIB, 0).unwrap();
+    assert_eq!(s.memory_used(0), GIB, "moved into the object, counted once");
+    let me = std::process::id();
+    assert_eq!(
+        s.processes(0),
+        vec![ProcessUsage {
+            pid: me,
+            used_bytes: GIB
+        }],
+        "attributed to the allocating process"
+    );
+    let path = tmp.0.clone();
+    let specs = parse_devices("memory=4GiB").unwrap();
+    let (pid, joined) = child_holding(move || {
+        let c = Sim::open(&path, &specs).unwrap();
+        let n = c.share_open(h).map(|i| i.bytes).unwrap_or(0);
+        // Kept mapped: closing the file would give up the process's slot.
+        std::mem::forget(c);
+        n
+    });
+    assert_eq!(joined, GIB);
+    assert_eq!(s.memory_used(0), GIB, "an importer adds nothing");
+    s.share_release(h.index);
+    assert_eq!(s.memory_used(0), GIB, "the importer keeps it alive");
+    assert_eq!(
+        s.processes(0),
+        vec![ProcessUsage {
+            pid: pid as u32,
+            used_bytes: GIB
+        }],
+        "shown under the holder once the allocator let go"
+    );
+    assert!(s.share_open(h).is_ok(), "still live: it can be joined");
+    s.share_release(h.index);
+    kill(pid);
+    assert_eq!(
+        s.memory_used(0),
+        0,
+        "the last holder died: the memory is gone"
+    );
+    assert_eq!(s.share_open(h), Err(ShareError::Invalid));
+    assert_eq!(s.share_lookup(h), Err(ShareError::Invalid));
+}
+
+#[test]
+fn a_dead_exporter_leaves_shared_memory_to_its_importer() {
+    let (s, tmp) = sim("shared-dead", "memory=4GiB");
+    let specs = parse_devices("memory=4GiB").unwrap();
+    let path = tmp.0.clone();
+    let (pid, packed) = child_holding(move || {
+        let c = Sim::open(&path, &specs).unwrap();
+        assert!(c.try_alloc(0, 512 * MIB));
+        let h = c.share_export(0, 512 * MIB, 42).unwrap();
+        std::mem::forget(c);
+        u64::from(h.index)
+    });
+    let info = s.share_find_ino(42).unwrap();
+    assert_eq!(info.handle.index as u64, packed);
+    s.share_open(info.handle).unwrap();
+    kill(pid);
+    assert_eq!(s.memory_used(0), 512 * MIB);
+    assert_eq!(
+        s.processes(0),
+        vec![ProcessUsage {
+            pid: std::process::id(),
+            used_bytes: 512 * MIB
+        }]
+    );
+    s.share_release(info.handle.index);
+    assert_eq!(s.memory_used(0), 0);
+}
