@@ -80,6 +80,9 @@ struct Tenant {
 
 struct Gpu {
     sched: Sched,
+    /// Tenants whose drain outlasted the grace, and when it ended: their first RELEASE after
+    /// it charges the time since.
+    late: HashMap<u64, u64>,
     /// Per tenant: the view last published and its epoch (bumped at every change).
     published: HashMap<u64, (View, u32)>,
 }
@@ -485,7 +488,13 @@ impl Server {
                 true
             }
             (Kind::Channel(ch), Msg::Release { epoch }) if ch.gpu.is_some() => {
+                let (tenant, uuid) = (ch.tenant, ch.gpu);
                 self.channel(fd).released_epoch = epoch;
+                if let Some(g) = uuid.and_then(|u| self.gpus.get_mut(&u))
+                    && let Some(at) = g.late.remove(&tenant)
+                {
+                    g.sched.charge_late(tenant, now_ns().saturating_sub(at));
+                }
                 true
             }
             // Anything else is a protocol violation: only this connection ends.
@@ -582,6 +591,7 @@ impl Server {
         let spec = t.spec.clone();
         let gpu = self.gpus.entry(uuid).or_insert_with(|| Gpu {
             sched: Sched::default(),
+            late: HashMap::new(),
             published: HashMap::new(),
         });
         if let Some(m) = gpu.sched.mode()
@@ -657,6 +667,7 @@ impl Server {
                     if !still && let Some(g) = self.gpus.get_mut(&u) {
                         g.sched.remove(ch.tenant, now);
                         g.published.remove(&ch.tenant);
+                        g.late.remove(&ch.tenant);
                         if g.sched.is_empty() {
                             self.gpus.remove(&u);
                         }
@@ -687,6 +698,7 @@ impl Server {
         for g in self.gpus.values_mut() {
             g.sched.remove(id, now);
             g.published.remove(&id);
+            g.late.remove(&id);
         }
         self.gpus.retain(|_, g| !g.sched.is_empty());
     }
@@ -717,6 +729,7 @@ impl Server {
                     }
                 }
                 g.sched.step(now);
+                g.late.extend(g.sched.take_overdue());
                 // Publish what changed.
                 let mut changed = false;
                 let mut renew: Vec<u64> = Vec::new();

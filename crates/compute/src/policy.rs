@@ -181,6 +181,9 @@ pub struct Sched {
     holder: Option<Holder>,
     draining: Vec<Drain>,
     last_refill: u64,
+    /// Tenants whose drain outlasted the grace since the host last asked, and when: the
+    /// host charges the rest once the drain really ends ([`Sched::charge_late`]).
+    overdue: Vec<(u64, u64)>,
 }
 
 impl Sched {
@@ -312,6 +315,17 @@ impl Sched {
         }
     }
 
+    /// Drains that outlasted the grace since the last call: `(tenant, when the grace ended)`.
+    pub fn take_overdue(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.overdue)
+    }
+
+    /// Charges `ns` more to tenant `id`: the part of an overdue drain that ran past the grace
+    /// (a long queue of long kernels), found when the tenant finally reports it drained.
+    pub fn charge_late(&mut self, id: u64, ns: u64) {
+        self.charge(id, ns);
+    }
+
     fn eligible(t: &TenantState, now: u64) -> bool {
         t.mode != MODE_FIXED || t.credit.eligible_at(t.quota) <= now
     }
@@ -383,6 +397,7 @@ impl Sched {
             .collect();
         for id in overdue {
             self.released(id, now);
+            self.overdue.push((id, now));
         }
         for _ in 0..4 {
             match self.holder {
@@ -705,6 +720,15 @@ mod tests {
         s.step(100 + REVOKE_GRACE_NS);
         assert_eq!(s.view(1), View::Granted { bound: 1 });
         assert_eq!(s.tenant(1).unwrap().charged_ns, 100 + REVOKE_GRACE_NS);
+        // The host learns of the overdue drain once, and charges what ran past the grace when
+        // the drain really ends (a queue of long kernels, not a stopped process).
+        assert_eq!(s.take_overdue(), vec![(1, 100 + REVOKE_GRACE_NS)]);
+        assert!(s.take_overdue().is_empty());
+        s.charge_late(1, 600_000_000);
+        assert_eq!(
+            s.tenant(1).unwrap().charged_ns,
+            100 + REVOKE_GRACE_NS + 600_000_000
+        );
     }
 
     #[test]

@@ -453,13 +453,26 @@ impl Gate {
 /// Runs `launch` once this process may submit work to its current GPU.
 #[inline]
 pub fn governed(streams: &[CUstream], launch: impl FnOnce() -> CUresult) -> CUresult {
+    gate(streams, false, launch)
+}
+
+/// [`governed`] for a launch that may be a large unit of work (a graph of many kernels): it
+/// is always fenced, so that even uncontended at most `UNCONTENDED_FENCES` of them are
+/// queued, and a newcomer waits for those, not for a queue of hundreds of kernels.
+#[inline]
+pub fn governed_unit(streams: &[CUstream], launch: impl FnOnce() -> CUresult) -> CUresult {
+    gate(streams, true, launch)
+}
+
+#[inline]
+fn gate(streams: &[CUstream], unit: bool, launch: impl FnOnce() -> CUresult) -> CUresult {
     let (g, ctx) = match current_gate() {
         Ok(None) => return launch(),
         Ok(Some(g)) => g,
         Err(e) => return e,
     };
     let w = g.page.page().word.load(Acquire);
-    if w & 0xffff == page::GRANTED && g.act.load(Relaxed) == ACT_TOUCHED {
+    if !unit && w & 0xffff == page::GRANTED && g.act.load(Relaxed) == ACT_TOUCHED {
         // Granted, unbounded (nobody else wants the GPU), and the arbiter knows we are busy.
         let n = UNFENCED.with(|c| {
             let n = c.get() + 1;

@@ -5,7 +5,7 @@
 use gpuslice_cuda_abi::driver::*;
 use std::ffi::{c_int, c_uint, c_void};
 
-use crate::compute::governed;
+use crate::compute::{governed, governed_unit};
 use crate::real::call_real;
 use crate::tenant::guard;
 
@@ -118,7 +118,7 @@ macro_rules! graph_launch {
         pub unsafe extern "C" fn $name(exec: CUgraphExec, stream: CUstream) -> CUresult {
             guard(|| {
                 crate::graphmem::launch(exec, stream, || {
-                    governed(&[stream], || call_real!(CUDA, $name: GraphLaunchFn, exec, stream))
+                    governed_unit(&[stream], || call_real!(CUDA, $name: GraphLaunchFn, exec, stream))
                 })
             })
         }

@@ -1,4 +1,5 @@
-//! Lock-free shared-memory primitives.
+//! Lock-free shared-memory primitives, and the Unix sockets that pass descriptors of them
+//! ([`sock`]).
 //!
 //! Everything that several processes share in gpuslice (a tenant's ledger, the simulated GPU)
 //! is a file mapped `MAP_SHARED` and updated only with atomics. Three pieces:
@@ -14,6 +15,8 @@
 //!   slot and the total is the sum over slots. A dead process's charge is exactly its slot, so
 //!   reclaiming it is a plain reset with no ambiguity about half-finished updates.
 #![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod sock;
 
 use std::ffi::CString;
 use std::io;

@@ -49,7 +49,7 @@ static double now(void) {
 static CUfunction busy(void) {
     CUmodule m;
     CUfunction f;
-    cuModuleLoadData(&m, "image");
+    cuModuleLoadData(&m, "gpuslice-sim-image\nkernel busy\n");
     cuModuleGetFunction(&f, m, "busy");
     return f;
 }
