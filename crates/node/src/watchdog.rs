@@ -121,11 +121,7 @@ pub fn interposer_mapped(pid: u32) -> Mapped {
             .file_name()
             .is_some_and(|n| n == "libgpuslice.so")
     });
-    if yes {
-        Mapped::Yes
-    } else {
-        Mapped::No
-    }
+    if yes { Mapped::Yes } else { Mapped::No }
 }
 
 /// Sends SIGKILL to `pid` if it is still the process that started at `start`. The check and
@@ -330,12 +326,12 @@ pub fn evaluate(
         for &(pid, used) in list {
             let t = *owner.entry(pid).or_insert_with(|| tenant_of(pid));
             let i = match t {
-                Some(t) => *interposed.entry(pid).or_insert_with(|| {
-                    match interposer_mapped(pid) {
+                Some(t) => *interposed
+                    .entry(pid)
+                    .or_insert_with(|| match interposer_mapped(pid) {
                         Mapped::Yes if !tenants[t].live.contains(&pid) => Mapped::No,
                         m => m,
-                    }
-                }),
+                    }),
                 None => Mapped::No,
             };
             if i == Mapped::Exiting {
