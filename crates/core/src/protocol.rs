@@ -25,8 +25,48 @@ pub const RESOURCE_GPU_MEMORY: &str = "gpuslice.io/gpu-memory";
 pub const RESOURCE_GPU_COMPUTE: &str = "gpuslice.io/gpu-compute";
 /// Whole GPUs, exclusively. Advertised by the node agent.
 pub const RESOURCE_WHOLE_GPU: &str = "gpuslice.io/whole-gpu";
-/// MIG devices: `gpuslice.io/mig-<profile>`, e.g. `gpuslice.io/mig-1g.10gb`.
+/// MIG devices: `gpuslice.io/mig-<profile>`, e.g. `gpuslice.io/mig-1g.10gb`; see
+/// [`mig_resource`] for profiles with a `+`.
 pub const RESOURCE_MIG_PREFIX: &str = "gpuslice.io/mig-";
+
+/// The resource name of MIG devices of `profile`. A Kubernetes resource name may not hold a
+/// `+`, so `1g.10gb+me` is advertised as `gpuslice.io/mig-1g.10gb.me`, the spelling NVIDIA's
+/// device plugin uses for its `nvidia.com/mig-` resources.
+pub fn mig_resource(profile: &str) -> String {
+    format!("{RESOURCE_MIG_PREFIX}{}", profile.replace('+', "."))
+}
+
+/// The MIG profile a resource name stands for (`gpuslice.io/mig-1g.10gb.me` → `1g.10gb+me`),
+/// or `None` for a resource outside [`RESOURCE_MIG_PREFIX`]. The `+me` spelling is accepted too.
+pub fn mig_profile_of(resource: &str) -> Option<String> {
+    let p = resource.strip_prefix(RESOURCE_MIG_PREFIX)?;
+    Some(match p.strip_suffix(".me") {
+        Some(base) => format!("{base}+me"),
+        None => p.to_string(),
+    })
+}
+
+/// Every resource the extender must be asked about, with whether kube-scheduler ignores it
+/// (`managedResources` of kube-scheduler's extender configuration): slices, whole GPUs, the
+/// scheduler-only memory and compute, and a MIG resource for every profile of every GPU model
+/// whose geometry is built in (`crate::mig::MODELS`), so that no MIG request bypasses the
+/// extender. kube-scheduler calls the extender only for pods asking for one of these.
+pub fn managed_resources() -> Vec<(String, bool)> {
+    let mut out = vec![
+        (RESOURCE_GPU.to_string(), false),
+        (RESOURCE_WHOLE_GPU.to_string(), false),
+        (RESOURCE_GPU_MEMORY.to_string(), true),
+        (RESOURCE_GPU_COMPUTE.to_string(), true),
+    ];
+    let mut mig: BTreeSet<String> = BTreeSet::new();
+    for m in crate::mig::MODELS {
+        for p in m.profiles {
+            mig.insert(mig_resource(p.name));
+        }
+    }
+    out.extend(mig.into_iter().map(|r| (r, false)));
+    out
+}
 
 /// Node annotation: the node's GPU inventory (JSON, [`Inventory`]), written by the agent.
 pub const ANNOTATION_INVENTORY: &str = "gpuslice.io/inventory";
@@ -432,7 +472,7 @@ impl ContainerRequest {
                 }
                 RESOURCE_WHOLE_GPU => r.whole = to_u32(&field, n)?,
                 _ => {
-                    let Some(p) = k.strip_prefix(RESOURCE_MIG_PREFIX) else {
+                    let Some(p) = mig_profile_of(k) else {
                         return Err(ProtocolError::new(
                             field,
                             format!(
@@ -440,14 +480,14 @@ impl ContainerRequest {
                             ),
                         ));
                     };
-                    if !valid_profile_name(p) {
+                    if !valid_profile_name(&p) {
                         return Err(ProtocolError::new(
                             field,
                             format!("'{p}' is not a MIG profile name (e.g. 1g.10gb)"),
                         ));
                     }
                     if n > 0 {
-                        r.mig.insert(p.to_string(), to_u32(&field, n)?);
+                        r.mig.insert(p, to_u32(&field, n)?);
                     }
                 }
             }
@@ -644,6 +684,52 @@ mod tests {
         r#"{"version":1,"gpus":[{"uuid":"GPU-a","index":0,"model":"NVIDIA H100 80GB HBM3","memoryMiB":81559,"sms":132,"numa":0,"nvlinkPeers":["GPU-b"],"pcieSwitch":"sw0","slices":4,"mode":"shared"},
             {"uuid":"GPU-b","index":1,"model":"NVIDIA H100 80GB HBM3","memoryMiB":81559,"sms":132,"slices":1,"mode":"mig","mig":[{"uuid":"MIG-1","profile":"3g.40gb","memoryMiB":40448,"sms":60}]}]}"#
             .to_string()
+    }
+
+    /// Kubernetes' qualified name: an optional DNS-subdomain prefix and a `/`, then 1–63 of
+    /// `[A-Za-z0-9._-]`, starting and ending alphanumeric (apimachinery `IsQualifiedName`).
+    fn is_qualified_name(n: &str) -> bool {
+        let name = n.rsplit_once('/').map_or(n, |(_, x)| x);
+        let b = name.as_bytes();
+        !b.is_empty()
+            && b.len() <= 63
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+    }
+
+    #[test]
+    fn managed_resources_cover_every_modelled_profile_with_valid_names() {
+        let managed = managed_resources();
+        for m in crate::mig::MODELS {
+            for p in m.profiles {
+                let r = mig_resource(p.name);
+                assert!(
+                    managed.iter().any(|(n, ign)| *n == r && !ign),
+                    "{} {}: {r} not managed",
+                    m.name,
+                    p.name
+                );
+                assert_eq!(mig_profile_of(&r).as_deref(), Some(p.name), "{r}");
+            }
+        }
+        for (n, _) in &managed {
+            assert!(is_qualified_name(n), "{n} is not a valid resource name");
+        }
+        assert!(managed.contains(&("gpuslice.io/mig-1g.10gb.me".to_string(), false)));
+        assert!(managed.contains(&(RESOURCE_GPU_MEMORY.to_string(), true)));
+        // A pod asks with the resource name; the assignment and NVML speak the profile.
+        let r = ContainerRequest::from_resources(
+            "c",
+            [
+                ("gpuslice.io/mig-1g.10gb.me", "1"),
+                ("gpuslice.io/mig-3g.40gb", "1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(r.mig.get("1g.10gb+me"), Some(&1));
+        assert_eq!(r.mig.get("3g.40gb"), Some(&1));
     }
 
     #[test]

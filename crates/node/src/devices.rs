@@ -38,9 +38,9 @@ pub fn resource_for(cfg: &NodeConfig, mode: Mode) -> String {
     }
 }
 
-/// `gpuslice.io/mig-<profile>`.
+/// `gpuslice.io/mig-<profile>` (`+` spelt `.`: see `protocol::mig_resource`).
 pub fn mig_resource(profile: &str) -> String {
-    format!("{}{profile}", protocol::RESOURCE_MIG_PREFIX)
+    protocol::mig_resource(profile)
 }
 
 /// The MIG device with this UUID and its GPU.
