@@ -68,6 +68,10 @@ pub fn managed_resources() -> Vec<(String, bool)> {
     out
 }
 
+/// Most memory one slice may ask for: 1 TiB, several times the largest GPU's. Larger
+/// `gpuslice.io/gpu-memory` values are bytes written where MiB are counted.
+pub const MAX_SLICE_MEMORY_MIB: u64 = 1 << 20;
+
 /// Node annotation: the node's GPU inventory (JSON, [`Inventory`]), written by the agent.
 pub const ANNOTATION_INVENTORY: &str = "gpuslice.io/inventory";
 /// Pod annotation: the scheduler's decision (JSON, [`Assignment`]), written before the Binding.
@@ -460,7 +464,20 @@ impl ContainerRequest {
             let n = parse_count(&field, v)?;
             match k {
                 RESOURCE_GPU => r.slices = to_u32(&field, n)?,
-                RESOURCE_GPU_MEMORY => r.memory_mib = Some(n),
+                RESOURCE_GPU_MEMORY => {
+                    // The resource counts MiB, so `4Gi` is 4·2^30 MiB: far beyond any GPU, and
+                    // almost surely bytes meant. Refused with the number that was meant.
+                    if n > MAX_SLICE_MEMORY_MIB {
+                        return Err(ProtocolError::new(
+                            field,
+                            format!(
+                                "'{v}' is {n} MiB, more than any GPU has (the resource counts MiB; {v} bytes would be {})",
+                                n >> 20
+                            ),
+                        ));
+                    }
+                    r.memory_mib = Some(n)
+                }
                 RESOURCE_GPU_COMPUTE => {
                     if !(1..=100).contains(&n) {
                         return Err(ProtocolError::new(
@@ -514,19 +531,12 @@ fn to_u32(field: &str, n: u64) -> Result<u32, ProtocolError> {
     u32::try_from(n).map_err(|_| ProtocolError::new(field, format!("{n} is too large")))
 }
 
-/// Extended resources are whole numbers in Kubernetes; so are ours.
+/// Resources and counting annotations are Kubernetes quantities, read by the one parser
+/// (`crate::quantity::Quantity`): the API server canonicalizes `16000` to `16k`, and users may
+/// write `1e3`. Ours are whole numbers: a fraction (`0.5`, `100m`) or a negative value is
+/// refused, naming the field, never rounded.
 fn parse_count(field: &str, v: &str) -> Result<u64, ProtocolError> {
-    let t = v.trim();
-    if !t.is_empty()
-        && t.bytes().all(|b| b.is_ascii_digit())
-        && let Ok(n) = t.parse::<u64>()
-    {
-        return Ok(n);
-    }
-    Err(ProtocolError::new(
-        field,
-        format!("'{v}' is not a whole number (accepted: e.g. 2, 4096)"),
-    ))
+    crate::quantity::Quantity::parse_whole(v).map_err(|e| ProtocolError::new(field, e.to_string()))
 }
 
 /// Node- or GPU-level placement preference.
@@ -822,6 +832,35 @@ mod tests {
         let e =
             ContainerRequest::from_resources("c", [("gpuslice.io/gpu-memory", "4Gi")]).unwrap_err();
         assert!(e.field.contains("gpu-memory"), "{e}");
+        assert!(e.to_string().contains("would be 4096"), "{e}");
+        // The API server writes 16000 as 16k; every Kubernetes spelling of a whole number counts.
+        for (v, want) in [
+            ("16k", 16000),
+            ("16000", 16000),
+            ("1e3", 1000),
+            ("2000m", 2),
+        ] {
+            let r = ContainerRequest::from_resources(
+                "c",
+                [("gpuslice.io/gpu", "1"), ("gpuslice.io/gpu-memory", v)],
+            )
+            .unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert_eq!(r.memory_mib, Some(want), "{v}");
+        }
+        let r = ContainerRequest::from_resources("c", [("gpuslice.io/gpu", "1e0")]).unwrap();
+        assert_eq!(r.slices, 1);
+        // Fractions are refused, naming the field, never rounded.
+        for (k, v) in [
+            ("gpuslice.io/gpu", "0.5"),
+            ("gpuslice.io/gpu-memory", "1.5"),
+            ("gpuslice.io/gpu-compute", "500m"),
+            ("gpuslice.io/gpu", "-1"),
+        ] {
+            let e = ContainerRequest::from_resources("c", [("gpuslice.io/gpu", "1"), (k, v)])
+                .unwrap_err();
+            assert!(e.field.contains(k), "{k}={v}: {e}");
+            assert!(e.to_string().contains(v), "{k}={v}: {e}");
+        }
         let e = ContainerRequest::from_resources("c", [("gpuslice.io/gpu-memory", "4096")])
             .unwrap_err();
         assert!(e.field.contains("gpuslice.io/gpu"), "{e}");
