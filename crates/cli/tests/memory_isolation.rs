@@ -347,7 +347,7 @@ fn malformed_sizes_are_refused_with_status_2() {
         assert_eq!(out.status.code(), Some(2), "{bad}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains("GiB")
+            err.contains("iB")
                 || err.contains("empty")
                 || err.contains("zero")
                 || err.contains("whole number"),

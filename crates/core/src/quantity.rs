@@ -37,7 +37,7 @@ pub enum QuantityError {
     #[error("'{0}' is not a quantity; {ACCEPTED}")]
     Malformed(String),
     #[error(
-        "'{0}' uses a decimal unit with B, which is ambiguous for memory; write {1} (binary) or a plain number of bytes"
+        "'{0}' is ambiguous for memory and not a Kubernetes unit; write {1} (binary), a Kubernetes quantity (4Gi, 4G = 4·10^9) or a plain number of bytes"
     )]
     DecimalUnit(String, String),
     #[error("'{0}' is zero; a size must be at least one byte")]
