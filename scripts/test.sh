@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # NVIDIA's genuine CUDA runtime, for the test of the runtime's interception path.
 bash scripts/fetch-cuda-runtime.sh >/dev/null
+# promtool, for the check of the node agent's /metrics; that check is skipped without it.
+bash scripts/fetch-promtool.sh >/dev/null || echo "promtool unavailable: its /metrics check will be skipped" >&2
 # --all-targets: the tests are built with the same features as the binaries they run, so
 # `cargo test` below compiles nothing again.
 cargo build --workspace --all-targets --locked

@@ -410,3 +410,66 @@ fn validate_and_plan_answer_without_a_gpu() {
     expect(&o, 1);
     assert!(stdout(&o).contains("unplaced: 3g.40gb=1"), "{}", text(&o));
 }
+
+/// Entries of NVIDIA mig-parted's own `deployments/systemd/config-default.yaml` for the H200:
+/// `all-1g.35gb` (no filter) and `all-balanced`, which picks the H200's layout by PCI device
+/// ID only (H200 0x2335, H200 NVL 0x233B) beside the other boards' entries.
+const NVIDIA_DEFAULT_H200: &str = r#"
+version: v1
+mig-configs:
+  all-1g.35gb:
+    - devices: all
+      mig-enabled: true
+      mig-devices:
+        "1g.35gb": 4
+  all-balanced:
+    - device-filter: ["0x233510DE", "0x233B10DE"]
+      devices: all
+      mig-enabled: true
+      mig-devices:
+        "1g.18gb": 2
+        "2g.35gb": 1
+        "3g.71gb": 1
+    - device-filter: ["0x232110DE", "0x233A10DE"]
+      devices: all
+      mig-enabled: true
+      mig-devices:
+        "1g.12gb": 2
+        "2g.24gb": 1
+        "3g.47gb": 1
+    - device-filter: ["0x233010DE", "0x233110DE", "0x232210DE", "0x20B210DE", "0x20B510DE", "0x20F310DE", "0x20F510DE", "0x232410DE"]
+      devices: all
+      mig-enabled: true
+      mig-devices:
+        "1g.10gb": 2
+        "2g.20gb": 1
+        "3g.40gb": 1
+"#;
+
+/// On an H200, NVIDIA's configs must do what mig-parted does: `all-1g.35gb` makes four
+/// 1g.35gb devices (the H200 table's maximum: two memory slices each), and `all-balanced`
+/// is not reported as already matching while MIG is off.
+#[test]
+fn nvidia_default_configs_on_an_h200() {
+    let m = Machine::new("mig-h200").with_devices("count=1,memory=141GiB,sms=132,name=NVIDIA H200");
+    let f = file(&m, "config-default.yaml", NVIDIA_DEFAULT_H200);
+    let o = assert_cfg(&m, &f, "all-balanced");
+    expect(&o, 1);
+    let o = apply(&m, &f, "all-balanced");
+    expect(&o, 0);
+    assert!(!stdout(&o).contains("nothing to do"), "{}", text(&o));
+    expect(&assert_cfg(&m, &f, "all-balanced"), 0);
+    let mut mem: Vec<u64> = mig_devices(&list(&m)[0]).iter().map(|d| d.1).collect();
+    mem.sort();
+    // H200 `-lgip`: 1g.18gb 16384 MiB, 2g.35gb 33024 MiB, 3g.71gb 71168 MiB.
+    assert_eq!(
+        mem,
+        vec![16384 * MIB, 16384 * MIB, 33024 * MIB, 71168 * MIB]
+    );
+
+    expect(&apply(&m, &f, "all-1g.35gb"), 0);
+    expect(&assert_cfg(&m, &f, "all-1g.35gb"), 0);
+    let devs = mig_devices(&list(&m)[0]);
+    assert_eq!(devs.len(), 4, "{devs:?}");
+    assert!(devs.iter().all(|d| d.1 == 33024 * MIB), "{devs:?}");
+}

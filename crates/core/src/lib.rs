@@ -12,5 +12,5 @@ pub mod tenant;
 pub mod usage;
 pub mod watchdog;
 
-pub use quantity::{ByteSize, QuantityError};
+pub use quantity::{ByteSize, Quantity, QuantityError};
 pub use tenant::{DeviceList, TenantLimits};

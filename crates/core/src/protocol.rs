@@ -25,8 +25,52 @@ pub const RESOURCE_GPU_MEMORY: &str = "gpuslice.io/gpu-memory";
 pub const RESOURCE_GPU_COMPUTE: &str = "gpuslice.io/gpu-compute";
 /// Whole GPUs, exclusively. Advertised by the node agent.
 pub const RESOURCE_WHOLE_GPU: &str = "gpuslice.io/whole-gpu";
-/// MIG devices: `gpuslice.io/mig-<profile>`, e.g. `gpuslice.io/mig-1g.10gb`.
+/// MIG devices: `gpuslice.io/mig-<profile>`, e.g. `gpuslice.io/mig-1g.10gb`; see
+/// [`mig_resource`] for profiles with a `+`.
 pub const RESOURCE_MIG_PREFIX: &str = "gpuslice.io/mig-";
+
+/// The resource name of MIG devices of `profile`. A Kubernetes resource name may not hold a
+/// `+`, so `1g.10gb+me` is advertised as `gpuslice.io/mig-1g.10gb.me`, the spelling NVIDIA's
+/// device plugin uses for its `nvidia.com/mig-` resources.
+pub fn mig_resource(profile: &str) -> String {
+    format!("{RESOURCE_MIG_PREFIX}{}", profile.replace('+', "."))
+}
+
+/// The MIG profile a resource name stands for (`gpuslice.io/mig-1g.10gb.me` → `1g.10gb+me`),
+/// or `None` for a resource outside [`RESOURCE_MIG_PREFIX`]. The `+me` spelling is accepted too.
+pub fn mig_profile_of(resource: &str) -> Option<String> {
+    let p = resource.strip_prefix(RESOURCE_MIG_PREFIX)?;
+    Some(match p.strip_suffix(".me") {
+        Some(base) => format!("{base}+me"),
+        None => p.to_string(),
+    })
+}
+
+/// Every resource the extender must be asked about, with whether kube-scheduler ignores it
+/// (`managedResources` of kube-scheduler's extender configuration): slices, whole GPUs, the
+/// scheduler-only memory and compute, and a MIG resource for every profile of every GPU model
+/// whose geometry is built in (`crate::mig::MODELS`), so that no MIG request bypasses the
+/// extender. kube-scheduler calls the extender only for pods asking for one of these.
+pub fn managed_resources() -> Vec<(String, bool)> {
+    let mut out = vec![
+        (RESOURCE_GPU.to_string(), false),
+        (RESOURCE_WHOLE_GPU.to_string(), false),
+        (RESOURCE_GPU_MEMORY.to_string(), true),
+        (RESOURCE_GPU_COMPUTE.to_string(), true),
+    ];
+    let mut mig: BTreeSet<String> = BTreeSet::new();
+    for m in crate::mig::MODELS {
+        for p in m.profiles {
+            mig.insert(mig_resource(p.name));
+        }
+    }
+    out.extend(mig.into_iter().map(|r| (r, false)));
+    out
+}
+
+/// Most memory one slice may ask for: 1 TiB, several times the largest GPU's. Larger
+/// `gpuslice.io/gpu-memory` values are bytes written where MiB are counted.
+pub const MAX_SLICE_MEMORY_MIB: u64 = 1 << 20;
 
 /// Node annotation: the node's GPU inventory (JSON, [`Inventory`]), written by the agent.
 pub const ANNOTATION_INVENTORY: &str = "gpuslice.io/inventory";
@@ -420,7 +464,20 @@ impl ContainerRequest {
             let n = parse_count(&field, v)?;
             match k {
                 RESOURCE_GPU => r.slices = to_u32(&field, n)?,
-                RESOURCE_GPU_MEMORY => r.memory_mib = Some(n),
+                RESOURCE_GPU_MEMORY => {
+                    // The resource counts MiB, so `4Gi` is 4·2^30 MiB: far beyond any GPU, and
+                    // almost surely bytes meant. Refused with the number that was meant.
+                    if n > MAX_SLICE_MEMORY_MIB {
+                        return Err(ProtocolError::new(
+                            field,
+                            format!(
+                                "'{v}' is {n} MiB, more than any GPU has (the resource counts MiB; {v} bytes would be {})",
+                                n >> 20
+                            ),
+                        ));
+                    }
+                    r.memory_mib = Some(n)
+                }
                 RESOURCE_GPU_COMPUTE => {
                     if !(1..=100).contains(&n) {
                         return Err(ProtocolError::new(
@@ -432,7 +489,7 @@ impl ContainerRequest {
                 }
                 RESOURCE_WHOLE_GPU => r.whole = to_u32(&field, n)?,
                 _ => {
-                    let Some(p) = k.strip_prefix(RESOURCE_MIG_PREFIX) else {
+                    let Some(p) = mig_profile_of(k) else {
                         return Err(ProtocolError::new(
                             field,
                             format!(
@@ -440,14 +497,14 @@ impl ContainerRequest {
                             ),
                         ));
                     };
-                    if !valid_profile_name(p) {
+                    if !valid_profile_name(&p) {
                         return Err(ProtocolError::new(
                             field,
                             format!("'{p}' is not a MIG profile name (e.g. 1g.10gb)"),
                         ));
                     }
                     if n > 0 {
-                        r.mig.insert(p.to_string(), to_u32(&field, n)?);
+                        r.mig.insert(p, to_u32(&field, n)?);
                     }
                 }
             }
@@ -474,19 +531,12 @@ fn to_u32(field: &str, n: u64) -> Result<u32, ProtocolError> {
     u32::try_from(n).map_err(|_| ProtocolError::new(field, format!("{n} is too large")))
 }
 
-/// Extended resources are whole numbers in Kubernetes; so are ours.
+/// Resources and counting annotations are Kubernetes quantities, read by the one parser
+/// (`crate::quantity::Quantity`): the API server canonicalizes `16000` to `16k`, and users may
+/// write `1e3`. Ours are whole numbers: a fraction (`0.5`, `100m`) or a negative value is
+/// refused, naming the field, never rounded.
 fn parse_count(field: &str, v: &str) -> Result<u64, ProtocolError> {
-    let t = v.trim();
-    if !t.is_empty()
-        && t.bytes().all(|b| b.is_ascii_digit())
-        && let Ok(n) = t.parse::<u64>()
-    {
-        return Ok(n);
-    }
-    Err(ProtocolError::new(
-        field,
-        format!("'{v}' is not a whole number (accepted: e.g. 2, 4096)"),
-    ))
+    crate::quantity::Quantity::parse_whole(v).map_err(|e| ProtocolError::new(field, e.to_string()))
 }
 
 /// Node- or GPU-level placement preference.
@@ -646,6 +696,52 @@ mod tests {
             .to_string()
     }
 
+    /// Kubernetes' qualified name: an optional DNS-subdomain prefix and a `/`, then 1–63 of
+    /// `[A-Za-z0-9._-]`, starting and ending alphanumeric (apimachinery `IsQualifiedName`).
+    fn is_qualified_name(n: &str) -> bool {
+        let name = n.rsplit_once('/').map_or(n, |(_, x)| x);
+        let b = name.as_bytes();
+        !b.is_empty()
+            && b.len() <= 63
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+    }
+
+    #[test]
+    fn managed_resources_cover_every_modelled_profile_with_valid_names() {
+        let managed = managed_resources();
+        for m in crate::mig::MODELS {
+            for p in m.profiles {
+                let r = mig_resource(p.name);
+                assert!(
+                    managed.iter().any(|(n, ign)| *n == r && !ign),
+                    "{} {}: {r} not managed",
+                    m.name,
+                    p.name
+                );
+                assert_eq!(mig_profile_of(&r).as_deref(), Some(p.name), "{r}");
+            }
+        }
+        for (n, _) in &managed {
+            assert!(is_qualified_name(n), "{n} is not a valid resource name");
+        }
+        assert!(managed.contains(&("gpuslice.io/mig-1g.10gb.me".to_string(), false)));
+        assert!(managed.contains(&(RESOURCE_GPU_MEMORY.to_string(), true)));
+        // A pod asks with the resource name; the assignment and NVML speak the profile.
+        let r = ContainerRequest::from_resources(
+            "c",
+            [
+                ("gpuslice.io/mig-1g.10gb.me", "1"),
+                ("gpuslice.io/mig-3g.40gb", "1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(r.mig.get("1g.10gb+me"), Some(&1));
+        assert_eq!(r.mig.get("3g.40gb"), Some(&1));
+    }
+
     #[test]
     fn inventory_round_trips() {
         let inv = Inventory::parse(&inv_json()).unwrap();
@@ -736,6 +832,35 @@ mod tests {
         let e =
             ContainerRequest::from_resources("c", [("gpuslice.io/gpu-memory", "4Gi")]).unwrap_err();
         assert!(e.field.contains("gpu-memory"), "{e}");
+        assert!(e.to_string().contains("would be 4096"), "{e}");
+        // The API server writes 16000 as 16k; every Kubernetes spelling of a whole number counts.
+        for (v, want) in [
+            ("16k", 16000),
+            ("16000", 16000),
+            ("1e3", 1000),
+            ("2000m", 2),
+        ] {
+            let r = ContainerRequest::from_resources(
+                "c",
+                [("gpuslice.io/gpu", "1"), ("gpuslice.io/gpu-memory", v)],
+            )
+            .unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert_eq!(r.memory_mib, Some(want), "{v}");
+        }
+        let r = ContainerRequest::from_resources("c", [("gpuslice.io/gpu", "1e0")]).unwrap();
+        assert_eq!(r.slices, 1);
+        // Fractions are refused, naming the field, never rounded.
+        for (k, v) in [
+            ("gpuslice.io/gpu", "0.5"),
+            ("gpuslice.io/gpu-memory", "1.5"),
+            ("gpuslice.io/gpu-compute", "500m"),
+            ("gpuslice.io/gpu", "-1"),
+        ] {
+            let e = ContainerRequest::from_resources("c", [("gpuslice.io/gpu", "1"), (k, v)])
+                .unwrap_err();
+            assert!(e.field.contains(k), "{k}={v}: {e}");
+            assert!(e.to_string().contains(v), "{k}={v}: {e}");
+        }
         let e = ContainerRequest::from_resources("c", [("gpuslice.io/gpu-memory", "4096")])
             .unwrap_err();
         assert!(e.field.contains("gpuslice.io/gpu"), "{e}");

@@ -345,19 +345,14 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> Result<(), String> {
             let app = axum::Router::new()
                 .route(
                     "/metrics",
-                    axum::routing::get(move || {
+                    axum::routing::get(move |headers: axum::http::HeaderMap| {
                         let s = s.clone();
                         async move {
                             let body = tokio::task::spawn_blocking(move || s.render_metrics())
                                 .await
                                 .unwrap_or_default();
-                            (
-                                [(
-                                    "content-type",
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                )],
-                                body,
-                            )
+                            let accept = headers.get("accept").and_then(|v| v.to_str().ok());
+                            crate::exposition::respond(accept, body)
                         }
                     }),
                 )

@@ -138,7 +138,7 @@ pub fn decide(
     let ts_resource = &cfg.time_slicing.resource_name;
 
     // MIG devices: hardware partitions handed out whole; kubelet's IDs (MIG UUIDs) decide.
-    if let Some(profile) = resource.strip_prefix(protocol::RESOURCE_MIG_PREFIX) {
+    if let Some(profile) = protocol::mig_profile_of(resource) {
         let who = format!("{resource} devices {}", ids.join(","));
         let mut memory = 0u64;
         for id in ids {

@@ -34,9 +34,7 @@ pub fn units(c: &ContainerAssignment, resource: &str) -> usize {
         .filter(|g| match resource {
             protocol::RESOURCE_GPU => !g.exclusive && g.mig.is_none(),
             protocol::RESOURCE_WHOLE_GPU => g.exclusive && g.mig.is_none(),
-            r => r
-                .strip_prefix(protocol::RESOURCE_MIG_PREFIX)
-                .is_some_and(|p| g.mig.as_deref() == Some(p)),
+            r => protocol::mig_profile_of(r).is_some_and(|p| g.mig.as_deref() == Some(&p)),
         })
         .count()
 }

@@ -38,9 +38,9 @@ pub fn resource_for(cfg: &NodeConfig, mode: Mode) -> String {
     }
 }
 
-/// `gpuslice.io/mig-<profile>`.
+/// `gpuslice.io/mig-<profile>` (`+` spelt `.`: see `protocol::mig_resource`).
 pub fn mig_resource(profile: &str) -> String {
-    format!("{}{profile}", protocol::RESOURCE_MIG_PREFIX)
+    protocol::mig_resource(profile)
 }
 
 /// The MIG device with this UUID and its GPU.
@@ -52,9 +52,11 @@ pub fn find_mig<'a>(gpus: &'a [Gpu], uuid: &str) -> Option<(&'a Gpu, &'a crate::
 
 pub fn plan(cfg: &NodeConfig, gpus: &[Gpu], unhealthy: &BTreeSet<String>) -> Plan {
     let mut p = Plan::default();
-    // Every resource the agent can serve is always registered, possibly empty, so a mode change
-    // on reload only changes device lists.
-    for m in [Mode::Shared, Mode::Whole, Mode::TimeSlicing] {
+    // gpuslice's own resources are always registered, possibly empty, so a mode change on
+    // reload only changes device lists. The time-slicing resource (`nvidia.com/gpu` by
+    // default) is registered only while a GPU is offered that way: registered empty, it would
+    // contend with NVIDIA's device plugin for the same name.
+    for m in [Mode::Shared, Mode::Whole] {
         p.resources.entry(resource_for(cfg, m)).or_default();
     }
     for g in gpus {
@@ -76,7 +78,10 @@ pub fn plan(cfg: &NodeConfig, gpus: &[Gpu], unhealthy: &BTreeSet<String>) -> Pla
             continue;
         }
         let offer = cfg.offer(g.index, &g.uuid);
-        let list = p.resources.get_mut(&resource_for(cfg, offer.mode)).unwrap();
+        let list = p
+            .resources
+            .entry(resource_for(cfg, offer.mode))
+            .or_default();
         let unit = |id: String| Unit {
             id,
             gpu_uuid: g.uuid.clone(),
@@ -309,6 +314,30 @@ mod tests {
         assert_eq!(inv.gpus.len(), 2);
         assert!(!inv.gpus[0].healthy);
         assert_eq!(inv.gpus[1].mode, GpuMode::Whole);
+    }
+
+    /// `nvidia.com/gpu` registered with no devices would contend with NVIDIA's device plugin
+    /// for that name: the time-slicing resource exists only while a GPU is offered that way,
+    /// even when the config's `timeSlicing` section is filled in.
+    #[test]
+    fn time_slicing_resource_only_while_a_gpu_is_time_sliced() {
+        let shared_only = NodeConfig::parse(
+            "version: v1\ntimeSlicing: {resourceName: nvidia.com/gpu, replicas: 4}\n",
+        )
+        .unwrap();
+        let p = plan(&shared_only, &[gpu(0), gpu(1)], &BTreeSet::new());
+        assert_eq!(
+            p.resources.keys().collect::<Vec<_>>(),
+            ["gpuslice.io/gpu", "gpuslice.io/whole-gpu"]
+        );
+        // A time-slicing default with only MIG GPUs offers no replica either.
+        let ts = NodeConfig::parse("version: v1\ndefaultMode: time-slicing\n").unwrap();
+        let mut m = gpu(0);
+        m.mig_enabled = true;
+        let p = plan(&ts, &[m], &BTreeSet::new());
+        assert!(!p.resources.contains_key("nvidia.com/gpu"), "{p:?}");
+        let p = plan(&ts, &[gpu(0)], &BTreeSet::new());
+        assert_eq!(p.resources["nvidia.com/gpu"].len(), 4);
     }
 
     #[test]

@@ -162,11 +162,17 @@ async fn registration_devices_allocate_health_and_kubelet_restart() {
     tokio::spawn(agent::run(opts, shared.clone()));
 
     // Registration: one per resource, the real API version, endpoint relative to the directory.
-    let regs = registrations(&mut rx, 3).await;
+    // No GPU is time-sliced, so `nvidia.com/gpu` is not registered at all: registered with
+    // no devices it would contend with NVIDIA's device plugin for the name.
+    let regs = registrations(&mut rx, 2).await;
     let names: Vec<&str> = regs.iter().map(|r| r.resource_name.as_str()).collect();
-    assert_eq!(
-        names,
-        ["gpuslice.io/gpu", "gpuslice.io/whole-gpu", "nvidia.com/gpu"]
+    assert_eq!(names, ["gpuslice.io/gpu", "gpuslice.io/whole-gpu"]);
+    assert!(
+        !shared
+            .plan_rx()
+            .borrow()
+            .resources
+            .contains_key("nvidia.com/gpu")
     );
     for r in &regs {
         assert_eq!(r.version, "v1beta1");
@@ -326,6 +332,15 @@ async fn registration_devices_allocate_health_and_kubelet_restart() {
     assert_eq!(limits.spec.memory_cap, 1 << 30);
     assert_eq!(limits.compute.unwrap().quota, 25);
     assert_eq!(resp.cdi_devices[0].name, "gpuslice.io/gpu=team.train.main");
+    // Every path handed out lies under a host root the deploy manifests mount into the agent.
+    for m in &resp.mounts {
+        assert!(
+            shared.paths.root_of(Path::new(&m.host_path)).is_some(),
+            "{} is under no host root of {:?}",
+            m.host_path,
+            shared.paths.host_roots()
+        );
+    }
     // The ledger exists with the assigned cap, GPU and compute quota.
     let l = gpuslice_ledger::Ledger::open(&tenant_dir.join("ledger")).unwrap();
     assert_eq!(l.spec().memory_cap, 1 << 30);
@@ -349,13 +364,19 @@ async fn registration_devices_allocate_health_and_kubelet_restart() {
         env.iter()
             .any(|e| e == &serde_json::json!(format!("CUDA_VISIBLE_DEVICES={GPU0}")))
     );
+    let cdi_mounts = spec["devices"][0]["containerEdits"]["mounts"]
+        .as_array()
+        .unwrap();
     assert!(
-        spec["devices"][0]["containerEdits"]["mounts"]
-            .as_array()
-            .unwrap()
+        cdi_mounts
             .iter()
             .any(|m| m["containerPath"] == "/etc/ld.so.preload")
     );
+    for m in cdi_mounts {
+        let h = m["hostPath"].as_str().unwrap();
+        assert!(shared.paths.root_of(Path::new(h)).is_some(), "{h}");
+    }
+    assert!(shared.paths.root_of(&d.cdi).is_some());
     // The same pod is not allocated twice.
     let e = c
         .allocate(pb::AllocateRequest {
@@ -400,6 +421,7 @@ async fn registration_devices_allocate_health_and_kubelet_restart() {
         "{body}"
     );
     assert!(body.contains(&format!("gpuslice_gpu_memory_total_bytes{{gpu=\"{GPU0}\",model=\"NVIDIA H100 80GB HBM3\"}} 85899345920")), "{body}");
+    exposition_follows_accept(metrics_port).await;
 
     // Health: a device fault marks the GPU's slices unhealthy; an application XID does not;
     // recovery brings them back.
@@ -436,7 +458,7 @@ async fn registration_devices_allocate_health_and_kubelet_restart() {
     let _ = k.await;
     std::fs::remove_file(d.sockets.join("kubelet.sock")).unwrap();
     let _k2 = kubelet(&d.sockets, tx);
-    let again = registrations(&mut rx, 3).await;
+    let again = registrations(&mut rx, 2).await;
     assert_eq!(
         again
             .iter()
@@ -459,11 +481,19 @@ async fn registration_devices_allocate_health_and_kubelet_restart() {
 }
 
 async fn scrape(addr: std::net::SocketAddr) -> String {
+    scrape_as(addr, None).await
+}
+
+/// The whole HTTP answer to `GET /metrics`, with `Accept: accept` when given.
+async fn scrape_as(addr: std::net::SocketAddr, accept: Option<&str>) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let deadline = tokio::time::Instant::now() + DEADLINE;
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
     loop {
         if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: x\r\n{accept}\r\n").as_bytes())
                 .await
                 .unwrap();
             let mut out = String::new();
@@ -579,7 +609,7 @@ async fn hot_reload_and_time_slicing() {
     )
     .unwrap();
     tokio::spawn(agent::run(opts, shared.clone()));
-    registrations(&mut rx, 3).await;
+    registrations(&mut rx, 2).await;
     let mut c = plugin(&d.sockets, "gpuslice.io/gpu").await;
     let mut s = c.list_and_watch(pb::Empty {}).await.unwrap().into_inner();
     assert_eq!(s.message().await.unwrap().unwrap().devices.len(), 4);
@@ -595,6 +625,11 @@ async fn hot_reload_and_time_slicing() {
         .unwrap()
         .unwrap();
     assert_eq!(m.devices.len(), 3);
+    // The first time-sliced GPU brings the time-slicing resource's registration.
+    assert_eq!(
+        next_registration(&mut rx).await.resource_name,
+        "nvidia.com/gpu"
+    );
 
     std::fs::write(&cfg_path, "version: v1\nslices: -1\n").unwrap();
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -708,7 +743,7 @@ async fn bench_allocate() {
     )
     .unwrap();
     tokio::spawn(agent::run(opts, shared.clone()));
-    registrations(&mut rx, 3).await;
+    registrations(&mut rx, 2).await;
     let mut c = plugin(&d.sockets, "gpuslice.io/gpu").await;
     let mut lat = Vec::new();
     for i in 0..100 {
@@ -734,5 +769,112 @@ async fn bench_allocate() {
     println!(
         "Allocate over the socket, 8 GPUs, 100 pods: p50 {:?}  p99 {:?}  max {:?}; one /metrics render with 100 tenants: {scrape:?}",
         lat[49], lat[98], lat[99]
+    );
+}
+
+/// `/metrics` answers per `Accept`: the Prometheus text format 0.0.4 unless OpenMetrics is
+/// asked for, and in either form every family has HELP and TYPE naming what its samples are
+/// called. Where promtool is installed, `promtool check metrics` must pass too.
+async fn exposition_follows_accept(addr: std::net::SocketAddr) {
+    let split = |r: String| -> (String, String) {
+        let (h, b) = r.split_once("\r\n\r\n").unwrap();
+        (h.to_ascii_lowercase(), b.to_string())
+    };
+    for accept in [None, Some("*/*"), Some("text/plain;version=0.0.4")] {
+        let (head, text) = split(scrape_as(addr, accept).await);
+        assert!(
+            head.contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+            "{accept:?}: {head}"
+        );
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        check_text_format(&text);
+        promtool_check(&text);
+    }
+    // What Prometheus sends: OpenMetrics preferred.
+    let (head, om) = split(
+        scrape_as(
+            addr,
+            Some("application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"),
+        )
+        .await,
+    );
+    assert!(
+        head.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(om.ends_with("# EOF\n"), "{om}");
+}
+
+/// The rules promtool's parser and linter enforce that a registry can break: each sample's
+/// family has a HELP and a TYPE, named as the samples are; counters end in `_total`.
+fn check_text_format(text: &str) {
+    use std::collections::BTreeMap;
+    let mut help: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut types: BTreeMap<&str, &str> = BTreeMap::new();
+    for l in text.lines() {
+        if let Some(r) = l.strip_prefix("# HELP ") {
+            let (n, h) = r.split_once(' ').unwrap_or((r, ""));
+            assert!(!h.trim().is_empty(), "empty HELP: {l}");
+            assert!(help.insert(n, h).is_none(), "HELP twice for {n}");
+        } else if let Some(r) = l.strip_prefix("# TYPE ") {
+            let (n, t) = r.split_once(' ').unwrap();
+            assert!(types.insert(n, t).is_none(), "TYPE twice for {n}");
+            if t == "counter" {
+                assert!(n.ends_with("_total"), "counter {n} should end in _total");
+            }
+        }
+    }
+    for l in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = l.split(['{', ' ']).next().unwrap();
+        assert!(help.contains_key(name), "no HELP for {name}:\n{text}");
+        assert!(types.contains_key(name), "no TYPE for {name}:\n{text}");
+    }
+    assert!(!help.is_empty());
+}
+
+/// `promtool check metrics` on the text, when promtool is at hand: `scripts/fetch-promtool.sh`
+/// puts it in `.cache/promtool/`, or one on PATH is used.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let cached = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/promtool/promtool");
+    let promtool = if cached.exists() {
+        cached
+    } else {
+        PathBuf::from("promtool")
+    };
+    let child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "skipped promtool check metrics: promtool not found ({e}); install Debian's prometheus package to run it"
+            );
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {:?}\n{}{}\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }

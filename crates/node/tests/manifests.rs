@@ -43,7 +43,10 @@ fn check(text: &str, what: &str) -> Vec<String> {
                         .unwrap_or_else(|e| panic!("{w}: node.yaml: {e}"));
                 }
             }
-            "DaemonSet" => round_trip::<apps::DaemonSet>(&doc, &w),
+            "DaemonSet" => {
+                round_trip::<apps::DaemonSet>(&doc, &w);
+                host_paths_reach_the_host(&doc, &w);
+            }
             "ClusterRole" => round_trip::<rbac::ClusterRole>(&doc, &w),
             "ClusterRoleBinding" => round_trip::<rbac::ClusterRoleBinding>(&doc, &w),
             other => panic!("{w}: no check for kind {other}; add one"),
@@ -51,6 +54,84 @@ fn check(text: &str, what: &str) -> Vec<String> {
         kinds.push(kind);
     }
     kinds
+}
+
+/// Every host directory behind a path the agent hands to containers (Allocate's mounts, CDI
+/// specs; `gpuslice_node::hostpaths`) must be a writable hostPath volume mounted at the same
+/// path in the agent: kubelet and the runtime resolve those paths on the host.
+fn host_paths_reach_the_host(doc: &Value, what: &str) {
+    let ds: apps::DaemonSet = serde_json::from_value(doc.clone()).unwrap();
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let agent = pod
+        .containers
+        .iter()
+        .find(|c| {
+            c.args
+                .as_ref()
+                .is_some_and(|a| a.first().is_some_and(|x| x == "node"))
+        })
+        .unwrap_or_else(|| panic!("{what}: no container runs `gpuslice node`"));
+    let args = agent.args.clone().unwrap_or_default();
+    let flag = |f: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("--{f}=")))
+            .unwrap_or_else(|| panic!("{what}: the agent has no --{f}"))
+            .to_string()
+    };
+    let compute_env = agent
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "GPUSLICE_COMPUTE_DIR")
+        .and_then(|e| e.value.clone());
+    let roots = gpuslice_node::hostpaths::host_roots(
+        Path::new(&flag("state-dir")),
+        Path::new(&flag("cdi-dir")),
+        compute_env.as_deref(),
+    );
+    let volumes = pod.volumes.unwrap_or_default();
+    for (root, holds) in roots {
+        let mount = agent
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| root.starts_with(&m.mount_path))
+            .max_by_key(|m| m.mount_path.len())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{what}: {} ({holds}) is not mounted into the agent; containers would get a bind source that is missing on the host",
+                    root.display()
+                )
+            });
+        assert_ne!(
+            mount.read_only,
+            Some(true),
+            "{what}: {} ({holds}) is mounted read-only",
+            root.display()
+        );
+        assert!(
+            mount.sub_path.is_none() && mount.sub_path_expr.is_none(),
+            "{what}: {}: a subPath would not be the same host path",
+            mount.mount_path
+        );
+        let v = volumes
+            .iter()
+            .find(|v| v.name == mount.name)
+            .unwrap_or_else(|| panic!("{what}: no volume {}", mount.name));
+        let host = v.host_path.as_ref().unwrap_or_else(|| {
+            panic!(
+                "{what}: {} ({holds}) is on volume {}, which is not a hostPath",
+                root.display(),
+                v.name
+            )
+        });
+        assert_eq!(
+            host.path,
+            mount.mount_path,
+            "{what}: {} ({holds}): the agent must see it at its host path",
+            root.display()
+        );
+    }
 }
 
 #[test]

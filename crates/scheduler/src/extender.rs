@@ -412,6 +412,22 @@ impl Extender {
             let mut st = self.lock();
             self.expire(&mut st);
             let st = &mut *st;
+            // Bound already: by an earlier /bind whose answer kube-scheduler did not get, or
+            // by another scheduler run. The same node again is success (the bind is done);
+            // another node is an error naming where the pod is.
+            if !st.seen.contains_key(uid)
+                && st.gangs.reservation(uid).is_none()
+                && let Some(p) = st.cluster.pods.get(uid)
+            {
+                let on = &p.assignment.node;
+                return if on == node {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "pod {ns}/{name} ({uid}) is already bound to node {on}, not {node}"
+                    ))
+                };
+            }
             let pod = st.seen.get(uid).cloned().ok_or_else(|| {
                 format!("pod {ns}/{name} ({uid}) was not seen by /filter; retry scheduling")
             })?;

@@ -304,7 +304,7 @@ fn prioritize_scores_0_to_10_and_binpack_prefers_the_fuller_node() {
 }
 
 #[test]
-fn bind_records_the_assignment_and_refuses_a_second_bind() {
+fn bind_records_the_assignment_and_a_second_bind_is_answered_by_where_the_pod_is() {
     let s = start();
     let p = pod(
         "p",
@@ -327,14 +327,30 @@ fn bind_records_the_assignment_and_refuses_a_second_bind() {
                 .all(|g| g.compute_percent == 30 && g.memory_mib == 20000)
         );
     }
+    // kube-scheduler may send the same bind again (its first answer lost): the pod is bound
+    // there already, so that is success, and nothing is charged twice.
     let again = post(s.addr, "/bind", &b);
-    assert!(
-        again["Error"]
-            .as_str()
+    assert_eq!(again, json!({"Error": ""}));
+    let used = |s: &Server| -> Vec<u32> {
+        let st = s.ext.lock();
+        st.cluster
+            .node("a")
             .unwrap()
-            .contains("not seen by /filter"),
-        "{again}"
+            .usage
+            .iter()
+            .map(|u| u.compute as u32)
+            .collect()
+    };
+    assert_eq!(used(&s), [30, 30]);
+    // Asked to bind it elsewhere: an error that says where it is.
+    let elsewhere = post(
+        s.addr,
+        "/bind",
+        &json!({"PodName": "p", "PodNamespace": "ns", "PodUID": "uid-p", "Node": "b"}),
     );
+    let e = elsewhere["Error"].as_str().unwrap();
+    assert!(e.contains("already bound to node a"), "{elsewhere}");
+    assert_eq!(used(&s), [30, 30]);
     // A bind for a pod the extender never filtered is refused, not guessed.
     let r = post(
         s.addr,
@@ -342,6 +358,47 @@ fn bind_records_the_assignment_and_refuses_a_second_bind() {
         &json!({"PodName": "q", "PodNamespace": "ns", "PodUID": "uid-q", "Node": "a"}),
     );
     assert!(r["Error"].as_str().unwrap().contains("not seen"), "{r}");
+}
+
+/// The API server canonicalizes quantities: `gpu-memory: 16000` reaches the extender as `16k`
+/// (and a user may write `1.6e4`). Both must schedule with the value they stand for.
+#[test]
+fn canonicalized_quantities_schedule_with_their_value() {
+    let s = start();
+    for (name, mem) in [("k", "16k"), ("e", "1.6e4")] {
+        let p = pod(
+            name,
+            "ns",
+            0,
+            json!({"gpuslice.io/gpu": "1", "gpuslice.io/gpu-memory": mem}),
+            json!({}),
+        );
+        let r = post(s.addr, "/filter", &json!({"Pod": p, "NodeNames": ["a"]}));
+        assert_eq!(r["NodeNames"], json!(["a"]), "{mem}: {r}");
+        let b = json!({"PodName": name, "PodNamespace": "ns", "PodUID": format!("uid-{name}"), "Node": "a"});
+        assert_eq!(post(s.addr, "/bind", &b), json!({"Error": ""}), "{mem}");
+        let st = s.ext.lock();
+        let g = &st.cluster.pods[&format!("uid-{name}")]
+            .assignment
+            .containers[0]
+            .gpus[0];
+        assert_eq!(g.memory_mib, 16000, "{mem}");
+    }
+    // A fraction is refused for every node, naming the resource.
+    let p = pod(
+        "f",
+        "ns",
+        0,
+        json!({"gpuslice.io/gpu": "1", "gpuslice.io/gpu-memory": "0.5"}),
+        json!({}),
+    );
+    let r = post(s.addr, "/filter", &json!({"Pod": p, "NodeNames": ["a"]}));
+    let why = r["FailedAndUnresolvableNodes"]["a"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+        + r["Error"].as_str().unwrap_or_default();
+    assert!(why.contains("gpu-memory") && why.contains("0.5"), "{r}");
 }
 
 /// A binder that takes its time, so concurrent binds interleave.

@@ -76,6 +76,25 @@ fn scheduler_manifests_are_valid() {
             .find(|m| m["name"] == n)
             .map(|m| m["ignoredByScheduler"].as_bool().unwrap())
     };
+    // Exactly the resources the extender decides, MIG profiles of every modelled GPU included:
+    // kube-scheduler asks the extender only about pods that request one of these.
+    let listed: Vec<(String, bool)> = managed
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_string(),
+                m["ignoredByScheduler"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let want = gpuslice_core::protocol::managed_resources();
+    if listed != want {
+        let yaml: String = want
+            .iter()
+            .map(|(n, i)| format!("          - name: {n}\n            ignoredByScheduler: {i}\n"))
+            .collect();
+        panic!("managedResources differ from the protocol's; they should read:\n{yaml}");
+    }
     assert_eq!(ignored("gpuslice.io/gpu-memory"), Some(true));
     assert_eq!(ignored("gpuslice.io/gpu-compute"), Some(true));
     assert_eq!(ignored("gpuslice.io/gpu"), Some(false));

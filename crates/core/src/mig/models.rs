@@ -10,6 +10,10 @@
 //!   figure × 1024, which is also what `nvidia-smi` prints as a MIG device's total memory.
 //!   Memory figures drift a little between driver branches (e.g. H100 NVL 1g.12gb reads
 //!   10.62 GiB on older drivers and 10.75 GiB on R560); the newer figure is used.
+//! - PCI device IDs: the `device-filter` groups of NVIDIA mig-parted's
+//!   `deployments/systemd/config-default.yaml` (which IDs share a profile table), with board
+//!   names from the "Compatible GPUs" table of NVIDIA's open-gpu-kernel-modules README (which
+//!   of a mixed group is an A100/A800 and which an H100/H800). `tests.rs` keeps that table.
 //! - `+gfx` profiles are listed by the guide only for RTX PRO Blackwell parts, none of which
 //!   are modelled here, so no model below has one.
 //!
@@ -357,8 +361,11 @@ pub static A100_40GB: GpuModel = GpuModel {
         "NVIDIA A100-SXM4-40GB",
         "NVIDIA A100-PCIE-40GB",
         "A100 40GB",
+        "A800-40GB",
+        "NVIDIA A800 40GB Active",
     ],
-    pci_device_ids: &[0x20B0_10DE, 0x20F1_10DE],
+    // A100-SXM4-40GB, A100-PCIE-40GB (two IDs), A800 40GB Active.
+    pci_device_ids: &[0x20B0_10DE, 0x20B1_10DE, 0x20F1_10DE, 0x20F6_10DE],
     memory_slices: 8,
     compute_slices: 7,
     profiles: &[
@@ -383,8 +390,13 @@ pub static A100_80GB: GpuModel = GpuModel {
         "NVIDIA A100-SXM4-80GB",
         "NVIDIA A100 80GB PCIe",
         "A100 80GB",
+        "A800-80GB",
+        "A800-SXM4-80GB",
+        "NVIDIA A800-SXM4-80GB",
+        "NVIDIA A800 80GB PCIe",
     ],
-    pci_device_ids: &[0x20B2_10DE, 0x20B5_10DE],
+    // A100-SXM4-80GB, A100 80GB PCIe, A800-SXM4-80GB, A800 80GB PCIe.
+    pci_device_ids: &[0x20B2_10DE, 0x20B5_10DE, 0x20F3_10DE, 0x20F5_10DE],
     memory_slices: 8,
     compute_slices: 7,
     profiles: &[
@@ -429,8 +441,14 @@ pub static H100_80GB: GpuModel = GpuModel {
         "H100 PCIe",
         "NVIDIA H100 PCIe",
         "H100",
+        "H800-80GB",
+        "H800",
+        "NVIDIA H800",
+        "H800 PCIe",
+        "NVIDIA H800 PCIe",
     ],
-    pci_device_ids: &[0x2330_10DE, 0x2331_10DE],
+    // H100 80GB HBM3, H100 PCIe, H800 PCIe, H800 (SXM): the H800 shares the H100's geometry.
+    pci_device_ids: &[0x2330_10DE, 0x2331_10DE, 0x2322_10DE, 0x2324_10DE],
     memory_slices: 8,
     compute_slices: 7,
     profiles: &[
@@ -447,8 +465,16 @@ pub static H100_80GB: GpuModel = GpuModel {
 /// H100 NVL 94GB. `-lgip` (R560): 10.75 / 21.62 / 46.38 / 93.12 GiB; `-lgipp` as H100-80GB.
 pub static H100_94GB: GpuModel = GpuModel {
     name: "H100-94GB",
-    aliases: &["H100-NVL", "H100 NVL", "NVIDIA H100 NVL", "H100-NVL-94GB"],
-    pci_device_ids: &[0x2321_10DE],
+    aliases: &[
+        "H100-NVL",
+        "H100 NVL",
+        "NVIDIA H100 NVL",
+        "H100-NVL-94GB",
+        "H800 NVL",
+        "NVIDIA H800 NVL",
+    ],
+    // H100 NVL, H800 NVL.
+    pci_device_ids: &[0x2321_10DE, 0x233A_10DE],
     memory_slices: 8,
     compute_slices: 7,
     profiles: &[
@@ -475,8 +501,8 @@ pub static H200_141GB: GpuModel = GpuModel {
         "H200 NVL",
         "NVIDIA H200 NVL",
     ],
-    // Not recorded: the H200 PCI device IDs could not be confirmed from the sources above.
-    pci_device_ids: &[],
+    // H200 (SXM), H200 NVL.
+    pci_device_ids: &[0x2335_10DE, 0x233B_10DE],
     memory_slices: 8,
     compute_slices: 7,
     profiles: &[

@@ -994,3 +994,90 @@ fn mig_parted_config_rejects_bad_shapes() {
         Err(MigError::Config { .. })
     ));
 }
+
+/// Every PCI device ID NVIDIA's mig-parted names in a `device-filter` of its
+/// `deployments/systemd/config-default.yaml` (github.com/NVIDIA/mig-parted, commit 1400787),
+/// with the profile table its group uses there, and the board name NVIDIA's
+/// open-gpu-kernel-modules README ("Compatible GPUs") gives it. Groups that mix Ampere and
+/// Hopper boards (`all-1g.10gb`, `all-balanced`) are split by that name. IDs for boards whose
+/// geometry is not modelled (GH200, H20, H100-96GB, PG506, B200, GB200, RTX PRO 6000) are left
+/// out on purpose: such a GPU is refused by name, never mistaken for another.
+const UPSTREAM_PCI_IDS: &[(u32, &str, &str)] = &[
+    (0x20B0_10DE, "A100-40GB", "NVIDIA A100-SXM4-40GB"),
+    (0x20B1_10DE, "A100-40GB", "NVIDIA A100-PCIE-40GB"),
+    (0x20F1_10DE, "A100-40GB", "NVIDIA A100-PCIE-40GB"),
+    (0x20F6_10DE, "A100-40GB", "NVIDIA A800 40GB Active"),
+    (0x20B2_10DE, "A100-80GB", "NVIDIA A100-SXM4-80GB"),
+    (0x20B5_10DE, "A100-80GB", "NVIDIA A100 80GB PCIe"),
+    (0x20F3_10DE, "A100-80GB", "NVIDIA A800-SXM4-80GB"),
+    (0x20F5_10DE, "A100-80GB", "NVIDIA A800 80GB PCIe"),
+    (0x20B7_10DE, "A30-24GB", "NVIDIA A30"),
+    (0x2330_10DE, "H100-80GB", "NVIDIA H100 80GB HBM3"),
+    (0x2331_10DE, "H100-80GB", "NVIDIA H100 PCIe"),
+    (0x2322_10DE, "H100-80GB", "NVIDIA H800 PCIe"),
+    (0x2324_10DE, "H100-80GB", "NVIDIA H800"),
+    (0x2321_10DE, "H100-94GB", "NVIDIA H100 NVL"),
+    (0x233A_10DE, "H100-94GB", "NVIDIA H800 NVL"),
+    (0x2335_10DE, "H200-141GB", "NVIDIA H200"),
+    (0x233B_10DE, "H200-141GB", "NVIDIA H200 NVL"),
+];
+
+#[test]
+fn pci_ids_match_the_upstream_table_both_ways() {
+    for &(id, want, board) in UPSTREAM_PCI_IDS {
+        for spelling in [format!("0x{id:08X}"), format!("0x{id:08x}")] {
+            assert_eq!(model(&spelling).unwrap().name, want, "{spelling} ({board})");
+        }
+        // The board's own name (what NVML reports) resolves to the same geometry.
+        assert_eq!(model(board).unwrap().name, want, "{board}");
+    }
+    for m in MODELS {
+        for id in m.pci_device_ids {
+            assert!(
+                UPSTREAM_PCI_IDS
+                    .iter()
+                    .any(|&(u, w, _)| u == *id && w == m.name),
+                "{}: 0x{id:08X} is not in the upstream table",
+                m.name
+            );
+        }
+    }
+}
+
+/// mig-parted's `all-balanced` selects H200s by PCI ID only; with no IDs for the H200 the entry
+/// selected nothing and `apply` reported "nothing to do" on an H200.
+#[test]
+fn device_filters_by_pci_id_select_h200_h800_and_a800() {
+    // The same entries as JSON (core reads YAML only through its callers).
+    let cfg: MigPartedConfig = serde_json::from_str(
+        r#"{"version": "v1", "mig-configs": {"all-balanced": [
+          {"device-filter": ["0x233510DE", "0x233B10DE"], "devices": "all", "mig-enabled": true,
+           "mig-devices": {"1g.18gb": 2, "2g.35gb": 1, "3g.71gb": 1}},
+          {"device-filter": ["0x232110DE", "0x233A10DE"], "devices": "all", "mig-enabled": true,
+           "mig-devices": {"1g.12gb": 2, "2g.24gb": 1, "3g.47gb": 1}},
+          {"device-filter": ["0x233010DE", "0x233110DE", "0x232210DE", "0x20B210DE", "0x20B510DE",
+                             "0x20F310DE", "0x20F510DE", "0x232410DE"],
+           "devices": "all", "mig-enabled": true,
+           "mig-devices": {"1g.10gb": 2, "2g.20gb": 1, "3g.40gb": 1}},
+          {"device-filter": ["0x20B010DE", "0x20B110DE", "0x20F110DE", "0x20F610DE"],
+           "devices": "all", "mig-enabled": true,
+           "mig-devices": {"1g.5gb": 2, "2g.10gb": 1, "3g.20gb": 1}}
+        ]}}"#,
+    )
+    .unwrap();
+    for (board, first) in [
+        ("NVIDIA H200", ("1g.18gb", 2)),
+        ("NVIDIA H200 NVL", ("1g.18gb", 2)),
+        ("NVIDIA H800 NVL", ("1g.12gb", 2)),
+        ("NVIDIA H800", ("1g.10gb", 2)),
+        ("NVIDIA A800-SXM4-80GB", ("1g.10gb", 2)),
+        ("NVIDIA A800 40GB Active", ("1g.5gb", 2)),
+    ] {
+        let d = desired_state(&cfg, "all-balanced", &[(0, board)]).unwrap();
+        assert_eq!(d[0].mig_enabled, Some(true), "{board}: not selected");
+        assert_eq!(d[0].demand[0], (first.0.to_string(), first.1), "{board}");
+    }
+    // all-1g.35gb: the H200 table allows four 1g.35gb instances (two memory slices each).
+    let p = H200_141GB.profile("1g.35gb").unwrap();
+    assert_eq!(p.max_instances, 4);
+}
