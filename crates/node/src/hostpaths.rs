@@ -1,7 +1,7 @@
 //! The host directories behind every path the agent hands out.
 //!
 //! The agent makes tenant directories, ledgers, the interposer copy, the preload file, the
-//! compute regions and CDI specs from inside its own container, but kubelet and the container
+//! compute arbiter's sockets and CDI specs from inside its own container, but kubelet and the container
 //! runtime resolve those paths on the host. Each directory below must therefore be a hostPath
 //! volume mounted at the same path in the agent: otherwise the bind source is missing on the
 //! host (containers fail to start) or is not the agent's (limits not shared). The deploy
@@ -12,11 +12,23 @@ use std::path::{Path, PathBuf};
 
 use crate::allocate::Paths;
 
-impl Paths {
+/// Where the agent keeps what it hands out, as paths only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub tenants: PathBuf,
+    pub cdi: PathBuf,
+    pub interposer: PathBuf,
+    pub preload: PathBuf,
+    /// The compute arbiter's directory: its machine-wide socket, which `gpuslice run` tenants
+    /// on the host connect to, and its figures.
+    pub compute: PathBuf,
+}
+
+impl Layout {
     /// What [`Paths::prepare`] lays out for these directories, without touching the disk.
-    pub fn layout(state: &Path, cdi: &Path, compute: &Path) -> Paths {
+    pub fn new(state: &Path, cdi: &Path, compute: &Path) -> Layout {
         let lib = state.join("lib");
-        Paths {
+        Layout {
             tenants: state.join("tenants"),
             cdi: cdi.to_path_buf(),
             interposer: lib.join("libgpuslice.so"),
@@ -26,14 +38,18 @@ impl Paths {
     }
 
     /// Every host directory that a mount source in an Allocate answer or a CDI spec lies
-    /// under, and the CDI directory the runtime reads specs from, each with what it holds.
+    /// under, the CDI directory the runtime reads specs from, and the arbiter's directory,
+    /// each with what it holds.
     pub fn host_roots(&self) -> Vec<(PathBuf, &'static str)> {
         let parent = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut v = vec![
-            (self.tenants.clone(), "tenant directories and ledgers"),
+            (
+                self.tenants.clone(),
+                "tenant directories, ledgers and arbiter sockets",
+            ),
             (parent(&self.interposer), "the interposer"),
             (parent(&self.preload), "the ld.so.preload file"),
-            (self.compute.clone(), "the compute regions"),
+            (self.compute.clone(), "the compute arbiter's socket"),
             (self.cdi.clone(), "CDI specs"),
         ];
         v.dedup_by(|a, b| a.0 == b.0);
@@ -49,6 +65,29 @@ impl Paths {
     }
 }
 
+impl Paths {
+    /// The paths this agent uses.
+    pub fn layout(&self) -> Layout {
+        Layout {
+            tenants: self.tenants.clone(),
+            cdi: self.cdi.clone(),
+            interposer: self.interposer.clone(),
+            preload: self.preload.clone(),
+            compute: self.arbiter.dir().to_path_buf(),
+        }
+    }
+
+    /// See [`Layout::host_roots`].
+    pub fn host_roots(&self) -> Vec<(PathBuf, &'static str)> {
+        self.layout().host_roots()
+    }
+
+    /// See [`Layout::root_of`].
+    pub fn root_of(&self, host_path: &Path) -> Option<PathBuf> {
+        self.layout().root_of(host_path)
+    }
+}
+
 /// The host roots of an agent started with these flags, and the compute directory it would
 /// use (`GPUSLICE_COMPUTE_DIR` in its environment, else the default).
 pub fn host_roots(
@@ -60,7 +99,7 @@ pub fn host_roots(
         Some(d) if !d.is_empty() => PathBuf::from(d),
         _ => PathBuf::from(gpuslice_compute::DEFAULT_DIR),
     };
-    Paths::layout(state_dir, cdi_dir, &compute).host_roots()
+    Layout::new(state_dir, cdi_dir, &compute).host_roots()
 }
 
 #[cfg(test)]
@@ -76,20 +115,12 @@ mod tests {
         std::fs::write(&src, b"x").unwrap();
         let state = t.path().join("state");
         let cdi = t.path().join("cdi");
-        let p = Paths::prepare(&state, &cdi, &src).unwrap();
-        let l = Paths::layout(&state, &cdi, &gpuslice_compute::configured_dir());
-        assert_eq!(
-            (&p.tenants, &p.cdi, &p.interposer, &p.preload, &p.compute),
-            (&l.tenants, &l.cdi, &l.interposer, &l.preload, &l.compute)
-        );
+        let compute = t.path().join("compute");
+        let p = Paths::prepare(&state, &cdi, &src, &compute).unwrap();
+        assert_eq!(p.layout(), Layout::new(&state, &cdi, &compute));
         assert_eq!(
             p.host_roots().into_iter().map(|r| r.0).collect::<Vec<_>>(),
-            [
-                state.join("tenants"),
-                state.join("lib"),
-                gpuslice_compute::configured_dir(),
-                cdi
-            ]
+            [state.join("tenants"), state.join("lib"), compute, cdi]
         );
     }
 }
