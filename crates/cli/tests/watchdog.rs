@@ -769,7 +769,7 @@ mod node {
             std::thread::sleep(Duration::from_millis(100));
         };
         assert!(
-            body.contains("# HELP gpuslice_watchdog_actions Processes the watchdog acted on"),
+            body.contains("# HELP gpuslice_watchdog_actions_total Processes the watchdog acted on"),
             "{body}"
         );
         // A few more rounds: the governed process and the host's are still there, and nothing
