@@ -174,6 +174,12 @@ pub fn alive_lock(socket: &Path) -> PathBuf {
     socket.with_extension("alive")
 }
 
+/// Takes the life lock of the arbiter serving `socket`, held until the descriptor is closed or
+/// the process dies: `None` if another arbiter holds it.
+pub fn take_alive_lock(socket: &Path) -> io::Result<Option<OwnedFd>> {
+    flock(&alive_lock(socket), true)
+}
+
 fn spawn_lock(socket: &Path) -> PathBuf {
     socket.with_extension("spawn")
 }
@@ -192,7 +198,7 @@ pub fn ensure_running(socket: &Path, spawn: impl FnOnce() -> io::Result<()>) -> 
     if wire::connect_path(socket).is_ok() {
         return Ok(());
     }
-    let alive = flock(&alive_lock(socket), true)?;
+    let alive = take_alive_lock(socket)?;
     if alive.is_some() {
         // Nobody serves: a stale socket file from an arbiter that died.
         drop(alive);

@@ -45,27 +45,20 @@ pub fn main(args: Args) -> i32 {
         let _ = gpuslice_compute::prepare_dir(d);
     }
     // One arbiter per socket: the life lock is held until we exit (or die).
-    let lock = match std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(gpuslice_arbiter::alive_lock(&socket))
-    {
-        Ok(f) => f,
+    let lock = match gpuslice_arbiter::take_alive_lock(&socket) {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            eprintln!(
+                "gpuslice arbiter: another arbiter serves {}",
+                socket.display()
+            );
+            return 0;
+        }
         Err(e) => {
             eprintln!("gpuslice arbiter: {e}");
             return 1;
         }
     };
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        eprintln!(
-            "gpuslice arbiter: another arbiter serves {}",
-            socket.display()
-        );
-        return 0;
-    }
     let listener = match gpuslice_arbiter::listen(&socket, 0o666) {
         Ok(l) => l,
         Err(e) => {

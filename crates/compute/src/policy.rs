@@ -27,39 +27,15 @@ pub fn priority_name(p: u8) -> &'static str {
     }
 }
 
-/// One live process on the device, as the chooser sees it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Candidate {
-    pub entry: usize,
-    pub priority: u8,
-    /// Virtual time: GPU time charged, scaled by 100 / weight.
-    pub vt: u64,
-    /// Has work waiting (or is the holder and still submitting).
-    pub demand: bool,
-    /// Fixed mode: may not run before this time (its credit is spent).
-    pub eligible_at: u64,
-}
-
-/// The entry that should hold the device next, if anybody may: the highest priority with
-/// demand, then the least virtual time, among those eligible now. Ties go to the lowest index.
-pub fn choose(cands: &[Candidate], now: u64) -> Option<usize> {
-    cands
-        .iter()
-        .filter(|c| c.demand && c.eligible_at <= now)
-        .min_by_key(|c| (c.priority, c.vt, c.entry))
-        .map(|c| c.entry)
-}
-
-/// Weight of one process in virtual time: the tenant's quota split among its live processes on
-/// the device; in equal mode every tenant weighs the same.
-pub fn weight(mode: u8, quota: u8, processes_of_tenant: u32) -> u64 {
+/// A tenant's weight in virtual time: its quota (a full share without one); in equal mode every
+/// tenant weighs the same. In units of 1/1000 percent.
+pub fn weight(mode: u8, quota: u8) -> u64 {
     let q = if mode == MODE_EQUAL || quota == 0 {
         100
     } else {
         quota as u64
     };
-    // In units of 1/1000 percent so that a split among processes keeps precision.
-    (q * 1000 / processes_of_tenant.max(1) as u64).max(1)
+    q * 1000
 }
 
 /// Virtual time `charge_ns` of GPU time costs at `weight`.
@@ -197,7 +173,7 @@ impl Sched {
             quota,
             mode,
             priority,
-            weight: weight(mode, quota, 1),
+            weight: weight(mode, quota),
             vt,
             want: false,
             credit: Credit { credit: 0, at: now },
@@ -520,77 +496,13 @@ impl Sched {
 mod tests {
     use super::*;
 
-    fn c(entry: usize, priority: u8, vt: u64, demand: bool) -> Candidate {
-        Candidate {
-            entry,
-            priority,
-            vt,
-            demand,
-            eligible_at: 0,
-        }
-    }
-
     #[test]
-    fn priority_first_then_least_virtual_time() {
-        let cs = [
-            c(0, PRIO_NORMAL, 5, true),
-            c(1, PRIO_NORMAL, 3, true),
-            c(2, PRIO_LOW, 0, true),
-        ];
-        assert_eq!(choose(&cs, 10), Some(1));
-        let cs = [c(0, PRIO_NORMAL, 5, true), c(1, PRIO_HIGH, 99, true)];
-        assert_eq!(choose(&cs, 10), Some(1));
-        let cs = [c(0, PRIO_NORMAL, 5, false), c(1, PRIO_HIGH, 99, false)];
-        assert_eq!(choose(&cs, 10), None, "nobody without work gets the device");
-    }
-
-    #[test]
-    fn ineligible_fixed_tenants_wait() {
-        let mut a = c(0, PRIO_NORMAL, 0, true);
-        a.eligible_at = 50;
-        let b = c(1, PRIO_NORMAL, 9, true);
-        assert_eq!(choose(&[a, b], 10), Some(1));
-        assert_eq!(choose(&[a], 10), None, "fixed: idle rather than over quota");
-        assert_eq!(choose(&[a], 50), Some(0));
-    }
-
-    #[test]
-    fn shares_converge_to_quotas_under_the_chooser() {
-        // Saturating tenants, slices of varying length: achieved time follows the weights.
-        for quotas in [vec![30u8, 70], vec![10, 90], vec![10, 20, 30, 40]] {
-            let w: Vec<u64> = quotas
-                .iter()
-                .map(|&q| weight(MODE_BEST_EFFORT, q, 1))
-                .collect();
-            let mut vt = vec![0u64; quotas.len()];
-            let mut used = vec![0u64; quotas.len()];
-            let lens = [50_000u64, 5_000_000, 200_000, 1_000_000, 2_000_000];
-            for i in 0..20_000 {
-                let cands: Vec<_> = (0..quotas.len())
-                    .map(|e| c(e, PRIO_NORMAL, vt[e], true))
-                    .collect();
-                let e = choose(&cands, 0).unwrap();
-                let slice = 20_000_000 + lens[i % lens.len()];
-                used[e] += slice;
-                vt[e] += vt_cost(slice, w[e]);
-            }
-            let total: u64 = used.iter().sum();
-            for (e, &q) in quotas.iter().enumerate() {
-                let share = used[e] as f64 * 100.0 / total as f64;
-                assert!(
-                    (share - q as f64).abs() < 1.0,
-                    "{quotas:?}: {e} got {share}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn equal_mode_ignores_quotas_and_processes_split_their_tenant() {
-        assert_eq!(weight(MODE_EQUAL, 10, 1), weight(MODE_EQUAL, 90, 1));
+    fn equal_mode_ignores_quotas_and_no_quota_is_a_full_share() {
+        assert_eq!(weight(MODE_EQUAL, 10), weight(MODE_EQUAL, 90));
+        assert_eq!(weight(MODE_BEST_EFFORT, 0), weight(MODE_BEST_EFFORT, 100));
         assert_eq!(
-            weight(MODE_BEST_EFFORT, 60, 2),
-            weight(MODE_BEST_EFFORT, 30, 1)
+            3 * weight(MODE_BEST_EFFORT, 10),
+            weight(MODE_BEST_EFFORT, 30)
         );
         assert_eq!(catch_up(5, Some(100)), 100);
         assert_eq!(catch_up(500, Some(100)), 500);

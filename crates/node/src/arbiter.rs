@@ -15,7 +15,7 @@
 use gpuslice_arbiter::Spec;
 use gpuslice_arbiter::server::{Handle, Options};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -43,21 +43,13 @@ impl Arbiter {
         let at = |e: std::io::Error| format!("the compute arbiter at {}: {e}", dir.display());
         gpuslice_compute::prepare_dir(dir).map_err(at)?;
         let socket = dir.join(SOCKET);
-        let alive = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(gpuslice_arbiter::alive_lock(&socket))
-            .map_err(at)?;
-        let alive: OwnedFd = alive.into();
-        // SAFETY: flock on a descriptor we own; non-blocking.
-        if unsafe { libc::flock(alive.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let Some(alive) = gpuslice_arbiter::take_alive_lock(&socket).map_err(at)? else {
             return Err(format!(
                 "another compute arbiter serves {} (started by `gpuslice run` before the agent); \
                  it exits a few seconds after its last tenant: end those tenants, then start the agent",
                 socket.display()
             ));
-        }
+        };
         let main = gpuslice_arbiter::listen(&socket, 0o666).map_err(at)?;
         let handle = Handle::spawn(
             Some(main),
