@@ -11,7 +11,8 @@
 //! up to twice more before the test fails: a share over a one-second window on a loaded 2-core
 //! machine is a statistical property (a tenant starved of CPU for a few hundred ms leaves the
 //! GPU idle in that window whatever the gate does), while a broken gate misses every attempt,
-//! by far more than the margin (the ignored rows below miss by 8 to 68 points every time).
+//! by far more than the margin (before the gate measured kernel lengths, rows missed by 8 to
+//! 68 points every time).
 
 mod common;
 use common::*;
@@ -83,65 +84,64 @@ fn gate_cost_is_measured_side_by_side() {
     }
 }
 
-// Rows of the quick matrix. Those marked `ignore` miss with the compute arbiter as it is (the
-// figures are one run of `gpuslice bench isolation --quick` on a quiet 2-core machine); run
-// them with `--ignored`.
+// Rows of the quick matrix.
 
 #[test]
-#[ignore = "misses with the arbiter: 27.4/61.9 (worst window 10 points off), GPU 89 % busy"]
 fn sync_every_1_30_70() {
     holds("sync1-30-70");
 }
 
 #[test]
-#[ignore = "misses with the arbiter by a hair: 28.0-29.5/67.3-67.8, worst window 2.6-3.0 points off, GPU 96-97 % busy"]
 fn sync_every_4_30_70() {
     holds("sync4-30-70");
 }
 
 #[test]
-#[ignore = "misses with the arbiter: 95.8/4.1 instead of 30/70"]
 fn kernels_200ms_vs_1ms_30_70() {
     holds("k200ms-vs-1ms-30-70");
 }
 
 #[test]
-#[ignore = "misses with the arbiter: 45.3/54.3 instead of 30/70"]
 fn graphs_of_100_vs_plain_30_70() {
     holds("graph100x1ms-vs-plain-30-70");
 }
 
 #[test]
-#[ignore = "misses with the arbiter: 30.3/66.0, worst window 6.9 points off, GPU 94.9 % busy"]
 fn four_processes_vs_one_30_70() {
     holds("procs4-vs-1-30-70");
 }
 
 #[test]
-#[ignore = "misses with the arbiter by a hair: 29.8/67.6, worst window 3.0 points off, GPU 97 % busy"]
 fn eight_threads_own_streams_30_70() {
     holds("threads8-30-70");
 }
 
 #[test]
-#[ignore = "passed once with the arbiter (30.3/67.2, worst window 3.0 points off): not yet a gate"]
 fn three_contexts_30_70() {
     holds("contexts3-30-70");
 }
 
 #[test]
-#[ignore = "passed once with the arbiter (32.0/68.0, worst window 2.0 points off): not yet a gate"]
 fn fixed_30_70_with_200ms_kernels() {
     holds("fixed-30-70-200ms");
 }
 
 #[test]
-#[ignore = "misses with the arbiter: p99 4.04 ms next to 1 ms low kernels (3.83 ms alone, bound 5.33 ms) but the GPU is 84.5 % busy"]
 fn high_priority_p99_next_to_low_training() {
     holds("prio-low1ms");
 }
 
-// Rows of the full matrix that hold today: the new gate must keep them.
+// Rows of the full matrix: the other ratio, and long kernels on the larger side.
+
+#[test]
+fn sync_every_4_10_90() {
+    holds("sync4-10-90");
+}
+
+#[test]
+fn kernels_1ms_vs_200ms_30_70() {
+    holds("k1ms-vs-200ms-30-70");
+}
 
 #[test]
 fn kernels_1ms_30_70() {

@@ -361,6 +361,18 @@ impl Sched {
         self.last_refill = now;
     }
 
+    /// Whether holder `h` is ahead of `n` by more than two of its own slices (its virtual time
+    /// including the stretch it is using now): it was granted the GPU while `n` had no work,
+    /// more than its share. A holder picked in turn is never that far ahead during its slice.
+    fn lent_out(&self, h: u64, n: u64, now: u64) -> bool {
+        let (Some(ht), Some(nt)) = (self.tenant(h), self.tenant(n)) else {
+            return false;
+        };
+        let busy = ht.busy_since.map_or(0, |s| now.saturating_sub(s));
+        let hv = ht.vt + vt_cost(busy, ht.weight);
+        hv > nt.vt + vt_cost(2 * SLICE_NS, ht.weight)
+    }
+
     /// Makes every decision due at `now`.
     pub fn step(&mut self, now: u64) {
         self.refill(now);
@@ -406,6 +418,14 @@ impl Sched {
                     }
                     if self.pick(now, Some(prio)).is_some() {
                         // Preemption: the higher priority starts at once.
+                        self.revoke(now);
+                        continue;
+                    }
+                    if let Some(n) = self.pick(now, None)
+                        && n != h.tenant
+                        && self.lent_out(h.tenant, n, now)
+                    {
+                        // The GPU was lent while `n` was idle: `n` takes it back at once.
                         self.revoke(now);
                         continue;
                     }
@@ -607,6 +627,33 @@ mod tests {
         s.set_want(2, true, 10_000_000_001);
         s.set_want(1, true, 10_000_000_002);
         assert!(s.tenant(1).unwrap().vt >= s.tenant(2).unwrap().vt);
+    }
+
+    #[test]
+    fn a_tenant_back_from_a_short_pause_takes_its_lent_time_back_at_once() {
+        for (back_ms, revoked) in [(15u64, false), (50, true)] {
+            let mut s = Sched::default();
+            s.add(1, 30, MODE_BEST_EFFORT, PRIO_NORMAL, 0);
+            s.add(2, 70, MODE_BEST_EFFORT, PRIO_NORMAL, 0);
+            s.set_want(1, true, 0);
+            s.step(0);
+            // Tenant 1 runs alone; tenant 2 comes back (a pause shorter than the idle reset,
+            // so it keeps what it is owed).
+            let back = back_ms * 1_000_000;
+            s.step(back / 2);
+            s.set_want(2, true, back);
+            s.step(back);
+            if revoked {
+                assert_eq!(s.view(1), View::Revoked, "back after {back_ms} ms");
+                assert_eq!(s.view(2), View::Granted { bound: INFLIGHT });
+            } else {
+                assert_eq!(
+                    s.view(1),
+                    View::Granted { bound: INFLIGHT },
+                    "back after {back_ms} ms: within two of its slices, the holder keeps its turn"
+                );
+            }
+        }
     }
 
     #[test]

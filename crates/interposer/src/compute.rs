@@ -12,7 +12,13 @@
 //! One *gate thread* per process and GPU tells the arbiter when the process's work has drained
 //! (`IDLE`, after a short grace without launches) or, after a revoke, that it has (`RELEASE`).
 //! It waits for the work with `cuCtxSynchronize` in each context the process launched in, so a
-//! process blocked in `cuStreamSynchronize` on its own kernels counts as busy, not idle.
+//! process blocked in `cuStreamSynchronize` on its own kernels counts as busy, not idle; and a
+//! thread not yet back from such a wait when the work has drained (woken late by a loaded host)
+//! keeps it busy for a few milliseconds more, since it is about to launch again.
+//!
+//! What a holder keeps in flight is bounded by what the page allows and by the length of its
+//! kernels: a thread whose kernels are long (it waited 10 ms or more for one) keeps one in
+//! flight, so that whoever is next waits for one kernel, never for a queue of them.
 
 use gpuslice_compute::page::{self, PageReader, futex_wait, futex_wake};
 use gpuslice_compute::wire::{self, Msg};
@@ -27,13 +33,33 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::*
 use crate::real::call_real;
 use crate::tenant::{CONFIG_ERROR, tenant};
 
-/// A holder whose work has drained and that launched nothing for this long is idle.
+/// A holder whose work has drained and that launched nothing for this long is idle; while
+/// another tenant waits for the GPU, sooner, since the GPU idles until it is handed on.
 const GRACE_NS: u64 = 200_000;
-/// Uncontended, one launch in this many (per thread) is fenced, and at most
-/// `UNCONTENDED_FENCES` fences are outstanding per context: a tenant alone cannot queue so much
-/// that a newcomer waits long for it to drain.
-const UNCONTENDED_EVERY: u32 = 8;
+const GRACE_CONTENDED_NS: u64 = 50_000;
+/// A thread still inside a synchronize call (or waiting for a fence) after the work drained is
+/// a thread being woken to launch more, not an idle one: the process stays busy for this long
+/// at most after its work drained while such a thread has not returned. Wake-ups of a few
+/// milliseconds are common on a loaded machine, and a busy tenant declared idle by one loses
+/// its turn to a tenant that may then queue a whole non-preemptible kernel.
+const WAKE_GRACE_NS: u64 = 10_000_000;
+/// Uncontended, one launch in up to this many (per thread) is fenced, fewer the longer its
+/// kernels (a fence covers about `BOUND_UNIT_NS` of work), and at most `UNCONTENDED_FENCES`
+/// fences are outstanding per context: a tenant alone cannot queue so much that a newcomer
+/// waits long for it to drain, and short launches pay for a fence once in many.
+const UNCONTENDED_EVERY: u32 = 32;
+const GPU_BOUND_EVERY: u32 = 8;
 const UNCONTENDED_FENCES: usize = 2;
+/// A thread that waited this long for its oldest fence runs long work: it fences every launch
+/// and keeps one in flight, so that what a newcomer (or the next holder) waits for is one of
+/// its kernels, not a queue of them. The GPU loses only a launch's latency per long kernel.
+const LONG_WAIT_NS: u64 = 10_000_000;
+/// The page's bound counts kernels of about this length or longer: shorter ones may be kept
+/// in flight in proportion, so that a bound of one does not leave the GPU idle between
+/// 50 µs kernels while what the next holder waits for stays as short.
+const BOUND_UNIT_NS: u64 = 250_000;
+/// Fences a context may have in flight at most.
+const MAX_IN_FLIGHT: usize = 32;
 /// How long a waiter sleeps before checking that the arbiter is still there.
 const RECHECK_NS: u64 = 50_000_000;
 
@@ -69,7 +95,8 @@ pub struct Gate {
 
 #[derive(Default)]
 struct Fences {
-    inflight: VecDeque<CUevent>,
+    /// Each fence in flight, with the launches it covers.
+    inflight: VecDeque<(CUevent, u32)>,
     pool: Vec<CUevent>,
 }
 
@@ -87,8 +114,65 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 thread_local! {
     /// (generation, context, gate) of this thread's last launch.
     static CACHE: Cell<(u64, usize, *const Gate)> = const { Cell::new((0, 0, std::ptr::null())) };
-    /// Uncontended launches of this thread since its last fenced one.
-    static UNFENCED: Cell<u32> = const { Cell::new(0) };
+    /// Uncontended launches this thread may still make unfenced before its next fenced one,
+    /// and how many it made since its last fenced one.
+    static UNFENCED: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
+    /// This thread's last wait for a fence took at least `LONG_WAIT_NS`. A thread starts so,
+    /// until its first wait shows otherwise: a tenant alone must not queue a burst of long
+    /// kernels before it has seen how long they are.
+    static LONG: Cell<bool> = const { Cell::new(true) };
+    /// How long this thread's waits for its oldest fence take per launch the fence covers (a
+    /// moving average, ns): with its pipeline full, the GPU time of one of its launches.
+    static PER_LAUNCH: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Uncontended launches a thread may make unfenced after a fenced one. `keeping_up`: the GPU
+/// had finished everything this thread fenced before (the thread is launch-bound, its kernels
+/// shorter than its launches); otherwise at most `GPU_BOUND_EVERY`, so that a thread whose
+/// kernels grow long queues few before its next wait shows it.
+fn unfenced_run(keeping_up: bool) -> u32 {
+    if LONG.with(|l| l.get()) {
+        return 0;
+    }
+    let most = if keeping_up {
+        UNCONTENDED_EVERY
+    } else {
+        GPU_BOUND_EVERY
+    } as u64;
+    match PER_LAUNCH.with(|c| c.get()) {
+        0 => most as u32 - 1,
+        k => (BOUND_UNIT_NS / k).clamp(1, most) as u32 - 1,
+    }
+}
+
+/// How many fences a thread may keep in flight under the page's `bound`.
+fn in_flight_limit(bound: usize) -> usize {
+    if LONG.with(|l| l.get()) {
+        return 1;
+    }
+    match PER_LAUNCH.with(|c| c.get()) {
+        0 => bound,
+        k => bound
+            .max((bound as u64 * BOUND_UNIT_NS / k) as usize)
+            .min(MAX_IN_FLIGHT),
+    }
+}
+
+/// Threads of this process inside a synchronize call or waiting for one of its fences.
+static WAITING: AtomicU32 = AtomicU32::new(0);
+
+/// Counts the calling thread as waiting for its own work while `f` runs (see
+/// [`WAKE_GRACE_NS`]).
+pub fn waiting<R>(f: impl FnOnce() -> R) -> R {
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            WAITING.fetch_sub(1, SeqCst);
+        }
+    }
+    WAITING.fetch_add(1, SeqCst);
+    let _done = Done;
+    f()
 }
 
 pub fn after_fork() {
@@ -221,31 +305,47 @@ fn new_event() -> Option<CUevent> {
 }
 
 impl Fences {
-    fn reap(&mut self) {
-        while let Some(&ev) = self.inflight.front() {
+    /// Recycles the fences that have passed; whether all of them had, and some were there.
+    fn reap(&mut self) -> bool {
+        let mut passed = false;
+        while let Some(&(ev, _)) = self.inflight.front() {
             let r = call_real!(CUDA, cuEventQuery: unsafe extern "C" fn(CUevent) -> CUresult, ev);
             if r == CUDA_ERROR_NOT_READY {
-                break;
+                return false;
             }
             self.inflight.pop_front();
             self.pool.push(ev);
+            passed = true;
         }
+        passed
     }
 
+    /// Waits for the oldest fence, and learns from how long that took.
     fn wait_oldest(&mut self) {
-        if let Some(ev) = self.inflight.pop_front() {
-            call_real!(CUDA, cuEventSynchronize: unsafe extern "C" fn(CUevent) -> CUresult, ev);
-            self.pool.push(ev);
-        }
+        let Some((ev, covers)) = self.inflight.pop_front() else {
+            return;
+        };
+        let t0 = monotonic_ns();
+        waiting(
+            || call_real!(CUDA, cuEventSynchronize: unsafe extern "C" fn(CUevent) -> CUresult, ev),
+        );
+        self.pool.push(ev);
+        let took = monotonic_ns().saturating_sub(t0);
+        let each = took / covers.max(1) as u64;
+        LONG.with(|l| l.set(each >= LONG_WAIT_NS));
+        PER_LAUNCH.with(|c| {
+            let k = c.get();
+            c.set(if k == 0 { each } else { (3 * k + each) / 4 }.max(1));
+        });
     }
 
-    fn fence(&mut self, stream: CUstream) {
+    fn fence(&mut self, stream: CUstream, covers: u32) {
         let Some(ev) = self.pool.pop().or_else(new_event) else {
             return;
         };
         let r = call_real!(CUDA, cuEventRecord: unsafe extern "C" fn(CUevent, CUstream) -> CUresult, ev, stream);
         if r == CUDA_SUCCESS {
-            self.inflight.push_back(ev);
+            self.inflight.push_back((ev, covers));
         } else {
             // A capturing stream: the launch became a graph node and runs nothing now.
             self.pool.push(ev);
@@ -338,18 +438,26 @@ impl Gate {
                     continue;
                 }
                 let q = f.entry(ctx).or_default();
-                q.reap();
-                if q.inflight.len() >= bound {
+                // Work that was done before we came back for more is short.
+                let keeping_up = q.reap();
+                if keeping_up {
+                    LONG.with(|l| l.set(false));
+                }
+                if q.inflight.len() >= in_flight_limit(bound) {
                     // Wait for our oldest work, then look at the grant again: it may have moved.
                     q.wait_oldest();
                     continue;
                 }
                 let r = launch();
+                // What this fence covers: this launch and the unfenced ones before it.
+                let covers = 1 + UNFENCED.with(|c| c.get().1);
                 if r == CUDA_SUCCESS {
                     for &s in streams {
-                        q.fence(s);
+                        q.fence(s, covers);
                     }
                 }
+                // Long work is fenced launch by launch; short work amortises its fences.
+                UNFENCED.with(|c| c.set((unfenced_run(keeping_up), 0)));
                 return Ok(r);
             }
             futex_wait(&p.seq, seq, RECHECK_NS);
@@ -390,6 +498,8 @@ impl Gate {
     fn gate_thread(&'static self, generation: u64) {
         let p = self.page.page();
         let mut released_epoch = 0u32;
+        // When the work was last seen drained with no launch since.
+        let mut drained_since: Option<u64> = None;
         while GENERATION.load(SeqCst) == generation {
             if self.arbiter_gone() {
                 self.act.store(ACT_DEAD, SeqCst);
@@ -421,17 +531,32 @@ impl Gate {
                     futex_wait(&p.seq, seq, 1_000_000);
                 }
                 page::GRANTED => {
-                    let _ = self
+                    if self
                         .act
-                        .compare_exchange(ACT_TOUCHED, ACT_CLEAN, SeqCst, SeqCst);
+                        .compare_exchange(ACT_TOUCHED, ACT_CLEAN, SeqCst, SeqCst)
+                        .is_ok()
+                    {
+                        drained_since = None;
+                    }
                     self.sync_all();
                     if self.act.load(SeqCst) != ACT_CLEAN || p.seq.load(SeqCst) != seq {
                         continue;
                     }
                     // Drained: idle if nothing is launched for a grace period (a revoke ends
-                    // the wait early).
-                    futex_wait(&p.seq, seq, GRACE_NS);
+                    // the wait early)...
+                    let grace = if page::bound(w) == 0 {
+                        GRACE_NS
+                    } else {
+                        GRACE_CONTENDED_NS
+                    };
+                    futex_wait(&p.seq, seq, grace);
                     if p.seq.load(SeqCst) != seq {
+                        continue;
+                    }
+                    // ...and no thread is still on its way back from waiting for this work.
+                    let now = monotonic_ns();
+                    let since = *drained_since.get_or_insert(now);
+                    if WAITING.load(SeqCst) > 0 && now - since < WAKE_GRACE_NS {
                         continue;
                     }
                     let _m = self.msg.lock().unwrap_or_else(|e| e.into_inner());
@@ -474,12 +599,14 @@ fn gate(streams: &[CUstream], unit: bool, launch: impl FnOnce() -> CUresult) -> 
     let w = g.page.page().word.load(Acquire);
     if !unit && w & 0xffff == page::GRANTED && g.act.load(Relaxed) == ACT_TOUCHED {
         // Granted, unbounded (nobody else wants the GPU), and the arbiter knows we are busy.
-        let n = UNFENCED.with(|c| {
-            let n = c.get() + 1;
-            c.set(if n >= UNCONTENDED_EVERY { 0 } else { n });
-            n
+        let go = UNFENCED.with(|c| {
+            let (left, made) = c.get();
+            if left > 0 {
+                c.set((left - 1, made + 1));
+            }
+            left > 0
         });
-        if n < UNCONTENDED_EVERY {
+        if go {
             return launch();
         }
     }

@@ -5,7 +5,7 @@
 use gpuslice_cuda_abi::driver::*;
 use std::ffi::{c_int, c_uint, c_void};
 
-use crate::compute::{governed, governed_unit};
+use crate::compute::{governed, governed_unit, waiting};
 use crate::real::call_real;
 use crate::tenant::guard;
 
@@ -163,4 +163,31 @@ pub unsafe extern "C" fn cuLaunchGridAsync(
             || call_real!(CUDA, cuLaunchGridAsync: unsafe extern "C" fn(CUfunction, c_int, c_int, CUstream) -> CUresult, f, w, h, stream),
         )
     })
+}
+
+// Synchronizations: passed straight through, counted as a thread waiting for its own work so
+// that the gate does not take a thread being woken by the end of that work for an idle
+// process (`compute::waiting`).
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
+    waiting(|| call_real!(CUDA, cuCtxSynchronize: unsafe extern "C" fn() -> CUresult))
+}
+
+macro_rules! stream_sync {
+    ($name:ident) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(stream: CUstream) -> CUresult {
+            waiting(|| call_real!(CUDA, $name: unsafe extern "C" fn(CUstream) -> CUresult, stream))
+        }
+    };
+}
+stream_sync!(cuStreamSynchronize);
+stream_sync!(cuStreamSynchronize_ptsz);
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuEventSynchronize(event: CUevent) -> CUresult {
+    waiting(
+        || call_real!(CUDA, cuEventSynchronize: unsafe extern "C" fn(CUevent) -> CUresult, event),
+    )
 }

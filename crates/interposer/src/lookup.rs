@@ -51,6 +51,7 @@ hooks! {
     launch::cuLaunchKernel, launch::cuLaunchKernel_ptsz, launch::cuLaunchKernelEx, launch::cuLaunchKernelEx_ptsz,
     launch::cuLaunchCooperativeKernel, launch::cuLaunchCooperativeKernel_ptsz, launch::cuLaunchCooperativeKernelMultiDevice,
     launch::cuGraphLaunch, launch::cuGraphLaunch_ptsz,
+    launch::cuCtxSynchronize, launch::cuStreamSynchronize, launch::cuStreamSynchronize_ptsz, launch::cuEventSynchronize,
     nvml::nvmlDeviceGetMemoryInfo, nvml::nvmlDeviceGetMemoryInfo_v2,
     nvml::nvmlDeviceGetComputeRunningProcesses, nvml::nvmlDeviceGetComputeRunningProcesses_v2, nvml::nvmlDeviceGetComputeRunningProcesses_v3, nvml::nvmlDeviceGetGraphicsRunningProcesses, nvml::nvmlDeviceGetGraphicsRunningProcesses_v2, nvml::nvmlDeviceGetGraphicsRunningProcesses_v3, nvml::nvmlDeviceGetMPSComputeRunningProcesses, nvml::nvmlDeviceGetMPSComputeRunningProcesses_v2, nvml::nvmlDeviceGetMPSComputeRunningProcesses_v3, nvml::nvmlDeviceGetProcessUtilization, nvml::nvmlDeviceGetProcessesUtilizationInfo, nvml::nvmlDeviceGetRunningProcessDetailList,
 }

@@ -1,16 +1,11 @@
-/* Real program shapes for the compute-share tests, linked against libcuda.so.1 the ordinary
- * way. `busy` kernels occupy the (simulated) GPU for as many microseconds as their argument.
+/* Program shapes for the compute fault and priority tests, linked against libcuda.so.1 the
+ * ordinary way. `busy` kernels occupy the (simulated) GPU for as many microseconds as their
+ * argument. (The shares across workload shapes are the matrix of `gpuslice bench isolation`.)
  *
  *   shapes SECONDS train N US       N launches of US µs, then cuStreamSynchronize; repeat
- *   shapes SECONDS threads T US     T threads, each its own stream: 4 launches, sync; repeat
- *   shapes SECONDS contexts C US    C contexts in one thread: 2 launches in each, then sync each
- *   shapes SECONDS graph NODES US   a captured graph of NODES kernels, launched and synced
- *   shapes SECONDS procs P US       P processes (forked before CUDA), each: 4 launches, sync
- *   shapes SECONDS flood US         launches without ever synchronising (until the end)
  *   shapes SECONDS idle P US        P processes that launch one kernel, then sleep SECONDS
  *
  * Prints {"launches":N,"errors":E,"pid":P} per process. */
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,11 +14,10 @@
 #include <unistd.h>
 
 typedef int CUresult;
-typedef void *CUcontext, *CUmodule, *CUfunction, *CUstream, *CUgraph, *CUgraphExec;
+typedef void *CUcontext, *CUmodule, *CUfunction, *CUstream;
 CUresult cuInit(unsigned int);
 CUresult cuDevicePrimaryCtxRetain(CUcontext *, int);
 CUresult cuCtxSetCurrent(CUcontext);
-CUresult cuCtxCreate_v2(CUcontext *, unsigned int, int);
 CUresult cuModuleLoadData(CUmodule *, const void *);
 CUresult cuModuleGetFunction(CUfunction *, CUmodule, const char *);
 CUresult cuStreamCreate(CUstream *, unsigned int);
@@ -31,10 +25,6 @@ CUresult cuStreamSynchronize(CUstream);
 CUresult cuCtxSynchronize(void);
 CUresult cuLaunchKernel(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
                         unsigned, CUstream, void **, void **);
-CUresult cuStreamBeginCapture_v2(CUstream, int);
-CUresult cuStreamEndCapture(CUstream, CUgraph *);
-CUresult cuGraphInstantiateWithFlags(CUgraphExec *, CUgraph, unsigned long long);
-CUresult cuGraphLaunch(CUgraphExec, CUstream);
 
 static double secs;
 static unsigned long long us;
@@ -82,21 +72,6 @@ static void train(int n) {
     }
 }
 
-static CUcontext shared_ctx;
-static void *thread_main(void *arg) {
-    (void)arg;
-    cuCtxSetCurrent(shared_ctx);
-    CUfunction f = busy();
-    CUstream s;
-    cuStreamCreate(&s, 0);
-    double end = now() + secs;
-    while (now() < end) {
-        for (int i = 0; i < 4; i++) launch(f, s);
-        cuStreamSynchronize(s);
-    }
-    return NULL;
-}
-
 static void report(void) {
     printf("{\"launches\":%ld,\"errors\":%ld,\"pid\":%d}\n", launches, errors, getpid());
     fflush(stdout);
@@ -108,59 +83,13 @@ int main(int argc, char **argv) {
     const char *shape = argv[2];
     int n = atoi(argv[3]);
     us = strtoull(argv[4], NULL, 10);
-    if (!strcmp(shape, "procs") || !strcmp(shape, "idle")) {
+    if (!strcmp(shape, "idle")) {
         for (int i = 1; i < n; i++)
             if (fork() == 0) break;
     }
     if (cuInit(0) != 0) { printf("{\"error\":\"cuInit\"}\n"); return 1; }
     if (!strcmp(shape, "train")) {
         train(n);
-    } else if (!strcmp(shape, "procs")) {
-        train(4);
-    } else if (!strcmp(shape, "threads")) {
-        shared_ctx = primary();
-        pthread_t t[64];
-        if (n > 64) n = 64;
-        for (int i = 0; i < n; i++) pthread_create(&t[i], NULL, thread_main, NULL);
-        for (int i = 0; i < n; i++) pthread_join(t[i], NULL);
-    } else if (!strcmp(shape, "contexts")) {
-        CUcontext c[16];
-        CUfunction f[16];
-        if (n > 16) n = 16;
-        for (int i = 0; i < n; i++) {
-            cuCtxCreate_v2(&c[i], 0, 0);
-            cuCtxSetCurrent(c[i]);
-            f[i] = busy();
-        }
-        double end = now() + secs;
-        while (now() < end) {
-            for (int i = 0; i < n; i++) {
-                cuCtxSetCurrent(c[i]);
-                launch(f[i], NULL);
-                launch(f[i], NULL);
-            }
-            for (int i = 0; i < n; i++) {
-                cuCtxSetCurrent(c[i]);
-                cuCtxSynchronize();
-            }
-        }
-    } else if (!strcmp(shape, "graph")) {
-        primary();
-        CUfunction f = busy();
-        CUstream s;
-        cuStreamCreate(&s, 0);
-        CUgraph g;
-        CUgraphExec e;
-        cuStreamBeginCapture_v2(s, 0);
-        for (int i = 0; i < n; i++) launch(f, s);
-        cuStreamEndCapture(s, &g);
-        cuGraphInstantiateWithFlags(&e, g, 0);
-        launches = 0;
-        double end = now() + secs;
-        while (now() < end) {
-            if (cuGraphLaunch(e, s) != 0) errors++; else launches++;
-            cuStreamSynchronize(s);
-        }
     } else if (!strcmp(shape, "idle")) {
         primary();
         CUfunction f = busy();
@@ -169,18 +98,10 @@ int main(int argc, char **argv) {
         printf("{\"ready\":%d}\n", getpid());
         fflush(stdout);
         usleep((useconds_t)(secs * 1e6));
-    } else if (!strcmp(shape, "flood")) {
-        primary();
-        CUfunction f = busy();
-        CUstream s;
-        cuStreamCreate(&s, 0);
-        double end = now() + secs;
-        while (now() < end) launch(f, s);
-        cuStreamSynchronize(s);
     } else {
         return 2;
     }
     report();
-    if (!strcmp(shape, "procs") || !strcmp(shape, "idle")) while (wait(NULL) > 0) {}
+    if (!strcmp(shape, "idle")) while (wait(NULL) > 0) {}
     return 0;
 }
