@@ -60,6 +60,8 @@ const LONG_WAIT_NS: u64 = 10_000_000;
 const BOUND_UNIT_NS: u64 = 250_000;
 /// Fences a context may have in flight at most.
 const MAX_IN_FLIGHT: usize = 32;
+/// How often the gate thread looks again at a process that keeps launching.
+const BUSY_RECHECK_NS: u64 = 100_000;
 /// How long a waiter sleeps before checking that the arbiter is still there.
 const RECHECK_NS: u64 = 50_000_000;
 
@@ -538,8 +540,19 @@ impl Gate {
                     {
                         drained_since = None;
                     }
+                    let t0 = monotonic_ns();
                     self.sync_all();
-                    if self.act.load(SeqCst) != ACT_CLEAN || p.seq.load(SeqCst) != seq {
+                    if p.seq.load(SeqCst) != seq {
+                        continue;
+                    }
+                    if self.act.load(SeqCst) != ACT_CLEAN {
+                        // Launched meanwhile. If there was hardly anything to wait for, look
+                        // again a little later (a grant change wakes us at once): looking again
+                        // at once would spin on short work, taking the launchers' fast path
+                        // from them at every look.
+                        if monotonic_ns() - t0 < BUSY_RECHECK_NS {
+                            futex_wait(&p.seq, seq, BUSY_RECHECK_NS);
+                        }
                         continue;
                     }
                     // Drained: idle if nothing is launched for a grace period (a revoke ends
@@ -597,7 +610,18 @@ fn gate(streams: &[CUstream], unit: bool, launch: impl FnOnce() -> CUresult) -> 
         Err(e) => return e,
     };
     let w = g.page.page().word.load(Acquire);
-    if !unit && w & 0xffff == page::GRANTED && g.act.load(Relaxed) == ACT_TOUCHED {
+    if !unit
+        && w & 0xffff == page::GRANTED
+        && match g.act.load(Relaxed) {
+            ACT_TOUCHED => true,
+            // The gate thread looked since our last launch: tell it we launched again.
+            ACT_CLEAN => g
+                .act
+                .compare_exchange(ACT_CLEAN, ACT_TOUCHED, SeqCst, Relaxed)
+                .is_ok(),
+            _ => false,
+        }
+    {
         // Granted, unbounded (nobody else wants the GPU), and the arbiter knows we are busy.
         let go = UNFENCED.with(|c| {
             let (left, made) = c.get();
