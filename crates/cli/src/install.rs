@@ -63,12 +63,28 @@ impl Install {
             }
             for name in names {
                 let link = dir.join(name);
-                let _ = std::fs::remove_file(&link);
-                std::os::unix::fs::symlink(&target, &link)
+                if std::fs::read_link(&link).is_ok_and(|t| t == target) {
+                    continue;
+                }
+                // Made aside and renamed over: another process may be using the directory.
+                let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+                let _ = std::fs::remove_file(&tmp);
+                std::os::unix::fs::symlink(&target, &tmp)
+                    .and_then(|()| std::fs::rename(&tmp, &link))
                     .map_err(|e| format!("{}: {e}", link.display()))?;
             }
         }
         Ok(())
+    }
+
+    /// The library directory `gpuslice run --sim` tenants load the simulated GPU from: one per
+    /// install under the state directory, made once and shared (not made and removed on every
+    /// start).
+    pub fn sim_lib_dir(&self) -> PathBuf {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.lib_dir.hash(&mut h);
+        state_dir().join(format!("sim-lib-{:016x}", h.finish()))
     }
 
     pub fn probe(&self) -> PathBuf {

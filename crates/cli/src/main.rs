@@ -11,6 +11,7 @@ mod node;
 mod run;
 mod scheduler;
 mod simulate;
+mod spawn;
 mod top;
 mod watchdog;
 

@@ -8,7 +8,7 @@ use gpuslice_core::{ByteSize, DeviceList, TenantLimits};
 use gpuslice_ledger::{ComputeSpec, Ledger, TenantSpec};
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::install::{Install, prepend, state_dir};
@@ -154,6 +154,18 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let dir = TenantDir(dir);
     let ledger_path = dir.0.join("ledger");
+    // The simulated GPU's libraries, then NVML for the watchdog, on their own thread while the
+    // tenant is set up below.
+    let lib = install.sim_lib_dir();
+    let wants_nvml = args.watchdog != crate::watchdog::Mode::Off;
+    let sim = args.sim;
+    let (lib2, install2) = (lib.clone(), install.clone());
+    let loading = std::thread::spawn(move || -> Result<Option<Result<_, String>>, String> {
+        if sim {
+            install2.link_simulator(&lib2)?;
+        }
+        Ok(wants_nvml.then(|| crate::watchdog::Driver::load(sim.then_some(lib2.as_path()))))
+    });
     let chosen = match &args.devices {
         Some(devs) => gpu_uuids(&install, args.sim, devs)?,
         None => Vec::new(),
@@ -195,45 +207,39 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
     )
     .map_err(|e| format!("cannot serve the tenant's limits: {e}"))?;
 
-    let mut cmd = Command::new(&args.command[0]);
-    cmd.args(&args.command[1..])
-        .env("LD_PRELOAD", prepend("LD_PRELOAD", &install.interposer()))
-        .env("GPUSLICE_TENANT", &name);
+    let mut env: Vec<(&str, OsString)> = vec![
+        ("LD_PRELOAD", prepend("LD_PRELOAD", &install.interposer())),
+        ("GPUSLICE_TENANT", OsString::from(&name)),
+    ];
     if args.sim {
-        let lib = dir.0.join("lib");
-        install.link_simulator(&lib)?;
-        cmd.env("LD_LIBRARY_PATH", prepend("LD_LIBRARY_PATH", &lib));
+        env.push(("LD_LIBRARY_PATH", prepend("LD_LIBRARY_PATH", &lib)));
     }
     if !chosen.is_empty() {
         let names: Vec<&str> = chosen.iter().map(|(_, n)| n.as_str()).collect();
-        cmd.env("CUDA_VISIBLE_DEVICES", names.join(","))
-            .env("NVIDIA_VISIBLE_DEVICES", names.join(","));
+        env.push(("CUDA_VISIBLE_DEVICES", names.join(",").into()));
+        env.push(("NVIDIA_VISIBLE_DEVICES", names.join(",").into()));
     }
 
-    let watchdog = crate::watchdog::Watchdog::prepare(&args, &dir.0, &ledger_path)?;
-    // The command never outlives its supervisor: without it, nobody reaps dead processes' memory.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    let driver = loading
+        .join()
+        .map_err(|_| "loading the driver's libraries failed".to_string())??;
+    let watchdog = crate::watchdog::Watchdog::prepare(&args, &dir.0, &ledger_path, driver)?;
     // The terminal sends SIGINT/SIGQUIT to the whole foreground group; the rest is forwarded.
+    // (The command gets every signal's default back: `spawn`.)
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    let child = cmd
-        .spawn()
+    // The command never outlives its supervisor (`spawn`).
+    let child = crate::spawn::spawn(&args.command[0], &args.command[1..], &env)
         .map_err(|e| format!("cannot start {}: {e}", args.command[0].to_string_lossy()))?;
-    CHILD.store(child.id() as i32, Ordering::SeqCst);
-    let _watchdog = crate::watchdog::start(watchdog, child.id());
+    CHILD.store(child as i32, Ordering::SeqCst);
+    let _watchdog = crate::watchdog::start(watchdog, child);
     for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
         unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
     }
 
-    wait_for(child.id() as libc::pid_t)
+    wait_for(child as libc::pid_t)
 }
 
 /// Waits for the command, reaping on the way any orphaned process of the tenant that was

@@ -47,12 +47,39 @@ pub struct Watchdog {
     log: PathBuf,
 }
 
+/// NVML and its GPUs, loaded for the watchdog (on its own thread while `gpuslice run` sets up
+/// the tenant: loading NVML is the slowest step of a start).
+pub struct Driver {
+    nvml: gpuslice_nvml::Nvml,
+    gpus: Vec<(u32, String)>,
+}
+
+impl Driver {
+    /// Loads NVML: the simulated GPU's from `sim_lib` if given, else the system's.
+    pub fn load(sim_lib: Option<&Path>) -> Result<Driver, String> {
+        let nvml = match sim_lib {
+            Some(lib) => gpuslice_nvml::Nvml::from_path(&lib.join("libnvidia-ml.so.1")),
+            None => gpuslice_nvml::Nvml::system(),
+        }
+        .map_err(|e| format!("cannot start the watchdog: {e}; `--watchdog off` runs without it"))?;
+        let gpus = nvml
+            .gpus()
+            .map_err(|e| format!("cannot start the watchdog: {e}"))?
+            .into_iter()
+            .map(|g| (g.index, g.uuid))
+            .collect();
+        Ok(Driver { nvml, gpus })
+    }
+}
+
 impl Watchdog {
-    /// Called before the command starts. `None` with `--watchdog off`.
+    /// Called before the command starts, with what `Driver::load` gave (`None` with
+    /// `--watchdog off`).
     pub fn prepare(
         args: &crate::run::RunArgs,
         tenant_dir: &Path,
         ledger_path: &Path,
+        driver: Option<Result<Driver, String>>,
     ) -> Result<Option<Watchdog>, String> {
         let action = match args.watchdog {
             Mode::Off => return Ok(None),
@@ -66,18 +93,7 @@ impl Watchdog {
                 std::io::Error::last_os_error()
             ));
         }
-        let nvml = if args.sim {
-            gpuslice_nvml::Nvml::from_path(&tenant_dir.join("lib/libnvidia-ml.so.1"))
-        } else {
-            gpuslice_nvml::Nvml::system()
-        }
-        .map_err(|e| format!("cannot start the watchdog: {e}; `--watchdog off` runs without it"))?;
-        let gpus = nvml
-            .gpus()
-            .map_err(|e| format!("cannot start the watchdog: {e}"))?
-            .into_iter()
-            .map(|g| (g.index, g.uuid))
-            .collect();
+        let Driver { nvml, gpus } = driver.ok_or("the watchdog's driver was not loaded")??;
         let ledger = Ledger::open(ledger_path).map_err(|e| e.to_string())?;
         // Read now, before any tenant process can touch the ledger.
         let spec = ledger.spec();
