@@ -234,3 +234,48 @@ fn devices_fill_the_allow_list() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("there is no GPU 2"));
 }
+
+/// The supervisor ignores SIGINT and SIGQUIT (the terminal sends them to the whole foreground
+/// group), but the command must not inherit that: Ctrl-C has to stop it. It is also started
+/// with its exit status passed through, and a command that cannot be started is named.
+#[test]
+fn the_command_gets_default_signals_and_its_own_exit_status() {
+    let m = Machine::new("signals");
+    let out = m
+        .tenant(
+            "sig",
+            "1GiB",
+            &["sh", "-c", "grep SigIgn /proc/self/status; exit 7"],
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ignored = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .unwrap_or_else(|| panic!("no SigIgn line: {text}"));
+    assert_eq!(
+        ignored & 0b110,
+        0,
+        "SIGINT/SIGQUIT ignored in the command: {text}"
+    );
+    assert_eq!(out.status.code(), Some(7));
+    // Interrupted, the command dies of SIGINT, and so does `run`'s status say.
+    let mut c = m
+        .tenant("sig2", "1GiB", &["sh", "-c", "kill -INT $$; sleep 5"])
+        .spawn()
+        .unwrap();
+    let st = c.wait().unwrap();
+    assert_eq!(st.code(), Some(128 + 2), "{st}");
+    let out = m
+        .tenant("sig3", "1GiB", &["no-such-command-anywhere"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-such-command-anywhere"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
