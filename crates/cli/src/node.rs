@@ -52,11 +52,11 @@ pub struct Args {
 pub fn main(a: Args) -> i32 {
     crate::init_logging();
     // Bad input is reported before anything else is looked for.
-    if let Some(p) = &a.config {
-        if let Err(e) = gpuslice_node::config::NodeConfig::load(p) {
-            eprintln!("gpuslice node: --config {}: {e}", p.display());
-            return 2;
-        }
+    if let Some(p) = &a.config
+        && let Err(e) = gpuslice_node::config::NodeConfig::load(p)
+    {
+        eprintln!("gpuslice node: --config {}: {e}", p.display());
+        return 2;
     }
     if let Err(e) = gpuslice_node::podres::check_socket_path(&a.pod_resources_socket) {
         eprintln!("gpuslice node: --pod-resources-socket: {e}");

@@ -318,9 +318,9 @@ impl fmt::Display for ByteSize {
             if b >= unit {
                 let hundredths = b as u128 * 100 / unit as u128;
                 if hundredths * unit as u128 == b as u128 * 100 {
-                    return if hundredths % 100 == 0 {
+                    return if hundredths.is_multiple_of(100) {
                         write!(f, "{}{name}", hundredths / 100)
-                    } else if hundredths % 10 == 0 {
+                    } else if hundredths.is_multiple_of(10) {
                         write!(f, "{}.{}{name}", hundredths / 100, (hundredths % 100) / 10)
                     } else {
                         write!(f, "{}.{:02}{name}", hundredths / 100, hundredths % 100)

@@ -103,11 +103,11 @@ impl Book {
     pub fn free_with(&self, t: &Tenant, key: Key, call: impl FnOnce() -> CUresult) -> CUresult {
         let mut recs = self.recs.lock().unwrap();
         let r = call();
-        if r == CUDA_SUCCESS {
-            if let Some(o) = recs.remove(&key) {
-                t.release(o.dev, o.bytes);
-                self.unshare(t, key);
-            }
+        if r == CUDA_SUCCESS
+            && let Some(o) = recs.remove(&key)
+        {
+            t.release(o.dev, o.bytes);
+            self.unshare(t, key);
         }
         r
     }
@@ -160,13 +160,14 @@ impl Book {
 impl Vmm {
     /// Gives the physical allocation's charge back once nothing keeps it alive.
     fn settle(&mut self, t: &Tenant, h: u64) {
-        if let Some(p) = self.phys.get(&h) {
-            if p.refs == 0 && p.maps == 0 {
-                t.release(p.dev, p.bytes);
-                self.phys.remove(&h);
-                if let Some(hold) = self.shares.remove(&h) {
-                    hold.release(t);
-                }
+        if let Some(p) = self.phys.get(&h)
+            && p.refs == 0
+            && p.maps == 0
+        {
+            t.release(p.dev, p.bytes);
+            self.phys.remove(&h);
+            if let Some(hold) = self.shares.remove(&h) {
+                hold.release(t);
             }
         }
     }

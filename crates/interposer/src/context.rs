@@ -193,10 +193,11 @@ fn primary_released(dev: CUdevice, reset: bool, call: impl FnOnce() -> CUresult)
         let was = *n;
         // While the context lives its charge stays, whatever our count says.
         *n = if ended { 0 } else { n.saturating_sub(1).max(1) };
-        if was > 0 && *n == 0 {
-            if let Ok(d) = t.dev(dev) {
-                t.release(d, t.ledger.context_overhead());
-            }
+        if was > 0
+            && *n == 0
+            && let Ok(d) = t.dev(dev)
+        {
+            t.release(d, t.ledger.context_overhead());
         }
     }
     drop(refs);

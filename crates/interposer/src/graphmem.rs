@@ -285,10 +285,10 @@ pub unsafe extern "C" fn cuGraphInstantiateWithParams_ptsz(
 
 /// An updated executable allocates what its new graph's allocation nodes say.
 fn updated(exec: CUgraphExec, graph: CUgraph, r: CUresult) -> CUresult {
-    if r == CUDA_SUCCESS {
-        if let (Ok(t), Ok(need)) = (crate::tenant::tenant(), alloc_bytes(graph)) {
-            set_need(t, exec as usize, need);
-        }
+    if r == CUDA_SUCCESS
+        && let (Ok(t), Ok(need)) = (crate::tenant::tenant(), alloc_bytes(graph))
+    {
+        set_need(t, exec as usize, need);
     }
     r
 }
@@ -329,11 +329,11 @@ pub unsafe extern "C" fn cuGraphExecUpdate_v2(
 pub unsafe extern "C" fn cuGraphExecDestroy(exec: CUgraphExec) -> CUresult {
     guard(|| {
         let r = call_real!(CUDA, cuGraphExecDestroy: unsafe extern "C" fn(CUgraphExec) -> CUresult, exec);
-        if r == CUDA_SUCCESS {
-            if let Ok(t) = crate::tenant::tenant() {
-                t.book.execs.lock().unwrap().remove(&(exec as usize));
-                reconcile(t);
-            }
+        if r == CUDA_SUCCESS
+            && let Ok(t) = crate::tenant::tenant()
+        {
+            t.book.execs.lock().unwrap().remove(&(exec as usize));
+            reconcile(t);
         }
         r
     })
@@ -344,10 +344,10 @@ pub unsafe extern "C" fn cuDeviceGraphMemTrim(dev: CUdevice) -> CUresult {
     guard(|| {
         let r =
             call_real!(CUDA, cuDeviceGraphMemTrim: unsafe extern "C" fn(CUdevice) -> CUresult, dev);
-        if r == CUDA_SUCCESS {
-            if let Ok(t) = crate::tenant::tenant() {
-                reconcile(t);
-            }
+        if r == CUDA_SUCCESS
+            && let Ok(t) = crate::tenant::tenant()
+        {
+            reconcile(t);
         }
         r
     })

@@ -170,14 +170,14 @@ pub unsafe extern "C" fn gpuslice_dlsym_hook(
 ) -> *mut c_void {
     if !symbol.is_null() {
         let name = unsafe { CStr::from_ptr(symbol) }.to_bytes();
-        if name.starts_with(b"cu") || name.starts_with(b"nvml") {
-            if let Some(h) = hook_for(name) {
-                trace(format_args!(
-                    "dlsym {} hooked",
-                    String::from_utf8_lossy(name)
-                ));
-                return h;
-            }
+        if (name.starts_with(b"cu") || name.starts_with(b"nvml"))
+            && let Some(h) = hook_for(name)
+        {
+            trace(format_args!(
+                "dlsym {} hooked",
+                String::from_utf8_lossy(name)
+            ));
+            return h;
         }
     }
     unsafe { real_dlsym()(handle, symbol) }

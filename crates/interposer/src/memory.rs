@@ -680,10 +680,10 @@ pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(
 }
 
 fn after_pool_change(r: CUresult) -> CUresult {
-    if r == CUDA_SUCCESS {
-        if let Ok(t) = crate::tenant::tenant() {
-            reconcile_pools(t);
-        }
+    if r == CUDA_SUCCESS
+        && let Ok(t) = crate::tenant::tenant()
+    {
+        reconcile_pools(t);
     }
     r
 }
@@ -737,16 +737,14 @@ pub unsafe extern "C" fn cuMemPoolCreate(
 pub unsafe extern "C" fn cuMemPoolDestroy(pool: CUmemoryPool) -> CUresult {
     guard(|| {
         let r = call_real!(CUDA, cuMemPoolDestroy: unsafe extern "C" fn(CUmemoryPool) -> CUresult, pool);
-        if r == CUDA_SUCCESS {
-            if let Ok(t) = crate::tenant::tenant() {
-                if let Some(PoolCharge {
-                    dev: Some(dev),
-                    charged,
-                }) = t.pools.lock().unwrap().remove(&(pool as usize))
-                {
-                    t.release(dev, charged);
-                }
-            }
+        if r == CUDA_SUCCESS
+            && let Ok(t) = crate::tenant::tenant()
+            && let Some(PoolCharge {
+                dev: Some(dev),
+                charged,
+            }) = t.pools.lock().unwrap().remove(&(pool as usize))
+        {
+            t.release(dev, charged);
         }
         r
     })

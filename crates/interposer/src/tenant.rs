@@ -197,13 +197,13 @@ impl Tenant {
         let d = self.ledger.device_for(uuid)?;
         if !self.outer.is_empty() {
             let mut m = self.outer_devs.lock().unwrap_or_else(|e| e.into_inner());
-            if !m.contains_key(&d.0) {
+            if let std::collections::hash_map::Entry::Vacant(e) = m.entry(d.0) {
                 let devs = self
                     .outer
                     .iter()
                     .map(|o| o.ledger.device_for(uuid))
                     .collect::<Result<Vec<_>, _>>()?;
-                m.insert(d.0, devs);
+                e.insert(devs);
             }
         }
         Ok(d)

@@ -526,7 +526,7 @@ fn apply_mig(
             nodes.push(n.to_string());
         }
     }
-    respond(cfg, paths, a, store, &who, &env, &[], &nodes)
+    respond(cfg, paths, a, store, who, &env, &[], &nodes)
 }
 
 /// The kubelet response and the CDI device for one container, from the same environment, mounts

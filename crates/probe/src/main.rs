@@ -322,11 +322,13 @@ impl Probe {
                         check((a.stream_create)(&mut self.stream, 0), "cuStreamCreate");
                     }
                     if path == "pool" && self.pool.is_null() {
-                        let mut props = CUmemPoolProps::default();
-                        props.allocType = 1; // CU_MEM_ALLOCATION_TYPE_PINNED
-                        props.location = CUmemLocation {
-                            type_: CU_MEM_LOCATION_TYPE_DEVICE,
-                            id: self.dev,
+                        let props = CUmemPoolProps {
+                            allocType: 1, // CU_MEM_ALLOCATION_TYPE_PINNED
+                            location: CUmemLocation {
+                                type_: CU_MEM_LOCATION_TYPE_DEVICE,
+                                id: self.dev,
+                            },
+                            ..Default::default()
                         };
                         check((a.pool_create)(&mut self.pool, &props), "cuMemPoolCreate");
                     }
@@ -341,11 +343,13 @@ impl Probe {
                     r
                 }
                 "vmm" => {
-                    let mut prop = CUmemAllocationProp::default();
-                    prop.type_ = 1; // CU_MEM_ALLOCATION_TYPE_PINNED
-                    prop.location = CUmemLocation {
-                        type_: CU_MEM_LOCATION_TYPE_DEVICE,
-                        id: self.dev,
+                    let prop = CUmemAllocationProp {
+                        type_: 1, // CU_MEM_ALLOCATION_TYPE_PINNED
+                        location: CUmemLocation {
+                            type_: CU_MEM_LOCATION_TYPE_DEVICE,
+                            id: self.dev,
+                        },
+                        ..Default::default()
                     };
                     let mut h = 0;
                     let r = (a.mem_create)(&mut h, bytes, &prop, 0);

@@ -347,6 +347,9 @@ pub fn fast_args(body: &[u8]) -> Option<ExtenderArgs<'_>> {
     })
 }
 
+/// A container's resource limits, as read from a pod.
+type Limits<'a> = BTreeMap<Cow<'a, str>, Cow<'a, str>>;
+
 /// The pod as the general reader would read it, or `None` where it would refuse.
 fn pod_from_wire(p: PodWire<'_>) -> Option<Result<PodSpec, String>> {
     let md = p.metadata?;
@@ -365,8 +368,7 @@ fn pod_from_wire(p: PodWire<'_>) -> Option<Result<PodSpec, String>> {
         Some(p) => i32::try_from(p).ok()?,
     };
     let containers = spec.containers?;
-    let mut parsed: Vec<(Cow<str>, BTreeMap<Cow<str>, Cow<str>>)> =
-        Vec::with_capacity(containers.len());
+    let mut parsed: Vec<(Cow<str>, Limits)> = Vec::with_capacity(containers.len());
     for c in containers {
         let cname = c.name?.0;
         let mut res = BTreeMap::new();

@@ -120,10 +120,10 @@ fn serve(
                     closed = true;
                 }
             }
-            if fds[0].revents & libc::POLLIN != 0 {
-                if let Some(c) = accept(&listener, me) {
-                    conns.push(c);
-                }
+            if fds[0].revents & libc::POLLIN != 0
+                && let Some(c) = accept(&listener, me)
+            {
+                conns.push(c);
             }
         }
         if closed || last_tick.elapsed() >= TICK {

@@ -440,9 +440,7 @@ fn fit_inner(
         }
         if req.whole > 0 {
             cands.clear();
-            for i in 0..node.gpus.len() {
-                let g = &node.gpus[i];
-                let u = &usage[i];
+            for (i, (g, u)) in node.gpus.iter().zip(usage.iter()).enumerate() {
                 if g.mode == GpuMode::Whole
                     && u.slices == 0
                     && !u.exclusive
