@@ -1,7 +1,7 @@
 //! Wiring: discovery, configuration (with hot reload), health, the device plugins, the
 //! inventory for the scheduler, metrics and persisted allocations.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -332,8 +332,9 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> Result<(), String> {
             }
         });
     }
-    // One device plugin per resource name ever planned (a reload may add one).
-    let mut served: BTreeSet<String> = BTreeSet::new();
+    // One device plugin per resource name planned; a reload may add one, and one it drops ends
+    // its supervisor, to be started again if the name comes back.
+    let mut served: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
     let mut rx = shared.plan_rx();
     if let Some(addr) = opts.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -430,17 +431,24 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> Result<(), String> {
     }
     loop {
         let names: Vec<String> = rx.borrow_and_update().resources.keys().cloned().collect();
+        served.retain(|_, h| !h.is_finished());
         for r in names {
-            if served.insert(r.clone()) {
-                tokio::spawn(crate::plugin::supervise(
+            if let std::collections::btree_map::Entry::Vacant(e) = served.entry(r) {
+                let h = tokio::spawn(crate::plugin::supervise(
                     shared.clone(),
-                    r,
+                    e.key().clone(),
                     opts.socket_dir.clone(),
                 ));
+                e.insert(h);
             }
         }
-        if rx.changed().await.is_err() {
-            return Ok(());
+        // Also look again every second: a supervisor that saw its name dropped may end just
+        // after a change brought the name back.
+        tokio::select! {
+            r = rx.changed() => if r.is_err() {
+                return Ok(());
+            },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
 }

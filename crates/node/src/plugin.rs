@@ -181,7 +181,17 @@ pub async fn supervise(shared: Arc<Shared>, resource: String, socket_dir: PathBu
     let name = socket_name(&resource);
     let sock = socket_dir.join(&name);
     let kubelet = socket_dir.join(KUBELET_SOCKET);
+    // A resource a reload stops offering (the time-slicing one, when no GPU is time-sliced any
+    // more) is withdrawn: its socket goes, and it is not registered again when kubelet
+    // restarts, where it would take the name back from another device plugin. The agent starts
+    // a new supervisor if it is offered again.
+    let offered = |s: &Shared| s.plan_rx().borrow().resources.contains_key(&resource);
     loop {
+        if !offered(&shared) {
+            let _ = std::fs::remove_file(&sock);
+            tracing::info!(%resource, "no longer offered; withdrawn from kubelet");
+            return;
+        }
         let _ = std::fs::remove_file(&sock);
         let listener = match tokio::net::UnixListener::bind(&sock) {
             Ok(l) => l,
@@ -214,7 +224,7 @@ pub async fn supervise(shared: Arc<Shared>, resource: String, socket_dir: PathBu
                     Err(e) => tracing::warn!("{e}"),
                 }
             }
-            if identity(&sock) != mine {
+            if identity(&sock) != mine || !offered(&shared) {
                 break None;
             }
             tokio::time::sleep(backoff).await;
@@ -224,6 +234,9 @@ pub async fn supervise(shared: Arc<Shared>, resource: String, socket_dir: PathBu
         let started = Instant::now();
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
+            if !offered(&shared) {
+                break;
+            }
             if registered_with.is_none()
                 || identity(&sock) != mine
                 || identity(&kubelet) != registered_with

@@ -693,6 +693,32 @@ async fn hot_reload_and_time_slicing() {
         .await
         .unwrap_err();
     assert!(e.message().contains("one GPU"), "{}", e.message());
+
+    // No GPU time-sliced any more: the time-slicing resource is withdrawn (its socket goes, so
+    // kubelet drops it and it never registers again to contend with NVIDIA's device plugin),
+    // and comes back with the next time-sliced GPU.
+    let ts_sock = d.sockets.join(socket_name("nvidia.com/gpu"));
+    std::fs::write(&cfg_path, "version: v1\nslices: 3\n").unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while ts_sock.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the time-slicing resource is still served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(
+        &cfg_path,
+        "version: v1\nslices: 3\ngpus:\n  - {index: 0, mode: time-slicing}\n",
+    )
+    .unwrap();
+    loop {
+        let r = next_registration(&mut rx).await;
+        if r.resource_name == "nvidia.com/gpu" {
+            break;
+        }
+    }
+    assert!(ts_sock.exists());
 }
 
 /// Allocate latency through the socket with 8 GPUs and 100 pods; prints figures, asserts only
