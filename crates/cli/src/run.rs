@@ -3,6 +3,7 @@
 //! command with the interposer loaded, returns dead processes' memory to the tenant while it
 //! runs, and exits with the command's status.
 
+use gpuslice_core::compat;
 use gpuslice_core::compute::{ComputeLimits, ComputeQuota, Priority, ShareMode};
 use gpuslice_core::{ByteSize, DeviceList, TenantLimits};
 use gpuslice_ledger::{ComputeSpec, Ledger, TenantSpec};
@@ -19,13 +20,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub sim: bool,
     /// Device memory cap per GPU, e.g. 4GiB, 512MiB, 4Gi, 1.5GiB or a number of bytes.
+    /// Without it, HAMi-core's CUDA_DEVICE_MEMORY_LIMIT (or _<i>, all alike) in this command's
+    /// environment, e.g. 4g or 4096m.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub gpu_memory: ByteSize,
+    pub gpu_memory: Option<ByteSize>,
     /// GPUs the tenant may use, by NVML index, e.g. 0 or 0,2. Others get a cap of zero, and
     /// CUDA_VISIBLE_DEVICES names the chosen ones by UUID.
     #[arg(long, value_name = "LIST", value_parser = parse_devices)]
     pub devices: Option<DeviceList>,
-    /// Share of each GPU's time, 1-100 percent (without it: a full share, weight 100).
+    /// Share of each GPU's time, 1-100 percent (without it: HAMi-core's CUDA_DEVICE_SM_LIMIT
+    /// in this command's environment if set, else a full share, weight 100).
     #[arg(long, value_name = "PCT", value_parser = parse_quota)]
     pub gpu_compute: Option<ComputeQuota>,
     /// How the GPU's time is split: best-effort (idle time lent out), fixed (never above the
@@ -128,9 +132,36 @@ fn exit_code(status: ExitStatus) -> i32 {
 
 fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
     let install = Install::locate()?;
-    let limits = TenantLimits::new(args.gpu_memory);
+    // The flags, else HAMi-core's variables in our own environment (the operator's, not the
+    // tenant's: the tenant's processes never take limits from theirs).
+    let env = |n: &str| std::env::var(n).ok();
+    let refuse = |e: compat::CompatError| -> ! {
+        eprintln!("gpuslice run: {e}");
+        std::process::exit(2)
+    };
+    let gpu_memory = match args.gpu_memory {
+        Some(m) => m,
+        None => match compat::hami_uniform(compat::HAMI_MEMORY, env, compat::hami_size) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                eprintln!(
+                    "gpuslice run: --gpu-memory SIZE is required (or HAMi-core's {} in gpuslice run's environment)",
+                    compat::HAMI_MEMORY
+                );
+                std::process::exit(2)
+            }
+            Err(e) => refuse(e),
+        },
+    };
+    let gpu_compute = match args.gpu_compute {
+        Some(q) => Some(q),
+        None => compat::hami_uniform(compat::HAMI_SM, env, compat::hami_sm)
+            .unwrap_or_else(|e| refuse(e))
+            .and_then(ComputeQuota::new),
+    };
+    let limits = TenantLimits::new(gpu_memory);
     let compute = ComputeLimits {
-        quota: args.gpu_compute,
+        quota: gpu_compute,
         mode: args.share_mode,
         priority: args.priority,
     };

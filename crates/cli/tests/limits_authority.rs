@@ -279,3 +279,90 @@ fn the_command_gets_default_signals_and_its_own_exit_status() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A user coming from HAMi-core keeps its variables: without `--gpu-memory`/`--gpu-compute`,
+/// `gpuslice run` takes `CUDA_DEVICE_MEMORY_LIMIT(_<i>)` and `CUDA_DEVICE_SM_LIMIT` from its
+/// own environment, in HAMi-core's grammar. Per-device values that differ, zero (HAMi-core's
+/// "unlimited") and malformed ones are refused with status 2 naming the variable; with neither
+/// flag nor variable, `run` refuses rather than run uncapped.
+#[test]
+fn hami_core_variables_stand_in_for_the_flags() {
+    let m = Machine::new("hami");
+    let run = |vars: &[(&str, &str)], args: &[&str]| {
+        let mut c = Command::new(gpuslice());
+        c.args(["run", "--sim", "--name", "hami", "--"]).args(args);
+        m.env(&mut c);
+        c.env_remove("CUDA_DEVICE_MEMORY_LIMIT")
+            .env_remove("CUDA_DEVICE_SM_LIMIT");
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let p = probe();
+    let fill: &[&str] = &[&p, "fill", "alloc", "256MiB"];
+    for vars in [
+        &[("CUDA_DEVICE_MEMORY_LIMIT", "1g")][..],
+        &[("CUDA_DEVICE_MEMORY_LIMIT_0", "1024m")][..],
+        &[
+            ("CUDA_DEVICE_MEMORY_LIMIT", "1048576k"),
+            ("CUDA_DEVICE_MEMORY_LIMIT_0", "1073741824"),
+        ][..],
+    ] {
+        let out = run(vars, fill);
+        let (bytes, r) = granted(&out);
+        assert_eq!(bytes, GIB - CTX, "{vars:?}: {r}");
+        assert_eq!(u(&r, "total"), GIB, "{vars:?}: {r}");
+    }
+    for (vars, names) in [
+        (
+            &[
+                ("CUDA_DEVICE_MEMORY_LIMIT_0", "1g"),
+                ("CUDA_DEVICE_MEMORY_LIMIT_1", "2g"),
+            ][..],
+            &[
+                "CUDA_DEVICE_MEMORY_LIMIT_0=1g",
+                "CUDA_DEVICE_MEMORY_LIMIT_1=2g",
+            ][..],
+        ),
+        (
+            &[("CUDA_DEVICE_MEMORY_LIMIT", "0")][..],
+            &["CUDA_DEVICE_MEMORY_LIMIT='0'"][..],
+        ),
+        (&[("CUDA_DEVICE_MEMORY_LIMIT", "1gb")][..], &["'1gb'"][..]),
+        (
+            &[
+                ("CUDA_DEVICE_MEMORY_LIMIT", "1g"),
+                ("CUDA_DEVICE_SM_LIMIT", "150"),
+            ][..],
+            &["CUDA_DEVICE_SM_LIMIT='150'"][..],
+        ),
+        (&[][..], &["--gpu-memory"][..]),
+    ] {
+        let out = run(vars, &["true"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{vars:?}: {err}");
+        for n in names {
+            assert!(err.contains(n), "{vars:?}: {err}");
+        }
+    }
+    // The SM limit becomes the compute quota, as `top` shows it.
+    let mut c = Command::new(gpuslice());
+    c.args(["run", "--sim", "--name", "hamism", "--", "sleep", "3"]);
+    m.env(&mut c);
+    c.env("CUDA_DEVICE_MEMORY_LIMIT", "1g")
+        .env("CUDA_DEVICE_SM_LIMIT", "30")
+        .stdout(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let spec = loop {
+        if let Some(Ok(Some(c))) = m.ledger("hamism").map(|l| l.compute()) {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "no ledger for the tenant");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(spec.quota, 30, "{spec:?}");
+}

@@ -3,6 +3,7 @@
 //! Invariant: nothing in this crate does IO or reads a clock. Every edge (the CLI, the node
 //! agent, the scheduler) uses it; it uses no edge.
 
+pub mod compat;
 pub mod compute;
 pub mod mig;
 pub mod protocol;
