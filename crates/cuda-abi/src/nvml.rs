@@ -613,3 +613,40 @@ mod tests {
         assert_eq!(size_of::<nvmlComputeInstanceProfileInfo_v3_t>(), 140);
     }
 }
+
+// ---- what monitoring tools (nvitop, gpustat) ask for ----
+
+pub type nvmlPstates_t = c_int;
+pub const NVML_PSTATE_0: nvmlPstates_t = 0;
+pub type nvmlComputeMode_t = c_int;
+pub const NVML_COMPUTEMODE_DEFAULT: nvmlComputeMode_t = 0;
+pub type nvmlClockType_t = c_int;
+pub const NVML_CLOCK_GRAPHICS: nvmlClockType_t = 0;
+pub const NVML_CLOCK_SM: nvmlClockType_t = 1;
+pub const NVML_CLOCK_MEM: nvmlClockType_t = 2;
+pub const NVML_CLOCK_VIDEO: nvmlClockType_t = 3;
+pub type nvmlMemoryErrorType_t = c_int;
+pub const NVML_MEMORY_ERROR_TYPE_COUNT: nvmlMemoryErrorType_t = 2;
+pub type nvmlEccCounterType_t = c_int;
+pub const NVML_ECC_COUNTER_TYPE_COUNT: nvmlEccCounterType_t = 2;
+pub type nvmlDriverModel_t = c_int;
+
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct nvmlBAR1Memory_t {
+    pub bar1Total: u64,
+    pub bar1Free: u64,
+    pub bar1Used: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct nvmlTemperature_t {
+    pub version: c_uint,
+    pub sensorType: nvmlTemperatureSensors_t,
+    pub temperature: c_int,
+}
+
+/// `NVML_STRUCT_VERSION(Temperature, 1)`.
+pub const nvmlTemperature_v1: c_uint =
+    nvml_struct_version(std::mem::size_of::<nvmlTemperature_t>(), 1);

@@ -34,7 +34,7 @@ mod stubs;
 pub(crate) type R = Result<(), CUresult>;
 
 /// Version this driver reports and serves entry points for.
-pub const DRIVER_VERSION: i32 = 12090;
+pub const DRIVER_VERSION: i32 = gpuslice_sim_state::CUDA_DRIVER_VERSION;
 /// Device memory is charged in whole pages: what the host mapping behind it costs.
 pub(crate) const PAGE: u64 = 4096;
 /// VMM granularity (`cuMemGetAllocationGranularity`).

@@ -15,10 +15,10 @@ use std::time::Duration;
 use gpuslice_cuda_abi::nvml::*;
 use gpuslice_sim_state::{GpuEvent, Sim};
 
-/// Versions this simulator claims: an R570 driver shipping CUDA 12.8.
-pub const DRIVER_VERSION: &str = "570.124.06";
-pub const NVML_VERSION: &str = "12.570.124.06";
-pub const CUDA_DRIVER_VERSION: c_int = 12080;
+/// Versions this simulator claims, the same as its CUDA driver's (`gpuslice_sim_state`).
+pub const DRIVER_VERSION: &str = gpuslice_sim_state::DRIVER_VERSION;
+pub const NVML_VERSION: &str = gpuslice_sim_state::NVML_VERSION;
+pub const CUDA_DRIVER_VERSION: c_int = gpuslice_sim_state::CUDA_DRIVER_VERSION;
 
 /// PCI ids reported for every simulated device (an H100 SXM5, NVIDIA's vendor id).
 const PCI_DEVICE_ID: u32 = 0x2330_10DE;
@@ -939,6 +939,11 @@ pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
     })
 }
 
+/// Warms with load so dashboards show movement; exact values mean nothing.
+fn temperature(sim: &Sim, dev: usize) -> c_uint {
+    32 + busy_percent(sim, dev) * 4 / 10
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetTemperature(
     device: nvmlDevice_t,
@@ -950,8 +955,7 @@ pub unsafe extern "C" fn nvmlDeviceGetTemperature(
         if sensor != NVML_TEMPERATURE_GPU {
             return Err(NVML_ERROR_INVALID_ARGUMENT);
         }
-        // Warms with load so dashboards show movement; exact values mean nothing.
-        *out(temp)? = 32 + busy_percent(sim, dev) * 4 / 10;
+        *out(temp)? = temperature(sim, dev);
         Ok(())
     })
 }
@@ -966,6 +970,258 @@ pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(
         // Idle draw plus a share of a 700 W board limit.
         *out(power_mw)? = 70_000 + busy_percent(sim, dev) * 6_300;
         Ok(())
+    })
+}
+
+// ---- what monitoring tools (nvitop, gpustat) read ----
+//
+// The board an H100 SXM5 is: no fan (its cooling is the chassis'), no display, no video
+// engines in use, ECC on and clean, a 700 W limit, clocks at their boost values while busy.
+// Windows-only and confidential-computing queries answer "not supported", as on such a board
+// under Linux without CC.
+
+const MAX_POWER_MW: c_uint = 700_000;
+/// BAR1 of an H100 80GB: 128 GiB, a few MiB in use.
+const BAR1_TOTAL: u64 = 128 << 30;
+const BAR1_USED: u64 = 4 << 20;
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetFanSpeed(
+    device: nvmlDevice_t,
+    speed: *mut c_uint,
+) -> nvmlReturn_t {
+    entry(|| {
+        device_of(device)?;
+        out(speed)?;
+        Err(NVML_ERROR_NOT_SUPPORTED)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetFanSpeed_v2(
+    device: nvmlDevice_t,
+    _fan: c_uint,
+    speed: *mut c_uint,
+) -> nvmlReturn_t {
+    unsafe { nvmlDeviceGetFanSpeed(device, speed) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetPerformanceState(
+    device: nvmlDevice_t,
+    state: *mut nvmlPstates_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        device_of(device)?;
+        *out(state)? = NVML_PSTATE_0;
+        Ok(())
+    })
+}
+
+unsafe fn power_limit(device: nvmlDevice_t, limit: *mut c_uint) -> nvmlReturn_t {
+    entry(|| {
+        device_of(device)?;
+        *out(limit)? = MAX_POWER_MW;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetPowerManagementLimit(
+    device: nvmlDevice_t,
+    limit: *mut c_uint,
+) -> nvmlReturn_t {
+    unsafe { power_limit(device, limit) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetEnforcedPowerLimit(
+    device: nvmlDevice_t,
+    limit: *mut c_uint,
+) -> nvmlReturn_t {
+    unsafe { power_limit(device, limit) }
+}
+
+unsafe fn engine_idle(
+    device: nvmlDevice_t,
+    util: *mut c_uint,
+    period_us: *mut c_uint,
+) -> nvmlReturn_t {
+    entry(|| {
+        device_of(device)?;
+        *out(util)? = 0;
+        *out(period_us)? = (UTIL_WINDOW_NS / 1000) as c_uint;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetEncoderUtilization(
+    device: nvmlDevice_t,
+    util: *mut c_uint,
+    period_us: *mut c_uint,
+) -> nvmlReturn_t {
+    unsafe { engine_idle(device, util, period_us) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetDecoderUtilization(
+    device: nvmlDevice_t,
+    util: *mut c_uint,
+    period_us: *mut c_uint,
+) -> nvmlReturn_t {
+    unsafe { engine_idle(device, util, period_us) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetComputeMode(
+    device: nvmlDevice_t,
+    mode: *mut nvmlComputeMode_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        device_of(device)?;
+        *out(mode)? = NVML_COMPUTEMODE_DEFAULT;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetEccMode(
+    device: nvmlDevice_t,
+    current: *mut nvmlEnableState_t,
+    pending: *mut nvmlEnableState_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        device_of(device)?;
+        *out(current)? = NVML_FEATURE_ENABLED;
+        *out(pending)? = NVML_FEATURE_ENABLED;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetTotalEccErrors(
+    device: nvmlDevice_t,
+    kind: nvmlMemoryErrorType_t,
+    counter: nvmlEccCounterType_t,
+    count: *mut c_ulonglong,
+) -> nvmlReturn_t {
+    entry(|| {
+        device_of(device)?;
+        if !(0..NVML_MEMORY_ERROR_TYPE_COUNT).contains(&kind)
+            || !(0..NVML_ECC_COUNTER_TYPE_COUNT).contains(&counter)
+        {
+            return Err(NVML_ERROR_INVALID_ARGUMENT);
+        }
+        *out(count)? = 0;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetClockInfo(
+    device: nvmlDevice_t,
+    kind: nvmlClockType_t,
+    mhz: *mut c_uint,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        let busy = busy_percent(sim, dev) > 0;
+        *out(mhz)? = match kind {
+            NVML_CLOCK_GRAPHICS | NVML_CLOCK_SM if busy => 1980,
+            NVML_CLOCK_GRAPHICS | NVML_CLOCK_SM => 345,
+            NVML_CLOCK_MEM => 2619,
+            NVML_CLOCK_VIDEO => 1545,
+            _ => return Err(NVML_ERROR_INVALID_ARGUMENT),
+        };
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetBAR1MemoryInfo(
+    device: nvmlDevice_t,
+    bar1: *mut nvmlBAR1Memory_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        device_of(device)?;
+        *out(bar1)? = nvmlBAR1Memory_t {
+            bar1Total: BAR1_TOTAL,
+            bar1Free: BAR1_TOTAL - BAR1_USED,
+            bar1Used: BAR1_USED,
+        };
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetDisplayActive(
+    device: nvmlDevice_t,
+    active: *mut nvmlEnableState_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        device_of(device)?;
+        *out(active)? = NVML_FEATURE_DISABLED;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetDisplayMode(
+    device: nvmlDevice_t,
+    mode: *mut nvmlEnableState_t,
+) -> nvmlReturn_t {
+    unsafe { nvmlDeviceGetDisplayActive(device, mode) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetDriverModel(
+    device: nvmlDevice_t,
+    _current: *mut nvmlDriverModel_t,
+    _pending: *mut nvmlDriverModel_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        device_of(device)?;
+        Err(NVML_ERROR_NOT_SUPPORTED)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetDriverModel_v2(
+    device: nvmlDevice_t,
+    current: *mut nvmlDriverModel_t,
+    pending: *mut nvmlDriverModel_t,
+) -> nvmlReturn_t {
+    unsafe { nvmlDeviceGetDriverModel(device, current, pending) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetTemperatureV(
+    device: nvmlDevice_t,
+    t: *mut nvmlTemperature_t,
+) -> nvmlReturn_t {
+    entry(|| {
+        let (sim, dev) = device_of(device)?;
+        let t = out(t)?;
+        if t.version != nvmlTemperature_v1 {
+            return Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+        }
+        if t.sensorType != NVML_TEMPERATURE_GPU {
+            return Err(NVML_ERROR_INVALID_ARGUMENT);
+        }
+        t.temperature = temperature(sim, dev) as c_int;
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetConfComputeMemSizeInfo(
+    device: nvmlDevice_t,
+    _info: *mut core::ffi::c_void,
+) -> nvmlReturn_t {
+    entry(|| {
+        device_of(device)?;
+        Err(NVML_ERROR_NOT_SUPPORTED)
     })
 }
 

@@ -129,7 +129,7 @@ fn init_is_reference_counted() {
                 ),
                 NVML_SUCCESS
             );
-            assert!(chars(&buf).starts_with("570."));
+            assert_eq!(chars(&buf), gpuslice_sim_state::DRIVER_VERSION);
             let mut cuda = 0;
             assert_eq!(
                 lib.sym::<unsafe extern "C" fn(*mut c_int) -> nvmlReturn_t>(
@@ -137,7 +137,7 @@ fn init_is_reference_counted() {
                 )(&mut cuda),
                 NVML_SUCCESS
             );
-            assert_eq!(cuda, 12080);
+            assert_eq!(cuda, gpuslice_sim_state::CUDA_DRIVER_VERSION);
         }
     });
 }
@@ -1116,4 +1116,104 @@ fn a_gpu_without_mig_says_so() {
             );
         },
     );
+}
+
+/// What monitoring tools (nvitop, gpustat) read about a board, answered as an H100 SXM5 under
+/// Linux answers: no fan, no display, ECC on and clean, a 700 W limit, clocks by domain, BAR1,
+/// and "not supported" for Windows-only and confidential-computing queries. The CUDA version
+/// NVML reports is the simulated driver's.
+#[test]
+fn monitoring_queries_answer_as_the_board_does() {
+    isolated("monitoring_queries_answer_as_the_board_does", "", || {
+        let lib = nvml();
+        let h = handle(&lib, 0);
+        let u32_of = |f: &str| {
+            let mut v: c_uint = 12345;
+            let r = unsafe { lib.sym::<DevU32>(f)(h, &mut v) };
+            (r, v)
+        };
+        assert_eq!(u32_of("nvmlDeviceGetFanSpeed").0, NVML_ERROR_NOT_SUPPORTED);
+        assert_eq!(u32_of("nvmlDeviceGetPerformanceState"), (NVML_SUCCESS, 0));
+        assert_eq!(
+            u32_of("nvmlDeviceGetPowerManagementLimit"),
+            (NVML_SUCCESS, 700_000)
+        );
+        assert_eq!(
+            u32_of("nvmlDeviceGetEnforcedPowerLimit"),
+            (NVML_SUCCESS, 700_000)
+        );
+        assert_eq!(u32_of("nvmlDeviceGetComputeMode"), (NVML_SUCCESS, 0));
+        assert_eq!(u32_of("nvmlDeviceGetDisplayActive"), (NVML_SUCCESS, 0));
+        for f in [
+            "nvmlDeviceGetEncoderUtilization",
+            "nvmlDeviceGetDecoderUtilization",
+        ] {
+            let (mut u, mut p) = (9, 0);
+            assert_eq!(
+                unsafe { lib.sym::<DevU32x2>(f)(h, &mut u, &mut p) },
+                NVML_SUCCESS
+            );
+            assert_eq!((u, p), (0, 1_000_000), "{f}");
+        }
+        let (mut cur, mut pend) = (0, 0);
+        assert_eq!(
+            unsafe { lib.sym::<DevU32x2>("nvmlDeviceGetEccMode")(h, &mut cur, &mut pend) },
+            NVML_SUCCESS
+        );
+        assert_eq!((cur, pend), (1, 1));
+        assert_eq!(
+            unsafe { lib.sym::<DevU32x2>("nvmlDeviceGetDriverModel")(h, &mut cur, &mut pend) },
+            NVML_ERROR_NOT_SUPPORTED
+        );
+        type Ecc =
+            unsafe extern "C" fn(nvmlDevice_t, c_int, c_int, *mut c_ulonglong) -> nvmlReturn_t;
+        let ecc = lib.sym::<Ecc>("nvmlDeviceGetTotalEccErrors");
+        let mut n: c_ulonglong = 7;
+        assert_eq!(unsafe { ecc(h, 1, 0, &mut n) }, NVML_SUCCESS);
+        assert_eq!(n, 0);
+        assert_eq!(unsafe { ecc(h, 2, 0, &mut n) }, NVML_ERROR_INVALID_ARGUMENT);
+        type Clock = unsafe extern "C" fn(nvmlDevice_t, c_int, *mut c_uint) -> nvmlReturn_t;
+        let clock = lib.sym::<Clock>("nvmlDeviceGetClockInfo");
+        let mut mhz = 0;
+        assert_eq!(unsafe { clock(h, NVML_CLOCK_MEM, &mut mhz) }, NVML_SUCCESS);
+        assert_eq!(mhz, 2619);
+        assert_eq!(
+            unsafe { clock(h, 4, &mut mhz) },
+            NVML_ERROR_INVALID_ARGUMENT
+        );
+        let mut bar1 = nvmlBAR1Memory_t::default();
+        assert_eq!(
+            unsafe {
+                lib.sym::<DevPtr<nvmlBAR1Memory_t>>("nvmlDeviceGetBAR1MemoryInfo")(h, &mut bar1)
+            },
+            NVML_SUCCESS
+        );
+        assert_eq!(bar1.bar1Total, bar1.bar1Free + bar1.bar1Used);
+        let mut t = nvmlTemperature_t {
+            version: nvmlTemperature_v1,
+            ..Default::default()
+        };
+        let temp_v = lib.sym::<DevPtr<nvmlTemperature_t>>("nvmlDeviceGetTemperatureV");
+        assert_eq!(unsafe { temp_v(h, &mut t) }, NVML_SUCCESS);
+        assert!(t.temperature >= 32, "{t:?}");
+        t.version = 0;
+        assert_eq!(
+            unsafe { temp_v(h, &mut t) },
+            NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+        );
+        let mut cc = [0u64; 2];
+        assert_eq!(
+            unsafe {
+                lib.sym::<DevPtr<[u64; 2]>>("nvmlDeviceGetConfComputeMemSizeInfo")(h, &mut cc)
+            },
+            NVML_ERROR_NOT_SUPPORTED
+        );
+        type Ver = unsafe extern "C" fn(*mut c_int) -> nvmlReturn_t;
+        let mut v: c_int = 0;
+        assert_eq!(
+            unsafe { lib.sym::<Ver>("nvmlSystemGetCudaDriverVersion")(&mut v) },
+            NVML_SUCCESS
+        );
+        assert_eq!(v, gpuslice_sim_state::CUDA_DRIVER_VERSION);
+    });
 }

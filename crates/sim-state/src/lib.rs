@@ -16,6 +16,13 @@ use gpuslice_shm::{Counter, MappedFile, Reservation, try_reserve};
 mod shared;
 pub use shared::{MAX_SHARED, ShareError, SharedHandle, SharedInfo};
 
+/// The versions the simulated driver claims, one set for its CUDA driver and its NVML: an R575
+/// driver shipping CUDA 12.9 (what `cuDriverGetVersion` and `nvmlSystemGetCudaDriverVersion`
+/// both say, as on a real machine).
+pub const CUDA_DRIVER_VERSION: i32 = 12090;
+pub const DRIVER_VERSION: &str = "575.57.08";
+pub const NVML_VERSION: &str = "12.575.57.08";
+
 pub const MAX_DEVICES: usize = 16;
 pub const MAX_SLOTS: usize = 1024;
 /// Busy intervals remembered per device; enough for a second of 1 ms kernels several times over.
