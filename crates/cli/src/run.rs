@@ -191,11 +191,13 @@ fn try_run(args: RunArgs) -> Result<ExitStatus, String> {
     let wants_nvml = args.watchdog != crate::watchdog::Mode::Off;
     let sim = args.sim;
     let (lib2, install2) = (lib.clone(), install.clone());
-    let loading = std::thread::spawn(move || -> Result<Option<Result<_, String>>, String> {
+    let loading = std::thread::spawn(move || -> Result<Option<crate::watchdog::Driver>, String> {
         if sim {
             install2.link_simulator(&lib2)?;
         }
-        Ok(wants_nvml.then(|| crate::watchdog::Driver::load(sim.then_some(lib2.as_path()))))
+        wants_nvml
+            .then(|| crate::watchdog::Driver::load(sim.then_some(lib2.as_path())))
+            .transpose()
     });
     let chosen = match &args.devices {
         Some(devs) => gpu_uuids(&install, args.sim, devs)?,

@@ -79,7 +79,7 @@ impl Watchdog {
         args: &crate::run::RunArgs,
         tenant_dir: &Path,
         ledger_path: &Path,
-        driver: Option<Result<Driver, String>>,
+        driver: Option<Driver>,
     ) -> Result<Option<Watchdog>, String> {
         let action = match args.watchdog {
             Mode::Off => return Ok(None),
@@ -93,7 +93,7 @@ impl Watchdog {
                 std::io::Error::last_os_error()
             ));
         }
-        let Driver { nvml, gpus } = driver.ok_or("the watchdog's driver was not loaded")??;
+        let Driver { nvml, gpus } = driver.ok_or("the watchdog's driver was not loaded")?;
         let ledger = Ledger::open(ledger_path).map_err(|e| e.to_string())?;
         // Read now, before any tenant process can touch the ledger.
         let spec = ledger.spec();

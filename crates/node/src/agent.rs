@@ -62,6 +62,11 @@ impl Shared {
         self.plan_tx.subscribe()
     }
 
+    /// What is advertised now (without subscribing to its changes).
+    pub fn plan(&self) -> watch::Ref<'_, Plan> {
+        self.plan_tx.borrow()
+    }
+
     pub fn unhealthy(&self) -> BTreeSet<String> {
         self.health.lock().unwrap().unhealthy()
     }

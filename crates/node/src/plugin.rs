@@ -185,7 +185,7 @@ pub async fn supervise(shared: Arc<Shared>, resource: String, socket_dir: PathBu
     // more) is withdrawn: its socket goes, and it is not registered again when kubelet
     // restarts, where it would take the name back from another device plugin. The agent starts
     // a new supervisor if it is offered again.
-    let offered = |s: &Shared| s.plan_rx().borrow().resources.contains_key(&resource);
+    let offered = |s: &Shared| s.plan().resources.contains_key(&resource);
     loop {
         if !offered(&shared) {
             let _ = std::fs::remove_file(&sock);

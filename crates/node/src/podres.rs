@@ -275,13 +275,7 @@ impl Reconciler {
                 return Report::default();
             }
         };
-        let ours: BTreeSet<String> = shared
-            .plan_rx()
-            .borrow()
-            .resources
-            .keys()
-            .cloned()
-            .collect();
+        let ours: BTreeSet<String> = shared.plan().resources.keys().cloned().collect();
         let mut report = Report {
             reached: true,
             ..Report::default()
