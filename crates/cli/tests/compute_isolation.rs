@@ -191,25 +191,40 @@ fn fixed_quota_holds_on_every_launch_path() {
         ("procaddr", &["--via", "procaddr", "saturate", "4"]),
     ];
     for (label, args) in paths {
-        let m = Machine::new(&format!("compute-fixed-{label}"));
-        let c = tenant(
-            &m,
-            "f30",
-            &["--gpu-compute", "30", "--share-mode", "fixed"],
-            args,
-        )
-        .spawn()
-        .unwrap();
-        let sup: Supervisors = [(c.id(), "f30".into())].into();
-        wait_attached(&m, 1);
-        std::thread::sleep(Duration::from_millis(500));
-        let s = shares(&m, &sup, 2.0).get("f30").copied().unwrap_or(0.0);
-        finish(c);
+        // One 2 s window on a 2-core host can lose a point or two to a late wake-up; a path
+        // that really escapes the cap (ungated: about 100 %) misses every try.
+        let got: Vec<f64> = (0..3)
+            .map(|_| fixed_share(label, args))
+            .scan(false, |held, s| {
+                (!*held).then(|| {
+                    *held = (25.0..=35.0).contains(&s);
+                    s
+                })
+            })
+            .collect();
         assert!(
-            (25.0..=35.0).contains(&s),
-            "fixed 30% via {label} got {s:.1}%"
+            got.last().is_some_and(|s| (25.0..=35.0).contains(s)),
+            "fixed 30% via {label} got {got:.1?}%"
         );
     }
+}
+
+fn fixed_share(label: &str, args: &[&str]) -> f64 {
+    let m = Machine::new(&format!("compute-fixed-{label}"));
+    let c = tenant(
+        &m,
+        "f30",
+        &["--gpu-compute", "30", "--share-mode", "fixed"],
+        args,
+    )
+    .spawn()
+    .unwrap();
+    let sup: Supervisors = [(c.id(), "f30".into())].into();
+    wait_attached(&m, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    let s = shares(&m, &sup, 2.0).get("f30").copied().unwrap_or(0.0);
+    finish(c);
+    s
 }
 
 #[test]

@@ -50,8 +50,6 @@ pub struct Vmm {
     pub phys: HashMap<u64, Phys>,
     /// Mapped address → (length, physical handle).
     pub maps: BTreeMap<u64, (u64, u64)>,
-    /// Physical allocations other processes may hold too: their charge is the hold's.
-    pub shares: HashMap<u64, crate::shared::Hold>,
 }
 
 /// What the device keeps reserved for graph memory, as this process last measured and charged it.
@@ -166,9 +164,6 @@ impl Vmm {
         {
             t.release(p.dev, p.bytes);
             self.phys.remove(&h);
-            if let Some(hold) = self.shares.remove(&h) {
-                hold.release(t);
-            }
         }
     }
 
@@ -185,9 +180,6 @@ impl Vmm {
         if let Some(o) = old {
             // The driver reused the handle: what we recorded under it is gone.
             t.release(o.dev, o.bytes);
-            if let Some(hold) = self.shares.remove(&h) {
-                hold.release(t);
-            }
         }
     }
 

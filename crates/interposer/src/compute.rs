@@ -55,8 +55,9 @@ const UNCONTENDED_FENCES: usize = 2;
 /// its kernels, not a queue of them. The GPU loses only a launch's latency per long kernel.
 const LONG_WAIT_NS: u64 = 10_000_000;
 /// The page's bound counts kernels of about this length or longer: shorter ones may be kept
-/// in flight in proportion, so that a bound of one does not leave the GPU idle between
-/// 50 µs kernels while what the next holder waits for stays as short.
+/// in flight in proportion, plus one, so that the GPU does not idle while the thread wakes
+/// from its wait for the oldest (one more is queued behind the kernel running), and what the
+/// next holder waits for stays within one kernel of the bound.
 const BOUND_UNIT_NS: u64 = 250_000;
 /// Fences a context may have in flight at most.
 const MAX_IN_FLIGHT: usize = 32;
@@ -155,7 +156,7 @@ fn in_flight_limit(bound: usize) -> usize {
     match PER_LAUNCH.with(|c| c.get()) {
         0 => bound,
         k => bound
-            .max((bound as u64 * BOUND_UNIT_NS / k) as usize)
+            .max((bound as u64 * BOUND_UNIT_NS / k) as usize + usize::from(k < BOUND_UNIT_NS))
             .min(MAX_IN_FLIGHT),
     }
 }

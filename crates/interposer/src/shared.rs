@@ -1,22 +1,27 @@
 //! Memory that crosses processes: IPC memory handles (`cuIpcGetMemHandle`,
 //! `cuIpcOpenMemHandle`, `cuIpcCloseMemHandle`, what `torch.multiprocessing` uses) and VMM
-//! shareable handles of the POSIX file-descriptor type (`cuMemExportToShareableHandle`,
-//! `cuMemImportFromShareableHandle`, what NCCL and expandable segments use).
+//! shareable handles of the POSIX file-descriptor type (`cuMemImportFromShareableHandle`, what
+//! NCCL and PyTorch's expandable segments use across processes).
 //!
 //! The device keeps such memory until every process holding it has let go, so the tenant is
 //! charged for as long as any of its processes holds it, not for as long as the allocating one
-//! lives. An export turns the exporter's charge into a shared charge in the ledger (keyed by
-//! what names the memory across processes: a hash of the IPC handle, the identity of the
-//! shareable handle's file); an importer of the same tenant joins it, charged nothing more; an
-//! importer that finds no such charge (another tenant's memory, or a name the ledger cannot
-//! match) is charged the whole size against its own cap, refused with out-of-memory if it does
-//! not fit. So memory is charged exactly once per tenant holding it; across tenants each
-//! holding tenant pays (the allocating one only while one of its processes still holds it).
-//! Every ledger of a nested chain is treated alike.
+//! lives.
 //!
-//! A shareable handle whose file names no size (a real driver's descriptor) cannot be sized
-//! before it is imported, and there is no query for an imported handle's size: such imports,
-//! and handle types other than POSIX descriptors, are refused (fail closed).
+//! IPC: an export turns the exporter's charge into a shared charge in the ledger, keyed by a
+//! hash of the IPC handle (the same bytes in every process); an importer of the same tenant
+//! joins it, charged nothing more; an importer that finds no such charge (another tenant's
+//! memory) is charged the whole size against its own cap, refused with out-of-memory if it
+//! does not fit. Every ledger of a nested chain is treated alike.
+//!
+//! Shareable descriptors: a driver's descriptor names neither the allocation nor its size
+//! (on a real driver it is an open file of the driver's device node, alike for every export),
+//! so no importer can tell whose memory it is. Each importing process is charged the whole
+//! allocation, like one it created, for as long as it holds the handle or a mapping of it;
+//! the exporter keeps its own charge the same way. Within one tenant that counts memory once
+//! per holding process: it errs towards refusing, never towards memory no one pays for. The
+//! size is measured before the import is handed out, as the largest mapping the driver accepts
+//! (`offset + size` must lie within the allocation), since no query returns it. Other handle
+//! types are refused (fail closed).
 
 use gpuslice_cuda_abi::driver::*;
 use gpuslice_ledger::{Dev, Share};
@@ -146,20 +151,6 @@ fn ipc_key(h: &CUipcMemHandle) -> [u64; 2] {
         hash_bytes(&h.reserved, 0x4950_4331),
         hash_bytes(&h.reserved, 0x9e37_79b9_7f4a_7c15),
     ]
-}
-
-/// The key and size of a shareable handle's file: only for a regular file with a size (the
-/// simulator's memfd); a device file names nothing that tells two allocations apart.
-fn fd_key(fd: c_int) -> Option<([u64; 2], u64)> {
-    // SAFETY: `st` is a valid out-pointer; a bad descriptor makes fstat fail.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return None;
-    }
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size <= 0 {
-        return None;
-    }
-    Some(([st.st_dev ^ (1 << 63), st.st_ino], st.st_size as u64))
 }
 
 // ---- IPC memory handles ----------------------------------------------------------------------
@@ -347,41 +338,6 @@ pub unsafe extern "C" fn cuIpcCloseMemHandle(p: CUdeviceptr) -> CUresult {
 // ---- VMM shareable handles --------------------------------------------------------------------
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemExportToShareableHandle(
-    out: *mut c_void,
-    handle: CUmemGenericAllocationHandle,
-    ty: c_int,
-    flags: u64,
-) -> CUresult {
-    guard(|| {
-        let real = || call_real!(CUDA, cuMemExportToShareableHandle: unsafe extern "C" fn(*mut c_void, CUmemGenericAllocationHandle, c_int, u64) -> CUresult, out, handle, ty, flags);
-        let Ok(t) = crate::tenant::tenant() else {
-            return real();
-        };
-        let mut vmm = t.book.vmm.lock().unwrap();
-        let r = real();
-        if r != CUDA_SUCCESS || ty != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR || out.is_null() {
-            return r;
-        }
-        // SAFETY: the driver succeeded, so it wrote a descriptor there.
-        let fd = unsafe { *(out as *const c_int) };
-        let Some((key, _)) = fd_key(fd) else {
-            // No importer can match it either: each is charged in full.
-            return r;
-        };
-        if vmm.shares.contains_key(&handle) {
-            return r;
-        }
-        if let Some(p) = vmm.phys.get_mut(&handle) {
-            let hold = export(t, p.dev, key, p.bytes);
-            p.bytes = 0;
-            vmm.shares.insert(handle, hold);
-        }
-        r
-    })
-}
-
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemImportFromShareableHandle(
     out: *mut CUmemGenericAllocationHandle,
     os: *mut c_void,
@@ -395,40 +351,97 @@ pub unsafe extern "C" fn cuMemImportFromShareableHandle(
         if ty != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR {
             return CUDA_ERROR_NOT_SUPPORTED;
         }
-        let Some((key, size)) = fd_key(os as usize as c_int) else {
-            return CUDA_ERROR_NOT_SUPPORTED;
-        };
+        // Held across the calls: a handle released by another thread meanwhile and reused by
+        // the driver for this one must be settled first.
         let mut vmm = t.book.vmm.lock().unwrap();
-        let (joins, joined_size) = join(t, key);
         let r = call_real!(CUDA, cuMemImportFromShareableHandle: unsafe extern "C" fn(*mut CUmemGenericAllocationHandle, *mut c_void, c_int) -> CUresult, out, os, ty);
         if r != CUDA_SUCCESS {
-            drop_joins(t, &joins);
             return r;
         }
         // SAFETY: the driver succeeded, so it wrote the handle.
         let h = unsafe { *out };
-        let release = || {
+        let refuse = |e: CUresult| {
             call_real!(CUDA, cuMemRelease: unsafe extern "C" fn(CUmemGenericAllocationHandle) -> CUresult, h);
+            e
         };
         let mut prop = CUmemAllocationProp::default();
         let q = call_real!(CUDA, cuMemGetAllocationPropertiesFromHandle: unsafe extern "C" fn(*mut CUmemAllocationProp, CUmemGenericAllocationHandle) -> CUresult, &mut prop, h);
-        let dev = match (q, t.dev(prop.location.id)) {
-            (CUDA_SUCCESS, Ok(d)) => d,
-            _ => {
-                drop_joins(t, &joins);
-                release();
-                return CUDA_ERROR_NOT_SUPPORTED;
-            }
+        if q != CUDA_SUCCESS || prop.location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
+            return refuse(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        let dev = match t.dev(prop.location.id) {
+            Ok(d) => d,
+            Err(e) => return refuse(e),
         };
-        let hold = match complete(t, dev, key, joins, joined_size.unwrap_or(size)) {
-            Ok(hold) => hold,
-            Err(e) => {
-                release();
-                return e;
-            }
+        let bytes = match allocation_size(h, &prop) {
+            Ok(n) => n,
+            Err(e) => return refuse(e),
         };
-        vmm.created(t, h, dev, 0);
-        vmm.shares.insert(h, hold);
+        if let Err(e) = t.reserve(dev, bytes) {
+            return refuse(e);
+        }
+        vmm.created(t, h, dev, bytes);
         CUDA_SUCCESS
     })
+}
+
+/// The size of physical allocation `h`: the largest mapping of it the driver accepts, found by
+/// bisection in a scratch reservation as large as the device (about 16 map/unmap pairs on an
+/// 80 GiB device, once per import).
+fn allocation_size(
+    h: CUmemGenericAllocationHandle,
+    prop: &CUmemAllocationProp,
+) -> Result<u64, CUresult> {
+    let ok = |r: CUresult| if r == CUDA_SUCCESS { Ok(()) } else { Err(r) };
+    let mut gran: usize = 0;
+    ok(
+        call_real!(CUDA, cuMemGetAllocationGranularity: unsafe extern "C" fn(*mut usize, *const CUmemAllocationProp, c_int) -> CUresult, &mut gran, prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM),
+    )?;
+    let mut total: usize = 0;
+    ok(
+        call_real!(CUDA, cuDeviceTotalMem_v2: unsafe extern "C" fn(*mut usize, CUdevice) -> CUresult, &mut total, prop.location.id),
+    )?;
+    if gran == 0 || total < gran {
+        return Err(CUDA_ERROR_NOT_SUPPORTED);
+    }
+    let units = total / gran;
+    let mut va: CUdeviceptr = 0;
+    ok(
+        call_real!(CUDA, cuMemAddressReserve: unsafe extern "C" fn(*mut CUdeviceptr, usize, usize, CUdeviceptr, u64) -> CUresult, &mut va, units * gran, 0, 0, 0),
+    )?;
+    // Whether a mapping of `n` units is accepted; any answer but "too large" ends the search.
+    let fits = |n: usize| -> Result<bool, CUresult> {
+        match call_real!(CUDA, cuMemMap: unsafe extern "C" fn(CUdeviceptr, usize, usize, CUmemGenericAllocationHandle, u64) -> CUresult, va, n * gran, 0, h, 0)
+        {
+            CUDA_SUCCESS => {
+                ok(
+                    call_real!(CUDA, cuMemUnmap: unsafe extern "C" fn(CUdeviceptr, usize) -> CUresult, va, n * gran),
+                )?;
+                Ok(true)
+            }
+            CUDA_ERROR_INVALID_VALUE => Ok(false),
+            e => Err(e),
+        }
+    };
+    let found = (|| {
+        if !fits(1)? {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        if fits(units)? {
+            return Ok(units);
+        }
+        // fits(lo) and !fits(hi).
+        let (mut lo, mut hi) = (1, units);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if fits(mid)? {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    })();
+    call_real!(CUDA, cuMemAddressFree: unsafe extern "C" fn(CUdeviceptr, usize) -> CUresult, va, units * gran);
+    found.map(|n| (n * gran) as u64)
 }
