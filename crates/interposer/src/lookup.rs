@@ -45,7 +45,7 @@ hooks! {
     graphmem::cuGraphInstantiateWithParams, graphmem::cuGraphInstantiateWithParams_ptsz, graphmem::cuGraphExecDestroy,
     graphmem::cuGraphExecUpdate, graphmem::cuGraphExecUpdate_v2, graphmem::cuDeviceGraphMemTrim,
     memory::cuMemRetainAllocationHandle, memory::cuMemMap, memory::cuMemUnmap, memory::cuMemAddressFree,
-    shared::cuIpcGetMemHandle, shared::cuIpcOpenMemHandle, shared::cuIpcOpenMemHandle_v2, shared::cuIpcCloseMemHandle, shared::cuMemImportFromShareableHandle,
+    shared::cuIpcGetMemHandle, shared::cuIpcOpenMemHandle, shared::cuIpcOpenMemHandle_v2, shared::cuIpcCloseMemHandle, shared::cuMemImportFromShareableHandle, shared::cuMemPoolImportFromShareableHandle,
     launch::cuLaunch, launch::cuLaunchGrid, launch::cuLaunchGridAsync,
     memory::cuMemGetInfo, memory::cuMemGetInfo_v2, memory::cuDeviceTotalMem, memory::cuDeviceTotalMem_v2,
     launch::cuLaunchKernel, launch::cuLaunchKernel_ptsz, launch::cuLaunchKernelEx, launch::cuLaunchKernelEx_ptsz,

@@ -445,3 +445,25 @@ fn allocation_size(
     call_real!(CUDA, cuMemAddressFree: unsafe extern "C" fn(CUdeviceptr, usize) -> CUresult, va, units * gran);
     found.map(|n| (n * gran) as u64)
 }
+
+// ---- memory pools shared between processes --------------------------------------------------
+
+/// Refused: pointers imported from another process's pool (`cuMemPoolImportPointer`) would
+/// hold that pool's memory alive past its exporter with nothing in this tenant's ledger, and the
+/// pool's reservation is not this process's to size. Without an imported pool there is no
+/// imported pointer, so refusing the pool is enough (fail closed). Pools of this process,
+/// `cudaMallocAsync` included, are unaffected.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemPoolImportFromShareableHandle(
+    _pool: *mut CUmemoryPool,
+    _handle: *mut c_void,
+    _ty: c_int,
+    _flags: u64,
+) -> CUresult {
+    guard(|| {
+        eprintln!(
+            "gpuslice: refusing cuMemPoolImportFromShareableHandle: memory of another process's pool cannot be charged"
+        );
+        CUDA_ERROR_NOT_SUPPORTED
+    })
+}
