@@ -37,6 +37,10 @@ pub struct Args {
     /// The webhook's private key (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, value_name = "FILE", requires = "webhook_listen")]
     pub webhook_tls_key: Option<PathBuf>,
+    /// Pod specs written for another system that the webhook rewrites into gpuslice requests
+    /// (`hami`: HAMi's nvidia.com/gpumem, gpucores and annotations; see docs/migration.md).
+    #[arg(long, value_name = "SYSTEM", value_enum, requires = "webhook_listen")]
+    pub webhook_compat: Vec<CompatSystem>,
     /// Instead of serving: time filter + prioritize for one pod over a large half-full cluster.
     #[arg(long)]
     pub bench: bool,
@@ -50,6 +54,11 @@ pub struct Args {
 
 fn read(what: &str, p: &PathBuf) -> Result<String, String> {
     std::fs::read_to_string(p).map_err(|e| format!("{what} {}: {e}", p.display()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompatSystem {
+    Hami,
 }
 
 pub fn main(a: Args) -> i32 {
@@ -107,6 +116,9 @@ pub fn main(a: Args) -> i32 {
                         l,
                         tls,
                         gpuslice_scheduler::webhook::DEFAULT_SCHEDULER_NAME,
+                        gpuslice_scheduler::webhook::Compat {
+                            hami: a.webhook_compat.contains(&CompatSystem::Hami),
+                        },
                     ))
                 }
                 Err(e) => {

@@ -86,6 +86,8 @@ pub const ANNOTATION_MODEL_INCLUDE: &str = "gpuslice.io/gpu-model-include";
 pub const ANNOTATION_MODEL_EXCLUDE: &str = "gpuslice.io/gpu-model-exclude";
 /// Pod annotation: comma-separated GPU UUIDs; only these GPUs are used.
 pub const ANNOTATION_UUID_PIN: &str = "gpuslice.io/gpu-uuid";
+/// Pod annotation: comma-separated GPU (or MIG device) UUIDs; these are never used.
+pub const ANNOTATION_UUID_EXCLUDE: &str = "gpuslice.io/gpu-uuid-exclude";
 /// Pod annotation: gang name (scoped to the pod's namespace).
 pub const ANNOTATION_GANG_NAME: &str = "gpuslice.io/gang";
 /// Pod annotation: number of pods in the gang (≥ 1); required with a gang name.
@@ -588,6 +590,7 @@ pub struct PodAnnotations {
     pub model_include: Vec<String>,
     pub model_exclude: Vec<String>,
     pub uuids: Vec<String>,
+    pub uuid_exclude: Vec<String>,
     pub gang: Option<GangSpec>,
 }
 
@@ -621,6 +624,7 @@ impl PodAnnotations {
                 ANNOTATION_MODEL_INCLUDE => a.model_include = list(&field, v)?,
                 ANNOTATION_MODEL_EXCLUDE => a.model_exclude = list(&field, v)?,
                 ANNOTATION_UUID_PIN => a.uuids = list(&field, v)?,
+                ANNOTATION_UUID_EXCLUDE => a.uuid_exclude = list(&field, v)?,
                 ANNOTATION_GANG_NAME => {
                     if v.trim().is_empty() {
                         return Err(ProtocolError::new(field, "must not be empty"));

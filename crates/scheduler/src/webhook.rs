@@ -6,6 +6,12 @@
 //! `schedulerName` is empty or `default-scheduler`, gets a JSONPatch that names the gpuslice
 //! scheduler. A pod that names some other scheduler is left alone with a warning. Every pod is
 //! allowed: the webhook routes, it never judges.
+//!
+//! With HAMi compatibility on ([`Compat::hami`], `--webhook-compat hami`), a pod written for
+//! HAMi (`nvidia.com/gpu` with `nvidia.com/gpumem` and `nvidia.com/gpucores`, HAMi's
+//! annotations) is rewritten into the gpuslice request that means the same
+//! (`gpuslice_core::compat`) and then routed like any gpuslice pod. One that asks for what
+//! gpuslice does not offer is denied, naming the field, rather than run without it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,12 +24,15 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
+use gpuslice_core::compat;
 use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::core::DynamicObject;
 use kube::core::admission::{
     AdmissionRequest, AdmissionResponse, AdmissionReview, META_API_VERSION_V1, META_KIND, Operation,
 };
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::crypto::CryptoProvider;
@@ -101,6 +110,65 @@ pub fn route(pod: &Pod, scheduler: &str) -> Route {
     }
 }
 
+/// Pods written for other systems that the webhook rewrites.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compat {
+    pub hami: bool,
+}
+
+fn resource_maps(
+    c: &mut Container,
+) -> [(&'static str, Option<&mut BTreeMap<String, Quantity>>); 2] {
+    let r = c.resources.get_or_insert_with(Default::default);
+    [
+        ("limits", r.limits.as_mut()),
+        ("requests", r.requests.as_mut()),
+    ]
+}
+
+/// Rewrites a HAMi pod in place into its gpuslice request; the JSONPatch operations that do
+/// the same to the object as sent. No operations for a pod with nothing of HAMi's.
+pub fn hami_rewrite(pod: &mut Pod) -> Result<Vec<Value>, String> {
+    let mut ops = Vec::new();
+    if let Some(spec) = pod.spec.as_mut() {
+        let lists = [
+            ("containers", Some(&mut spec.containers)),
+            ("initContainers", spec.init_containers.as_mut()),
+        ];
+        for (list, cs) in lists {
+            for (i, c) in cs.into_iter().flatten().enumerate() {
+                for (which, m) in resource_maps(c) {
+                    let Some(m) = m else { continue };
+                    let plain: BTreeMap<String, String> =
+                        m.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect();
+                    let field = format!("spec.{list}[{i}].resources.{which}");
+                    let Some(new) =
+                        compat::hami_resources(&field, &plain).map_err(|e| e.to_string())?
+                    else {
+                        continue;
+                    };
+                    *m = new
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+                        .collect();
+                    ops.push(json!({"op": "add", "path": format!("/spec/{list}/{i}/resources/{which}"), "value": new}));
+                }
+            }
+        }
+    }
+    let ann = pod
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
+    let plain: BTreeMap<String, String> = ann.clone().into_iter().collect();
+    let ours = compat::hami_annotations(&plain).map_err(|e| e.to_string())?;
+    if !ours.is_empty() {
+        ann.extend(ours);
+        ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": ann}));
+    }
+    Ok(ops)
+}
+
 /// The JSONPatch that routes a pod. `add` also replaces a member that is already there,
 /// which the defaulted `default-scheduler` always is.
 pub fn patch(scheduler: &str) -> Value {
@@ -123,7 +191,7 @@ fn bad(field: impl Into<String>, reason: impl Into<String>) -> BadReview {
 }
 
 /// Answers one AdmissionReview body with the AdmissionReview to send back.
-pub fn review(body: &[u8], scheduler: &str) -> Result<Value, BadReview> {
+pub fn review(body: &[u8], scheduler: &str, compat: Compat) -> Result<Value, BadReview> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     let rev: AdmissionReview<DynamicObject> =
         serde_path_to_error::deserialize(de).map_err(|e| {
@@ -154,22 +222,38 @@ pub fn review(body: &[u8], scheduler: &str) -> Result<Value, BadReview> {
             .ok_or_else(|| bad("AdmissionReview.request.object", "missing on CREATE"))?;
         let v = serde_json::to_value(obj)
             .map_err(|e| bad("AdmissionReview.request.object", e.to_string()))?;
-        let pod: Pod = serde_path_to_error::deserialize(v).map_err(|e| {
+        let mut pod: Pod = serde_path_to_error::deserialize(v).map_err(|e| {
             bad(
                 format!("AdmissionReview.request.object.{}", e.path()),
                 e.inner().to_string(),
             )
         })?;
+        let mut ops = Vec::new();
+        if compat.hami {
+            match hami_rewrite(&mut pod) {
+                Ok(o) => ops = o,
+                Err(e) => {
+                    let mut out =
+                        serde_json::to_value(resp.deny(format!("HAMi pod: {e}")).into_review())
+                            .expect("an AdmissionReview serializes");
+                    out["response"].as_object_mut().map(|r| r.remove("patch"));
+                    return Ok(out);
+                }
+            }
+        }
         match route(&pod, scheduler) {
             Route::Leave => {}
             Route::SetScheduler => {
-                let p: json_patch::Patch =
-                    serde_json::from_value(patch(scheduler)).expect("a valid JSONPatch");
-                resp = resp
-                    .with_patch(p)
-                    .map_err(|e| bad("AdmissionResponse.patch", e.to_string()))?;
+                ops.extend(patch(scheduler).as_array().cloned().unwrap_or_default())
             }
             Route::Warn(w) => resp.warnings = Some(vec![w]),
+        }
+        if !ops.is_empty() {
+            let p: json_patch::Patch =
+                serde_json::from_value(Value::Array(ops)).expect("a valid JSONPatch");
+            resp = resp
+                .with_patch(p)
+                .map_err(|e| bad("AdmissionResponse.patch", e.to_string()))?;
         }
     }
     let mut out = serde_json::to_value(resp.into_review()).expect("an AdmissionReview serializes");
@@ -182,8 +266,8 @@ pub fn review(body: &[u8], scheduler: &str) -> Result<Value, BadReview> {
     Ok(out)
 }
 
-async fn mutate(State(scheduler): State<Arc<str>>, body: Bytes) -> Response {
-    match review(&body, &scheduler) {
+async fn mutate(State((scheduler, compat)): State<(Arc<str>, Compat)>, body: Bytes) -> Response {
+    match review(&body, &scheduler, compat) {
         Ok(v) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -202,12 +286,12 @@ async fn mutate(State(scheduler): State<Arc<str>>, body: Bytes) -> Response {
     }
 }
 
-pub fn router(scheduler: &str) -> Router {
+pub fn router(scheduler: &str, compat: Compat) -> Router {
     Router::new()
         .route(PATH, post(mutate))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(Arc::<str>::from(scheduler))
+        .with_state((Arc::<str>::from(scheduler), compat))
 }
 
 /// A serving certificate or key that cannot be used; `flag` names the file's flag.
@@ -384,9 +468,10 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     scheduler: &str,
+    compat: Compat,
 ) -> std::io::Result<()> {
     let l = TlsListener::new(listener, tls)?;
-    axum::serve(l, router(scheduler)).await
+    axum::serve(l, router(scheduler, compat)).await
 }
 
 #[cfg(test)]
@@ -487,6 +572,7 @@ mod tests {
         let out = review(
             &review_of("Pod", "CREATE", obj.clone()),
             "gpuslice-scheduler",
+            Compat::default(),
         )
         .unwrap();
         assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
@@ -509,7 +595,12 @@ mod tests {
         // UPDATE cannot change schedulerName; other kinds are not ours.
         let obj = serde_json::to_value(gpu_pod(None)).unwrap();
         for (kind, op) in [("Pod", "UPDATE"), ("Deployment", "CREATE")] {
-            let out = review(&review_of(kind, op, obj.clone()), "gpuslice-scheduler").unwrap();
+            let out = review(
+                &review_of(kind, op, obj.clone()),
+                "gpuslice-scheduler",
+                Compat::default(),
+            )
+            .unwrap();
             assert_eq!(out["response"]["allowed"], true);
             assert!(out["response"].get("patch").is_none(), "{kind} {op}: {out}");
         }
@@ -517,29 +608,129 @@ mod tests {
 
     #[test]
     fn malformed_reviews_are_refused_naming_the_field() {
-        let e = review(b"{", "s").unwrap_err();
+        let e = review(b"{", "s", Compat::default()).unwrap_err();
         assert!(e.field.starts_with("AdmissionReview"), "{e}");
         let e = review(
             br#"{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": null}"#,
             "s",
+            Compat::default(),
         )
         .unwrap_err();
         assert!(e.reason.contains("admission.k8s.io/v1"), "{e}");
         let e = review(
             br#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}"#,
             "s",
+            Compat::default(),
         )
         .unwrap_err();
         assert_eq!(e.field, "AdmissionReview.request", "{e}");
         let mut v: Value = serde_json::from_slice(&review_of("Pod", "CREATE", json!({}))).unwrap();
         v["request"]["uid"] = json!(7);
-        let e = review(v.to_string().as_bytes(), "s").unwrap_err();
+        let e = review(v.to_string().as_bytes(), "s", Compat::default()).unwrap_err();
         assert!(e.field.contains("uid"), "{e}");
         let e = review(
             &review_of("Pod", "CREATE", json!({"spec": {"containers": "x"}})),
             "s",
+            Compat::default(),
         )
         .unwrap_err();
         assert!(e.field.contains("request.object.spec.containers"), "{e}");
+    }
+
+    /// Applies the review's patch to the pod as sent.
+    fn patched(out: &Value, mut obj: Value) -> Value {
+        if let Some(p) = out["response"]["patch"].as_str() {
+            let p = base64::engine::general_purpose::STANDARD.decode(p).unwrap();
+            let ops: json_patch::Patch = serde_json::from_slice(&p).unwrap();
+            json_patch::patch(&mut obj, &ops).unwrap();
+        }
+        obj
+    }
+
+    /// HAMi's own examples (its README and configuration guide), as the API server sends them.
+    #[test]
+    fn hami_pods_become_gpuslice_pods_when_asked() {
+        let hami = json!({
+            "metadata": {"name": "gpu-pod", "annotations": {
+                "nvidia.com/use-gputype": "A100,H100",
+                "nvidia.com/nouse-gpuuuid": "GPU-03f69c50-207a-2038-9b45-23cac89cb67d",
+                "hami.io/node-scheduler-policy": "spread"}},
+            "spec": {
+                "initContainers": [{"name": "setup", "image": "busybox"}],
+                "containers": [
+                    {"name": "ubuntu-container", "image": "ubuntu:18.04",
+                     "resources": {"limits": {
+                        "nvidia.com/gpu": "2", "nvidia.com/gpumem": "3k",
+                        "nvidia.com/gpucores": "30", "cpu": "1"}}},
+                    {"name": "sidecar", "image": "busybox"}]}});
+        let on = Compat { hami: true };
+        let out = review(
+            &review_of("Pod", "CREATE", hami.clone()),
+            "gpuslice-scheduler",
+            on,
+        )
+        .unwrap();
+        assert_eq!(out["response"]["allowed"], true, "{out}");
+        let pod = patched(&out, hami.clone());
+        assert_eq!(
+            pod["spec"]["containers"][0]["resources"]["limits"],
+            json!({"cpu": "1", "gpuslice.io/gpu": "2", "gpuslice.io/gpu-memory": "3000",
+                   "gpuslice.io/gpu-compute": "30"})
+        );
+        assert!(
+            pod["spec"]["containers"][1].get("resources").is_none(),
+            "{pod}"
+        );
+        assert_eq!(pod["spec"]["schedulerName"], "gpuslice-scheduler");
+        let ann = &pod["metadata"]["annotations"];
+        assert_eq!(ann["gpuslice.io/gpu-model-include"], "A100,H100");
+        assert_eq!(
+            ann["gpuslice.io/gpu-uuid-exclude"],
+            "GPU-03f69c50-207a-2038-9b45-23cac89cb67d"
+        );
+        assert_eq!(ann["gpuslice.io/node-policy"], "spread");
+        assert_eq!(
+            ann["nvidia.com/use-gputype"], "A100,H100",
+            "HAMi's own stay"
+        );
+        // What the extender reads from the rewritten pod is a valid gpuslice request.
+        let p: Pod = serde_json::from_value(pod).unwrap();
+        let a = p.metadata.annotations.unwrap();
+        gpuslice_core::protocol::PodAnnotations::parse(
+            a.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .unwrap();
+
+        // Off (the default), a HAMi pod is not ours.
+        let out = review(
+            &review_of("Pod", "CREATE", hami.clone()),
+            "gpuslice-scheduler",
+            Compat::default(),
+        )
+        .unwrap();
+        assert!(out["response"].get("patch").is_none(), "{out}");
+
+        // What gpuslice does not offer is denied, naming the field, not run without it.
+        let mut pct = hami.clone();
+        pct["spec"]["containers"][0]["resources"]["limits"] =
+            json!({"nvidia.com/gpu": "1", "nvidia.com/gpumem-percentage": "50"});
+        let out = review(&review_of("Pod", "CREATE", pct), "gpuslice-scheduler", on).unwrap();
+        assert_eq!(out["response"]["allowed"], false, "{out}");
+        let msg = out["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("spec.containers[0].resources.limits[nvidia.com/gpumem-percentage]"),
+            "{msg}"
+        );
+        assert!(out["response"].get("patch").is_none(), "{out}");
+        let mut mode = hami;
+        mode["metadata"]["annotations"]["nvidia.com/vgpu-mode"] = json!("mig");
+        let out = review(&review_of("Pod", "CREATE", mode), "gpuslice-scheduler", on).unwrap();
+        assert_eq!(out["response"]["allowed"], false, "{out}");
+
+        // A plain pod with compatibility on is untouched.
+        let plain = json!({"metadata": {"name": "web"}, "spec": {"containers": [
+            {"name": "c", "resources": {"limits": {"cpu": "1"}}}]}});
+        let out = review(&review_of("Pod", "CREATE", plain), "gpuslice-scheduler", on).unwrap();
+        assert!(out["response"].get("patch").is_none(), "{out}");
     }
 }

@@ -101,9 +101,14 @@ async fn routes_pods_over_tls_and_picks_up_a_rotated_certificate() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        webhook::serve(listener, tls, webhook::DEFAULT_SCHEDULER_NAME)
-            .await
-            .unwrap()
+        webhook::serve(
+            listener,
+            tls,
+            webhook::DEFAULT_SCHEDULER_NAME,
+            webhook::Compat::default(),
+        )
+        .await
+        .unwrap()
     });
     let client = client(&ca);
 

@@ -161,6 +161,7 @@ impl<'a> Candidate<'a> {
                     .uuids
                     .iter()
                     .any(|u| *u == g.info.uuid || g.info.mig.iter().any(|m| m.uuid == *u)))
+            && !self.pod.annotations.uuid_exclude.contains(&g.info.uuid)
     }
 
     fn mig_allowed(&self, node: &Node, i: usize, j: usize) -> bool {
@@ -175,6 +176,12 @@ impl<'a> Candidate<'a> {
                 .copied()
                 .unwrap_or(false)
             && (pins.is_empty() || pins.iter().any(|u| *u == g.uuid || *u == m.uuid))
+            && !self
+                .pod
+                .annotations
+                .uuid_exclude
+                .iter()
+                .any(|u| *u == g.uuid || *u == m.uuid)
     }
 }
 

@@ -179,6 +179,9 @@ fn model_filters_and_pinning() {
         "h"
     );
     assert_eq!(only(&[("gpuslice.io/gpu-uuid", "a")]).unwrap(), "a");
+    assert_eq!(only(&[("gpuslice.io/gpu-uuid-exclude", "h")]).unwrap(), "a");
+    assert_eq!(only(&[("gpuslice.io/gpu-uuid-exclude", "a")]).unwrap(), "h");
+    assert!(only(&[("gpuslice.io/gpu-uuid-exclude", "a,h")]).is_err());
     assert!(only(&[("gpuslice.io/gpu-model-include", "V100")]).is_err());
 }
 
