@@ -18,11 +18,10 @@
 //! fatbinaries) is followed to the fatbinary it points at.
 //!
 //! Compressed entries (`--compress-all`, and the toolkit's default for large programs) carry
-//! the flag 0x2000 and an LZ4 block; they are decompressed here (up to
-//! [`MAX_UNCOMPRESSED`]) and read like the others. Entries flagged 0x8000 (the newer
-//! zstd-compressed form) or whose payload starts with zstd's magic are refused: their sizes
-//! cannot be known here. Entries of other kinds (LTO IR and the like, which the driver does
-//! not load as modules) are skipped.
+//! the flag 0x2000 and an LZ4 block. Entries flagged 0x8000 (`--compress-mode=size` or
+//! `balance`, the default from CUDA 13) hold zstd frames (read by [`crate::zstd`]). Both are
+//! decompressed here (up to [`MAX_UNCOMPRESSED`]) and read like the others. Entries of other
+//! kinds (LTO IR and the like, which the driver does not load as modules) are skipped.
 
 use crate::bytes::{at, u16_at, u32_at, u64_at, until_nul};
 use crate::image::Module;
@@ -86,6 +85,38 @@ pub fn extent(b: &[u8]) -> Result<u64, ImageError> {
 }
 
 /// Decompresses an LZ4 block into exactly `want` bytes; every read and copy is checked.
+/// A zstd-compressed entry's payload, decompressed: its first `compressed` bytes when the
+/// header says how many (the rest is padding), else the whole payload. `uncompressed`, when
+/// the header gives it, must be what the frames hold.
+fn zstd_entry(payload: &[u8], compressed: u64, uncompressed: u64) -> Result<Vec<u8>, String> {
+    let src = match compressed as usize {
+        0 => payload,
+        n => payload.get(..n).ok_or_else(|| {
+            format!(
+                "compressedSize {n} is past its {}-byte payload",
+                payload.len()
+            )
+        })?,
+    };
+    let limit = match uncompressed {
+        0 => MAX_UNCOMPRESSED,
+        n if n <= MAX_UNCOMPRESSED => n,
+        n => {
+            return Err(format!(
+                "{n} bytes uncompressed (at most {MAX_UNCOMPRESSED} are read)"
+            ));
+        }
+    };
+    let out = crate::zstd::decompress(src, limit as usize).map_err(|e| e.to_string())?;
+    if uncompressed != 0 && out.len() as u64 != uncompressed {
+        return Err(format!(
+            "uncompressedSize says {uncompressed} bytes, the zstd frames hold {}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
 pub fn lz4_block(src: &[u8], want: u64) -> Result<Vec<u8>, ImageError> {
     if want > MAX_UNCOMPRESSED {
         return Err(ImageError::Unsupported(format!(
@@ -209,22 +240,21 @@ pub fn parse(b: &[u8]) -> Result<Vec<Entry>, ImageError> {
             _ => continue,
         };
         let what = format!("entry {n} (sm_{arch}, {kind:?})");
-        let data: std::borrow::Cow<[u8]> = if flags & FLAG_ZSTD != 0
-            || payload.starts_with(&ZSTD_MAGIC)
-        {
-            return Err(ImageError::Unsupported(format!(
-                "fatbinary {what}: compressed with zstd (flags {flags:#x}), which this build cannot read to size its variables"
-            )));
-        } else if flags & FLAG_LZ4 != 0 {
-            let src = payload.get(..compressed as usize).ok_or_else(|| {
-                bad(format!(
-                    "{what}: compressedSize {compressed} is past its {size}-byte payload"
-                ))
-            })?;
-            lz4_block(src, uncompressed)?.into()
-        } else {
-            payload.into()
-        };
+        let data: std::borrow::Cow<[u8]> =
+            if flags & FLAG_ZSTD != 0 || payload.starts_with(&ZSTD_MAGIC) {
+                zstd_entry(payload, compressed, uncompressed)
+                    .map_err(|e| bad(format!("{what}: {e}")))?
+                    .into()
+            } else if flags & FLAG_LZ4 != 0 {
+                let src = payload.get(..compressed as usize).ok_or_else(|| {
+                    bad(format!(
+                        "{what}: compressedSize {compressed} is past its {size}-byte payload"
+                    ))
+                })?;
+                lz4_block(src, uncompressed)?.into()
+            } else {
+                payload.into()
+            };
         let module = match kind {
             EntryKind::Cubin => cubin::parse(&data),
             EntryKind::Ptx => ptx::parse(until_nul(&data)),

@@ -219,13 +219,48 @@ pub fn lz4(data: &[u8]) -> Vec<u8> {
 
 /// A fatbinary of `entries` (kind, arch, payload), each LZ4-compressed when `compress`.
 pub fn fatbin(entries: &[(EntryKind, u32, &[u8])], compress: bool) -> Vec<u8> {
+    fatbin_packed(entries, if compress { Pack::Lz4 } else { Pack::Plain })
+}
+
+/// How [`fatbin_packed`] stores its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pack {
+    Plain,
+    Lz4,
+    /// zstd frames (of raw blocks: a valid frame any zstd reader takes, as `nvcc
+    /// --compress-mode=size` marks them, without needing a compressor here).
+    Zstd,
+}
+
+/// A zstd frame holding `data` in raw blocks, with its content size and no checksum.
+pub fn zstd_raw(data: &[u8]) -> Vec<u8> {
+    let mut out = 0xFD2F_B528u32.to_le_bytes().to_vec();
+    // Frame_Header_Descriptor: 8-byte content size, single segment, no checksum, no dictionary.
+    out.push(0xE0);
+    out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    let mut chunks: Vec<&[u8]> = data.chunks(128 << 10).collect();
+    if chunks.is_empty() {
+        chunks.push(&[]);
+    }
+    let n = chunks.len();
+    for (i, c) in chunks.into_iter().enumerate() {
+        // Block_Header: Last_Block, Block_Type 0 (raw), Block_Size.
+        let h = u32::from(i + 1 == n) | ((c.len() as u32) << 3);
+        out.extend_from_slice(&h.to_le_bytes()[..3]);
+        out.extend_from_slice(c);
+    }
+    out
+}
+
+pub fn fatbin_packed(entries: &[(EntryKind, u32, &[u8])], pack: Pack) -> Vec<u8> {
     let mut body = Vec::new();
     for (kind, arch, payload) in entries {
-        let (data, flags, uncompressed) = if compress {
-            (lz4(payload), fatbin::FLAG_LZ4, payload.len() as u64)
-        } else {
-            (payload.to_vec(), 0, 0)
+        let (data, flags, uncompressed) = match pack {
+            Pack::Lz4 => (lz4(payload), fatbin::FLAG_LZ4, payload.len() as u64),
+            Pack::Zstd => (zstd_raw(payload), fatbin::FLAG_ZSTD, payload.len() as u64),
+            Pack::Plain => (payload.to_vec(), 0, 0),
         };
+        let compress = pack != Pack::Plain;
         let padded = (data.len() as u64).next_multiple_of(8);
         let mut e = [0u8; 64];
         let k = match kind {

@@ -19,3 +19,4 @@ pub mod imagegen;
 pub mod modimage;
 pub mod nvml;
 pub mod ptx;
+pub mod zstd;

@@ -4,7 +4,7 @@
 
 use gpuslice_cuda_abi::driver::*;
 use gpuslice_cuda_abi::fatbin::EntryKind;
-use gpuslice_cuda_abi::imagegen::{self, Var};
+use gpuslice_cuda_abi::imagegen::{self, Pack, Var};
 use std::ffi::{CString, c_void};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,10 +44,11 @@ impl Drop for TempImage {
     }
 }
 
-const KINDS: [&str; 7] = [
+const KINDS: [&str; 8] = [
     "cubin",
     "ptx",
     "fatbin",
+    "fatbin_zstd",
     "wrapper",
     "cubin_file",
     "library",
@@ -62,7 +63,7 @@ unsafe fn load(run: &Run, kind: &str, img: &[u8]) -> (CUresult, usize) {
     let r = unsafe {
         match kind {
             "cubin" | "ptx" => (cu.module_load)(h_mod(&mut h), img.as_ptr().cast()),
-            "fatbin" => (cu.module_load_fatbin)(h_mod(&mut h), img.as_ptr().cast()),
+            "fatbin" | "fatbin_zstd" => (cu.module_load_fatbin)(h_mod(&mut h), img.as_ptr().cast()),
             "wrapper" => {
                 let w = imagegen::wrapper(img);
                 (cu.module_load_fatbin)(h_mod(&mut h), (&w as *const imagegen::Wrapper).cast())
@@ -105,12 +106,16 @@ pub fn images(run: &mut Run, big: usize, small: usize, mixed: usize) {
             let img = match kind {
                 "cubin" | "cubin_file" | "library_file" => cubin(bytes),
                 "ptx" | "library" => ptx(bytes),
-                _ => imagegen::fatbin(
+                _ => imagegen::fatbin_packed(
                     &[
                         (EntryKind::Cubin, 90, &cubin(bytes)),
                         (EntryKind::Ptx, 90, &ptx(bytes)),
                     ],
-                    true,
+                    if kind == "fatbin_zstd" {
+                        Pack::Zstd
+                    } else {
+                        Pack::Lz4
+                    },
                 ),
             };
             let (r, h) = unsafe { load(run, kind, &img) };
@@ -161,16 +166,13 @@ pub fn images(run: &mut Run, big: usize, small: usize, mixed: usize) {
     if r == CUDA_SUCCESS {
         run.step("mixed_unload", unsafe { (cu.module_unload)(h as CUmodule) });
     }
-    // Images that cannot be sized: a zstd-compressed entry (flags 0x8000), text that is no
-    // image, a cubin file whose section table lies past its end (a file has a length to check
-    // against; an image in memory is read as far as its headers say, as the driver reads it).
-    let mut zstd = imagegen::fatbin(&[(EntryKind::Cubin, 90, &cubin(small as u64))], false);
-    zstd[16 + 41] |= 0x80;
+    // Images that cannot be sized: text that is no image, a cubin file whose section table
+    // lies past its end (a file has a length to check against; an image in memory is read as
+    // far as its headers say, as the driver reads it).
     let mut cut = cubin(small as u64);
     let n = cut.len() as u64;
     cut[40..48].copy_from_slice(&n.to_le_bytes());
     for (name, how, img) in [
-        ("zstd", "fatbin", zstd),
         ("not_an_image", "fatbin", b"image\0".to_vec()),
         ("past_its_end", "cubin_file", cut),
     ] {
